@@ -1,0 +1,50 @@
+"""rpc: remote procedure calls over AMQP (RabbitMQ first), on kombu.
+
+Register functions and instances on a :class:`Server`; call them through a :class:`Proxy`
+synchronously, with callbacks, with timeouts or as futures. See README.md and docs/protocol.md.
+"""
+
+from __future__ import annotations
+
+import logging
+
+from .calls import CallbackState
+from .errors import (
+    BadRequest,
+    ConnectionError,
+    ConnectionLost,
+    InvalidArguments,
+    MethodNotFound,
+    RemoteError,
+    RPCError,
+    RPCTimeout,
+    SerializationError,
+    UnknownServer,
+    register_exception,
+)
+from .proxy import Proxy
+from .serialization import register_serializer
+from .server import Server
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "BadRequest",
+    "CallbackState",
+    "ConnectionError",
+    "ConnectionLost",
+    "InvalidArguments",
+    "MethodNotFound",
+    "Proxy",
+    "RPCError",
+    "RPCTimeout",
+    "RemoteError",
+    "SerializationError",
+    "Server",
+    "UnknownServer",
+    "__version__",
+    "register_exception",
+    "register_serializer",
+]
+
+logging.getLogger(__name__).addHandler(logging.NullHandler())

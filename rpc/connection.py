@@ -1,0 +1,104 @@
+"""Opening kombu connections: bounded retries with tenacity, heartbeats on, passwords masked.
+
+This is the only module that knows which broker errors are worth retrying.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import socket
+from typing import Any
+
+import amqp.exceptions
+import tenacity
+from kombu.connection import Connection
+
+from .config import mask_url, scrub
+from .errors import ConnectionError
+
+logger = logging.getLogger(__name__)
+
+#: Seconds between heartbeats unless told otherwise; RabbitMQ advises 5 to 20.
+DEFAULT_HEARTBEAT = 10.0
+#: Retry window for a proxy's connection: short, so a wrong URL fails fast.
+DEFAULT_CONNECT_RETRY = 3.0
+
+#: Refusals that no retry will fix: bad credentials, a vhost without access.
+_IRRECOVERABLE = (amqp.exceptions.AccessRefused, amqp.exceptions.NotAllowed)
+
+
+class _Refused(Exception):
+    """Carries an irrecoverable error out of the retry loop."""
+
+
+def is_recoverable(exc: BaseException) -> bool:
+    """Whether reconnecting may succeed after ``exc`` (not for refused credentials or vhosts)."""
+    if isinstance(exc, (_Refused, *_IRRECOVERABLE)):
+        return False
+    if isinstance(exc, amqp.exceptions.ConnectionError):
+        return getattr(exc, "code", None) not in (403, 530)
+    return isinstance(exc, (OSError, socket.timeout, amqp.exceptions.AMQPError, EOFError))
+
+
+def open_connection(
+    url: str,
+    *,
+    heartbeat: float | None = DEFAULT_HEARTBEAT,
+    connect_timeout: float = 2.0,
+    retry_for: float = DEFAULT_CONNECT_RETRY,
+    name: str = "rpc",
+    transport_options: dict[str, Any] | None = None,
+) -> Connection:
+    """Connect to ``url``, retrying recoverable failures for up to ``retry_for`` seconds.
+
+    Raises:
+        rpc.ConnectionError: the broker stayed unreachable, or refused the login or vhost. Its
+            message names the URL with the password masked.
+    """
+    masked = mask_url(url)
+    options = dict(transport_options or {})
+    client_properties = {"connection_name": f"{name} pid={os.getpid()}"}
+    if url.startswith(("amqp", "pyamqp")):
+        options.setdefault("client_properties", client_properties)
+    if url.startswith("memory"):
+        options.setdefault("polling_interval", 0.002)
+
+    def attempt() -> Connection:
+        conn = Connection(
+            url, heartbeat=heartbeat or 0, connect_timeout=connect_timeout,
+            transport_options=options,
+        )
+        try:
+            conn.connect()
+        except BaseException as exc:
+            conn.release()
+            if isinstance(exc, _IRRECOVERABLE) or (
+                isinstance(exc, amqp.exceptions.ConnectionError) and not is_recoverable(exc)
+            ):
+                raise _Refused(exc) from exc
+            raise
+        return conn
+
+    retrying = tenacity.Retrying(
+        retry=tenacity.retry_if_exception(is_recoverable),
+        stop=tenacity.stop_after_delay(retry_for),
+        wait=tenacity.wait_exponential_jitter(initial=0.1, max=1.0, jitter=0.1),
+        before_sleep=lambda state: logger.warning(
+            "cannot connect to %s (attempt %d): %s; retrying",
+            masked, state.attempt_number,
+            scrub(str(state.outcome.exception() if state.outcome else ""), url),
+        ),
+        reraise=True,
+    )
+    try:
+        return retrying(attempt)
+    except _Refused as refused:
+        cause = refused.__cause__ or refused
+        raise ConnectionError(
+            f"broker at {masked} refused the connection: {scrub(str(cause), url)}"
+        ) from None
+    except Exception as exc:
+        raise ConnectionError(
+            f"cannot connect to broker at {masked}: {scrub(str(exc), url) or type(exc).__name__}"
+        ) from None

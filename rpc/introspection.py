@@ -1,0 +1,42 @@
+"""Built-in ``system.*`` methods every server answers unless turned off (XML-RPC tradition)."""
+
+from __future__ import annotations
+
+import inspect
+import os
+import socket
+import time
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from .server import Server
+
+
+class SystemMethods:
+    """Introspection of one server: registered as its ``system`` instance."""
+
+    def __init__(self, server: Server) -> None:
+        self._server = server
+        self._started = time.time()
+
+    def list_methods(self) -> list[str]:
+        """Names of every method this server answers, sorted."""
+        return self._server.registry.names()
+
+    def method_help(self, name: str) -> str:
+        """The docstring of ``name`` (empty when it has none)."""
+        return inspect.getdoc(self._server.registry.resolve(name).func) or ""
+
+    def method_signature(self, name: str) -> str:
+        """The signature of ``name``, such as ``(a, b=2)``; empty when it cannot be read."""
+        signature = self._server.registry.resolve(name).signature
+        return "" if signature is None else str(signature)
+
+    def ping(self) -> dict[str, Any]:
+        """Who answered: server id, host, pid and uptime in seconds."""
+        return {
+            "server_id": self._server.server_id,
+            "host": socket.gethostname(),
+            "pid": os.getpid(),
+            "uptime": round(time.time() - self._started, 3),
+        }

@@ -1,0 +1,514 @@
+"""Links: the thin I/O layer between the server or proxy and one broker connection.
+
+A link publishes (from any thread), acknowledges, and reads and dispatches incoming messages
+(from one reader thread at a time). Two kinds:
+
+* :class:`AMQPLink` for RabbitMQ through py-amqp: after py-amqp has connected and declared, the
+  link writes and parses the per-call frames itself (:mod:`rpc.frames`), so that a publish is one
+  ``send`` and a burst of deliveries one ``recv``, and it sends heartbeats from :meth:`tick`.
+* :class:`KombuLink` for every other kombu transport (``memory://``, ``redis://``): kombu's own
+  producer and consumer, serialised by one lock.
+"""
+
+from __future__ import annotations
+
+import logging
+import select
+import socket
+import ssl
+import threading
+import time
+from collections.abc import Callable
+from typing import Any
+
+from kombu.connection import Connection
+from kombu.entity import Queue
+from kombu.messaging import Consumer, Producer
+
+from . import frames
+from .errors import ConnectionLost
+from .protocol import DIRECT_REPLY_TO
+
+logger = logging.getLogger(__name__)
+
+
+class Incoming:
+    """One message read from the broker: body, AMQP properties and delivery facts."""
+
+    __slots__ = ("body", "props", "delivery_tag", "redelivered", "routing_key")
+
+    def __init__(
+        self,
+        body: bytes,
+        props: dict[str, Any],
+        delivery_tag: int | None,
+        redelivered: bool,
+        routing_key: str,
+    ) -> None:
+        self.body = body
+        self.props = props
+        self.delivery_tag = delivery_tag
+        self.redelivered = redelivered
+        self.routing_key = routing_key
+
+    def __repr__(self) -> str:
+        return (
+            f"<Incoming tag={self.delivery_tag} key={self.routing_key!r} "
+            f"type={self.props.get('content_type')!r} {len(self.body)} bytes>"
+        )
+
+
+OnMessage = Callable[[Incoming], None]
+OnReturn = Callable[[Incoming, int, str], None]
+OnCancel = Callable[[str], None]
+
+
+def _ignore_return(msg: Incoming, code: int, text: str) -> None:
+    logger.debug("message to %r returned: %s %s", msg.routing_key, code, text)
+
+
+def _ignore_cancel(tag: str) -> None:
+    logger.warning("broker cancelled consumer %s", tag)
+
+
+class Link:
+    """What the server and the proxy need from a connection; see the module docstring."""
+
+    #: Whether the broker offers RabbitMQ's direct reply-to.
+    direct_reply_to = False
+
+    def __init__(self, on_message: OnMessage, on_return: OnReturn | None, on_cancel: OnCancel | None):
+        self.on_message = on_message
+        self.on_return = on_return or _ignore_return
+        self.on_cancel = on_cancel or _ignore_cancel
+        self.closed = False
+        #: Set while the broker has blocked publishing (a resource alarm).
+        self.blocked: str | None = None
+
+    def declare_queue(self, name: str, *, durable: bool, arguments: dict[str, Any] | None = None) -> str:
+        raise NotImplementedError
+
+    def reply_queue(self) -> str:
+        """Start consuming replies; returns the ``reply_to`` address to publish with."""
+        raise NotImplementedError
+
+    def consume(self, queue: str, *, prefetch: int) -> str:
+        """Start consuming ``queue`` with manual acks; returns the consumer tag."""
+        raise NotImplementedError
+
+    def cancel(self, consumer_tag: str) -> None:
+        """Stop deliveries to ``consumer_tag`` (those already sent still arrive)."""
+        raise NotImplementedError
+
+    def publish(
+        self, routing_key: str, body: bytes, props: dict[str, Any], *,
+        mandatory: bool = False, ack: int | None = None,
+    ) -> None:
+        """Publish to the default exchange; ``ack`` acknowledges that delivery in the same write."""
+        raise NotImplementedError
+
+    def ack(self, delivery_tag: int) -> None:
+        raise NotImplementedError
+
+    def reject(self, delivery_tag: int, *, requeue: bool) -> None:
+        raise NotImplementedError
+
+    def read(self, timeout: float | None) -> bool:
+        """Read and dispatch what arrives within ``timeout`` (None blocks); False if nothing did.
+
+        Raises:
+            ConnectionLost: the connection or channel failed or was closed.
+        """
+        raise NotImplementedError
+
+    def tick(self) -> None:
+        """Send a heartbeat if due; raise ConnectionLost if the broker fell silent."""
+
+    def close(self) -> None:
+        raise NotImplementedError
+
+
+def open_link(
+    conn: Connection,
+    on_message: OnMessage,
+    on_return: OnReturn | None = None,
+    on_cancel: OnCancel | None = None,
+) -> Link:
+    """The fastest link for ``conn``'s transport."""
+    if conn.transport.driver_type == "amqp" and hasattr(conn.connection, "frame_writer"):
+        return AMQPLink(conn, on_message, on_return, on_cancel)
+    return KombuLink(conn, on_message, on_return, on_cancel)
+
+
+class AMQPLink(Link):
+    """RabbitMQ through py-amqp, with the per-call frames written and parsed here."""
+
+    direct_reply_to = True
+    _CHUNK = 65536
+
+    def __init__(
+        self, conn: Connection, on_message: OnMessage,
+        on_return: OnReturn | None, on_cancel: OnCancel | None,
+    ) -> None:
+        super().__init__(on_message, on_return, on_cancel)
+        self._kombu = conn
+        self._amqp = conn.connection
+        self._channel = self._amqp.channel()
+        self._ch = self._channel.channel_id
+        self._sock: socket.socket = self._amqp.transport.sock
+        self._ssl = isinstance(self._sock, ssl.SSLSocket)
+        self._frame_max = int(self._amqp.frame_max)
+        self.heartbeat = float(self._amqp.heartbeat or 0)
+        self._wlock = threading.Lock()
+        self._poller = select.poll()
+        self._poller.register(self._sock, select.POLLIN | select.POLLERR | select.POLLHUP)
+        self._chunk = bytearray(self._CHUNK)
+        self._chunk_view = memoryview(self._chunk)
+        self._buf = bytearray()
+        # The content being assembled: (kind, method facts), properties, size, parts.
+        self._method: tuple[Any, ...] | None = None
+        self._props: dict[str, Any] = {}
+        self._size = 0
+        self._parts: list[bytes] = []
+        self._got = 0
+        now = time.monotonic()
+        self.last_sent = self.last_recv = now
+
+    # -- setup, before anyone reads ------------------------------------------------------------
+
+    def declare_queue(self, name: str, *, durable: bool, arguments: dict[str, Any] | None = None) -> str:
+        result = self._channel.queue_declare(
+            name, durable=durable, auto_delete=False, arguments=arguments or None,
+        )
+        return str(result.queue)
+
+    def reply_queue(self) -> str:
+        self._channel.basic_consume(
+            DIRECT_REPLY_TO, no_ack=True, callback=_never_called,
+        )
+        return DIRECT_REPLY_TO
+
+    def consume(self, queue: str, *, prefetch: int) -> str:
+        self._channel.basic_qos(0, prefetch, False)
+        return str(self._channel.basic_consume(queue, no_ack=False, callback=_never_called))
+
+    # -- writing, from any thread ----------------------------------------------------------------
+
+    def cancel(self, consumer_tag: str) -> None:
+        args = frames.shortstr(consumer_tag) + b"\x00"
+        self._send(frames.method_frame(self._ch, frames.BASIC, frames.BASIC_CANCEL, args))
+
+    def publish(
+        self, routing_key: str, body: bytes, props: dict[str, Any], *,
+        mandatory: bool = False, ack: int | None = None,
+    ) -> None:
+        data = frames.publish_frames(
+            self._ch, routing_key, body, props, mandatory=mandatory, frame_max=self._frame_max,
+        )
+        if ack is not None:
+            data += frames.ack_frame(self._ch, ack)
+        self._send(data)
+
+    def ack(self, delivery_tag: int) -> None:
+        self._send(frames.ack_frame(self._ch, delivery_tag))
+
+    def reject(self, delivery_tag: int, *, requeue: bool) -> None:
+        self._send(frames.reject_frame(self._ch, delivery_tag, requeue))
+
+    def _send(self, data: bytes) -> None:
+        with self._wlock:
+            if self.closed:
+                raise ConnectionLost("the connection is closed")
+            try:
+                self._sock.sendall(data)
+            except OSError as exc:
+                self._fail()
+                raise ConnectionLost(f"cannot write to the broker: {exc}") from exc
+            self.last_sent = time.monotonic()
+
+    def tick(self) -> None:
+        if not self.heartbeat or self.closed:
+            return
+        now = time.monotonic()
+        if now - self.last_recv > 2 * self.heartbeat:
+            self._fail()
+            raise ConnectionLost(
+                f"no data from the broker for {now - self.last_recv:.1f} s (heartbeat "
+                f"{self.heartbeat:g} s): connection presumed dead"
+            )
+        if now - self.last_sent >= self.heartbeat / 2:
+            self._send(frames.heartbeat_frame())
+
+    # -- reading, one thread at a time -----------------------------------------------------------
+
+    def read(self, timeout: float | None) -> bool:
+        if self.closed:
+            raise ConnectionLost("the connection is closed")
+        if timeout is not None and not (self._ssl and self._sock.pending()):  # type: ignore[attr-defined]
+            if not self._poller.poll(max(0, int(timeout * 1000 + 0.999))):
+                return False
+        try:
+            count = self._sock.recv_into(self._chunk)
+        except (BlockingIOError, InterruptedError, ssl.SSLWantReadError):
+            return False
+        except OSError as exc:
+            self._fail()
+            raise ConnectionLost(f"connection to the broker failed: {exc}") from exc
+        if not count:
+            self._fail()
+            raise ConnectionLost("the broker closed the connection")
+        self.last_recv = time.monotonic()
+        self._buf += self._chunk_view[:count]
+        self._parse()
+        return True
+
+    def _parse(self) -> None:
+        buf = self._buf
+        pos, end = 0, len(buf)
+        unpack = frames.FRAME_HEADER_STRUCT.unpack_from
+        try:
+            while end - pos >= 8:
+                kind, _channel, size = unpack(buf, pos)
+                stop = pos + 7 + size
+                if stop >= end:
+                    break
+                if buf[stop] != frames.FRAME_END:
+                    self._fail()
+                    raise ConnectionLost("malformed AMQP frame from the broker")
+                payload = bytes(buf[pos + 7:stop])
+                pos = stop + 1
+                if kind == frames.FRAME_BODY:
+                    self._on_body(payload)
+                elif kind == frames.FRAME_METHOD:
+                    self._on_method(payload)
+                elif kind == frames.FRAME_HEADER:
+                    self._size, self._props = frames.parse_content_header(payload)
+                    if self._size == 0:
+                        self._complete(b"")
+        finally:
+            if pos:
+                del buf[:pos]
+
+    def _on_body(self, payload: bytes) -> None:
+        if self._got == 0 and len(payload) >= self._size:
+            self._complete(payload)
+            return
+        self._parts.append(payload)
+        self._got += len(payload)
+        if self._got >= self._size:
+            body = b"".join(self._parts)
+            self._parts, self._got = [], 0
+            self._complete(body)
+
+    def _complete(self, body: bytes) -> None:
+        method, self._method = self._method, None
+        if method is None:
+            return
+        if method[0] == frames.BASIC_DELIVER:
+            _, tag, redelivered, routing_key = method
+            self.on_message(Incoming(body, self._props, tag, redelivered, routing_key))
+        else:
+            _, code, text, routing_key = method
+            self.on_return(Incoming(body, self._props, None, False, routing_key), code, text)
+
+    def _on_method(self, payload: bytes) -> None:
+        class_id, method_id = frames.method_id(payload)
+        if class_id == frames.BASIC:
+            if method_id == frames.BASIC_DELIVER:
+                _, tag, redelivered, _, routing_key = frames.parse_deliver(payload)
+                self._method = (frames.BASIC_DELIVER, tag, redelivered, routing_key)
+            elif method_id == frames.BASIC_RETURN:
+                code, text, _, routing_key = frames.parse_return(payload)
+                self._method = (frames.BASIC_RETURN, code, text, routing_key)
+            elif method_id == frames.BASIC_CANCEL:
+                tag, offset = frames.read_shortstr(payload, 4)
+                if not payload[offset] & 1:  # the broker waits for cancel-ok
+                    self._send(frames.method_frame(
+                        self._ch, frames.BASIC, frames.BASIC_CANCEL_OK, frames.shortstr(tag)))
+                self.on_cancel(tag)
+        elif class_id == frames.CHANNEL and method_id == frames.CHANNEL_CLOSE:
+            code, text = frames.parse_close(payload)
+            self._send(frames.method_frame(self._ch, frames.CHANNEL, frames.CHANNEL_CLOSE_OK))
+            self._fail()
+            raise ConnectionLost(f"the broker closed the channel: {code} {text}")
+        elif class_id == frames.CONNECTION:
+            if method_id == frames.CONNECTION_CLOSE:
+                code, text = frames.parse_close(payload)
+                self._send(frames.method_frame(0, frames.CONNECTION, frames.CONNECTION_CLOSE_OK))
+                self._fail()
+                raise ConnectionLost(f"the broker closed the connection: {code} {text}")
+            if method_id == frames.CONNECTION_BLOCKED:
+                self.blocked, _ = frames.read_shortstr(payload, 4)
+                logger.warning("broker blocked publishing: %s", self.blocked)
+            elif method_id == frames.CONNECTION_UNBLOCKED:
+                self.blocked = None
+                logger.warning("broker unblocked publishing")
+
+    # -- closing ---------------------------------------------------------------------------------
+
+    def _fail(self) -> None:
+        """Mark the link dead and wake any reader blocked on the socket."""
+        if self.closed:
+            return
+        self.closed = True
+        try:
+            self._sock.shutdown(socket.SHUT_RDWR)
+        except OSError:
+            pass
+
+    def close(self) -> None:
+        if not self.closed:
+            close_args = b"\x00\xc8" + frames.shortstr("bye") + b"\x00\x00\x00\x00"
+            try:
+                self._send(frames.method_frame(0, frames.CONNECTION, frames.CONNECTION_CLOSE, close_args))
+            except ConnectionLost:
+                pass
+            self._fail()
+        try:
+            self._kombu.collect()
+        except Exception:  # the socket is already gone; nothing left to release
+            logger.debug("error collecting a closed connection", exc_info=True)
+
+
+def _never_called(message: Any) -> None:  # py-amqp wants a callback; our reader dispatches
+    raise AssertionError("py-amqp must not dispatch on a link")
+
+
+class KombuLink(Link):
+    """Any kombu transport, through kombu's producer and consumer under one lock."""
+
+    _SLICE = 0.005  # longest hold of the lock while reading, so publishers get their turn
+
+    def __init__(
+        self, conn: Connection, on_message: OnMessage,
+        on_return: OnReturn | None, on_cancel: OnCancel | None,
+    ) -> None:
+        super().__init__(on_message, on_return, on_cancel)
+        self._conn = conn
+        self._lock = threading.RLock()
+        self._channel = conn.channel()
+        self._producer = Producer(self._channel, serializer=None)
+        self._consumers: dict[str, Consumer] = {}
+        self._messages: dict[int, Any] = {}
+
+    def declare_queue(self, name: str, *, durable: bool, arguments: dict[str, Any] | None = None) -> str:
+        with self._lock:
+            queue = Queue(name, durable=durable, auto_delete=False, queue_arguments=arguments,
+                          channel=self._channel)
+            queue.declare()
+            return name
+
+    def reply_queue(self) -> str:
+        with self._lock:
+            queue = Queue("", exclusive=True, auto_delete=True, channel=self._channel)
+            queue.declare()
+            consumer = Consumer(self._channel, [queue], no_ack=True, on_message=self._deliver,
+                                accept=None)
+            consumer.consume()
+            self._consumers[str(queue.name)] = consumer
+            return str(queue.name)
+
+    def consume(self, queue: str, *, prefetch: int) -> str:
+        with self._lock:
+            consumer = Consumer(self._channel, [Queue(queue, no_declare=True)], no_ack=False,
+                                on_message=self._deliver, prefetch_count=prefetch, accept=None)
+            consumer.consume()
+            tag = str(consumer.queues[0].name)
+            self._consumers[tag] = consumer
+            return tag
+
+    def cancel(self, consumer_tag: str) -> None:
+        with self._lock:
+            consumer = self._consumers.pop(consumer_tag, None)
+            if consumer is not None:
+                consumer.cancel()
+
+    def _deliver(self, message: Any) -> None:
+        info = message.delivery_info or {}
+        props = dict(message.properties)
+        props["content_type"] = message.content_type
+        props["headers"] = message.headers
+        tag = message.delivery_tag
+        if tag is not None:
+            self._messages[tag] = message
+        self.on_message(Incoming(
+            message.body if isinstance(message.body, bytes) else bytes(message.body, "utf-8"),
+            props, tag, bool(info.get("redelivered")), str(info.get("routing_key", "")),
+        ))
+
+    def _queue_exists(self, name: str) -> bool:
+        try:
+            self._channel.queue_declare(queue=name, passive=True)
+        except self._conn.channel_errors:
+            return False
+        return True
+
+    def publish(
+        self, routing_key: str, body: bytes, props: dict[str, Any], *,
+        mandatory: bool = False, ack: int | None = None,
+    ) -> None:
+        with self._lock:
+            if self.closed:
+                raise ConnectionLost("the connection is closed")
+            if mandatory and not self._queue_exists(routing_key):
+                self.on_return(Incoming(body, props, None, False, routing_key), 312, "NO_ROUTE")
+            else:
+                extra = {k: v for k, v in props.items()
+                         if k not in ("content_type", "headers", "expiration") and v is not None}
+                expiration = props.get("expiration")
+                try:
+                    self._producer.publish(
+                        body, routing_key=routing_key, exchange="",
+                        content_type=props.get("content_type"), content_encoding="binary",
+                        headers=props.get("headers") or {},
+                        expiration=int(expiration) / 1000 if expiration else None,
+                        retry=False, **extra,
+                    )
+                except self._conn.connection_errors as exc:
+                    self.closed = True
+                    raise ConnectionLost(f"cannot publish: {exc}") from exc
+            if ack is not None:
+                self.ack(ack)
+
+    def ack(self, delivery_tag: int) -> None:
+        with self._lock:
+            message = self._messages.pop(delivery_tag, None)
+            if message is not None and not self.closed:
+                message.ack()
+
+    def reject(self, delivery_tag: int, *, requeue: bool) -> None:
+        with self._lock:
+            message = self._messages.pop(delivery_tag, None)
+            if message is not None and not self.closed:
+                message.reject(requeue=requeue)
+
+    def read(self, timeout: float | None) -> bool:
+        if self.closed:
+            raise ConnectionLost("the connection is closed")
+        deadline = None if timeout is None else time.monotonic() + timeout
+        while True:
+            remaining = self._SLICE if deadline is None else min(self._SLICE, deadline - time.monotonic())
+            with self._lock:
+                if self.closed:
+                    raise ConnectionLost("the connection is closed")
+                try:
+                    self._conn.drain_events(timeout=max(remaining, 0))
+                    return True
+                except socket.timeout:
+                    pass
+                except self._conn.connection_errors as exc:
+                    self.closed = True
+                    raise ConnectionLost(f"connection to the broker failed: {exc}") from exc
+            if deadline is not None and time.monotonic() >= deadline:
+                return False
+            time.sleep(0)  # let a publisher take the lock
+
+    def close(self) -> None:
+        with self._lock:
+            if self.closed:
+                return
+            self.closed = True
+            try:
+                self._conn.release()
+            except Exception:
+                logger.debug("error releasing a kombu connection", exc_info=True)

@@ -1,0 +1,591 @@
+"""The proxy: remote methods as attributes, called synchronously, by callback or as futures.
+
+One proxy owns one connection and is safe to share between threads, with any number of calls in
+flight. Its I/O follows a leader/follower scheme: a thread waiting for a reply reads the socket
+itself when nobody else is, so a single-threaded caller publishes and reads on its own thread
+with no hand-off; other waiters sleep until the reader hands them their reply or the reader's
+role. A background thread reads only while future or callback calls are outstanding and nobody
+else reads, fires their timeouts, and keeps heartbeats going.
+"""
+
+from __future__ import annotations
+
+import heapq
+import itertools
+import logging
+import queue
+import secrets
+import threading
+import time
+from collections.abc import Callable
+from typing import Any
+
+from . import protocol, serialization
+from .calls import CALLBACK, FUTURE, SYNC, CallbackState, CallbackStates, CallFuture, Pending
+from .config import mask_url, resolve_url
+from .connection import DEFAULT_CONNECT_RETRY, DEFAULT_HEARTBEAT, open_connection
+from .errors import (
+    ConnectionLost,
+    RPCError,
+    RPCTimeout,
+    SerializationError,
+    UnknownServer,
+    rebuild_exception,
+)
+from .link import Incoming, Link, open_link
+
+logger = logging.getLogger(__name__)
+
+OnSuccess = Callable[[Any], Any]
+OnError = Callable[[BaseException], Any]
+
+
+class Proxy:
+    """A dynamic client for the server registered as ``server_id``.
+
+    Example::
+
+        with Proxy(server_id="calc") as proxy:
+            proxy.add(2, 3)                          # 5
+            proxy.math.mul(2, 4)                     # 8
+            proxy.set_timeout(10).add(2, 3)          # RPCTimeout after 10 s without a reply
+            uid = proxy.callback(print, print).add(2, 4)
+            proxy.get_callback_state(uid)            # CallbackState.WAITING, then FINISHED
+            proxy.future.add(2, 3).result()          # 5
+
+    Args:
+        url: broker URL; None reads $RPC_BROKER_URL, then ``amqp://guest:guest@localhost:5672//``.
+        server_id: the server (request queue) to call.
+        serializer: ``"msgpack"``, ``"json"``, ``"pickle"`` or a registered name.
+        timeout: default seconds per call (None waits for ever); ``set_timeout`` overrides it.
+        heartbeat: AMQP heartbeat interval in seconds (0 turns heartbeats off).
+        connect_retry: seconds to keep retrying an unreachable broker before ConnectionError.
+        hostname, port, username, password, vhost: the URL in pieces, instead of ``url``.
+    """
+
+    def __init__(
+        self,
+        url: str | None = None,
+        *,
+        server_id: str = "calc",
+        serializer: str = "msgpack",
+        timeout: float | None = None,
+        heartbeat: float = DEFAULT_HEARTBEAT,
+        connect_retry: float = DEFAULT_CONNECT_RETRY,
+        hostname: str | None = None,
+        port: int | None = None,
+        username: str | None = None,
+        password: str | None = None,
+        vhost: str | None = None,
+    ) -> None:
+        self._url = resolve_url(
+            url, hostname=hostname, port=port, username=username, password=password, vhost=vhost,
+        )
+        self.server_id = server_id
+        self.content_type = serialization.content_type_of(serializer)
+        self._accept = frozenset({self.content_type, serialization.JSON})
+        self.default_timeout = _check_timeout(timeout)
+        self._heartbeat = heartbeat
+        self._connect_retry = connect_retry
+        self._prefix = secrets.token_hex(8) + "."
+        self._counter = itertools.count(1)
+
+        self._lock = threading.Lock()
+        self._pump_wakeup = threading.Condition(self._lock)
+        self._pending: dict[str, Pending] = {}
+        self._sleepers: dict[str, Pending] = {}
+        self._reader_active = False
+        self._async_count = 0
+        self._timers: list[tuple[float, str]] = []
+        self._states = CallbackStates()
+        self._closed = False
+        self._connect_lock = threading.Lock()
+        #: Replies that matched no pending call (late after a timeout, duplicates, forgeries).
+        self.replies_dropped = 0
+
+        self._link: Link = self._connect()
+        self._jobs: queue.SimpleQueue[Callable[[], None] | None] = queue.SimpleQueue()
+        self._callback_thread = threading.Thread(
+            target=self._run_jobs, name=f"rpc-proxy-callbacks-{server_id}", daemon=True,
+        )
+        self._callback_thread.start()
+        self._pump_thread = threading.Thread(
+            target=self._pump, name=f"rpc-proxy-io-{server_id}", daemon=True,
+        )
+        self._pump_thread.start()
+
+    # -- the public surface ----------------------------------------------------------------------
+
+    def __getattr__(self, name: str) -> _Method:
+        if name.startswith("_"):
+            raise AttributeError(name)
+        return _Method(_Call(self), name)
+
+    def call(self, method: str, /, *args: Any, **kwargs: Any) -> Any:
+        """Call ``method`` by name: for names that clash with the proxy's own attributes."""
+        return _Call(self).call(method, *args, **kwargs)
+
+    def set_timeout(self, timeout: float | None) -> _Call:
+        """A one-call view with this timeout: ``proxy.set_timeout(10).add(2, 3)``."""
+        return _Call(self).set_timeout(timeout)
+
+    def callback(self, on_success: OnSuccess | None, on_error: OnError | None = None) -> _Call:
+        """A one-call view that returns a uid at once and later runs one of the functions."""
+        return _Call(self).callback(on_success, on_error)
+
+    @property
+    def future(self) -> _Call:
+        """A one-call view that returns a ``concurrent.futures.Future``."""
+        return _Call(self).future
+
+    def get_callback_state(self, uid: str) -> CallbackState:
+        """The state of a callback call.
+
+        Raises:
+            KeyError: ``uid`` was not issued by this proxy (or finished over 10,000 calls ago).
+        """
+        return self._states.get(uid)
+
+    def get_num_waiting_callbacks(self) -> int:
+        """How many callback calls have not finished yet."""
+        return self._states.waiting()
+
+    @property
+    def pending_calls(self) -> int:
+        """Calls awaiting their reply."""
+        return len(self._pending)
+
+    def close(self) -> None:
+        """Fail calls still pending, stop the proxy's threads and close the connection."""
+        with self._lock:
+            if self._closed:
+                return
+            self._closed = True
+            self._pump_wakeup.notify_all()
+        self._fail_all(RPCError("the proxy was closed while the call was pending"))
+        self._link.close()
+        self._jobs.put(None)
+        for thread in (self._pump_thread, self._callback_thread):
+            if thread is not threading.current_thread():
+                thread.join(timeout=5)
+
+    def __enter__(self) -> Proxy:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def __repr__(self) -> str:
+        state = "closed" if self._closed else "open"
+        return f"<Proxy server_id={self.server_id!r} {mask_url(self._url)} {state}>"
+
+    # -- connecting ------------------------------------------------------------------------------
+
+    def _connect(self) -> Link:
+        conn = open_connection(
+            self._url, heartbeat=self._heartbeat, retry_for=self._connect_retry,
+            name=f"rpc-proxy {self.server_id}",
+        )
+        try:
+            link = open_link(conn, self._on_reply, self._on_return)
+            self._reply_to = link.reply_queue()
+        except Exception:
+            conn.release()
+            raise
+        return link
+
+    def _live_link(self) -> Link:
+        link = self._link
+        if not link.closed:
+            return link
+        with self._connect_lock:
+            if self._closed:
+                raise RPCError("this proxy is closed")
+            if self._link.closed:
+                logger.info("proxy for %r reconnecting to %s", self.server_id, mask_url(self._url))
+                self._link = self._connect()
+            return self._link
+
+    # -- making a call ---------------------------------------------------------------------------
+
+    def _start(
+        self, method: str, args: tuple[Any, ...], kwargs: dict[str, Any], timeout: float | None,
+        kind: int, *, future: CallFuture | None = None, on_success: OnSuccess | None = None,
+        on_error: OnError | None = None,
+    ) -> Pending:
+        if self._closed:
+            raise RPCError("this proxy is closed")
+        link = self._live_link()
+        cid = self._prefix + format(next(self._counter), "x")
+        now = time.time()
+        headers, expiration = protocol.deadline_headers(timeout, now)
+        body = serialization.encode(protocol.request_body(method, args, kwargs), self.content_type)
+        props: dict[str, Any] = {
+            "content_type": self.content_type, "correlation_id": cid, "reply_to": self._reply_to,
+        }
+        if headers is not None:
+            props["headers"] = headers
+            props["expiration"] = expiration
+        deadline = None if timeout is None else time.monotonic() + timeout
+        pending = Pending(cid, method, kind, self.content_type, deadline)
+        if kind == SYNC:
+            pending.arm()
+        elif kind == FUTURE:
+            pending.future = future
+        else:
+            pending.on_success, pending.on_error = on_success, on_error
+            self._states.start(cid)
+        with self._lock:
+            self._pending[cid] = pending
+            if kind != SYNC:
+                self._async_count += 1
+                if deadline is not None:
+                    heapq.heappush(self._timers, (deadline, cid))
+        try:
+            link.publish(self.server_id, body, props, mandatory=True)
+        except Exception:
+            with self._lock:
+                if self._pending.pop(cid, None) is not None and kind != SYNC:
+                    self._async_count -= 1
+            if kind == CALLBACK:
+                self._states.finish(cid)
+            raise
+        return pending
+
+    def _call_sync(
+        self, method: str, args: tuple[Any, ...], kwargs: dict[str, Any], timeout: float | None,
+    ) -> Any:
+        pending = self._start(method, args, kwargs, timeout, SYNC)
+        self._wait(pending)
+        if pending.ok:
+            return pending.value
+        raise pending.value
+
+    def _wait(self, pending: Pending) -> None:
+        deadline = pending.deadline
+        while True:
+            with self._lock:
+                if pending.done:
+                    return
+                if self._reader_active:
+                    self._sleepers[pending.cid] = pending
+                    reading = False
+                else:
+                    self._reader_active = True
+                    reading = True
+            if reading:
+                self._read_until(pending)
+            else:
+                pending.sleep(None if deadline is None else deadline - time.monotonic())
+                with self._lock:
+                    self._sleepers.pop(pending.cid, None)
+            if not pending.done and deadline is not None and time.monotonic() >= deadline:
+                self._expire(pending)
+                return
+
+    def _read_until(self, pending: Pending) -> None:
+        deadline = pending.deadline
+        try:
+            while not pending.done:
+                remaining = None if deadline is None else deadline - time.monotonic()
+                if remaining is not None and remaining <= 0:
+                    return
+                self._link.read(remaining)
+        except ConnectionLost as exc:
+            self._connection_lost(exc)
+        finally:
+            self._release_reader()
+
+    def _release_reader(self) -> None:
+        with self._lock:
+            self._reader_active = False
+            for sleeper in self._sleepers.values():
+                if not sleeper.done:
+                    sleeper.wake()  # it takes over reading
+                    return
+            if self._async_count:
+                self._pump_wakeup.notify()
+
+    def _expire(self, pending: Pending) -> None:
+        with self._lock:
+            if pending.done or self._pending.pop(pending.cid, None) is None:
+                return
+            if pending.kind != SYNC:
+                self._async_count -= 1
+        timeout = RPCTimeout(f"no reply to {pending.method}() within the call's timeout")
+        self._complete(pending, False, timeout)
+
+    def _call_async(
+        self, method: str, args: tuple[Any, ...], kwargs: dict[str, Any], timeout: float | None,
+        on_success: OnSuccess | None, on_error: OnError | None, future: bool,
+    ) -> Any:
+        fut = CallFuture(self._jobs.put) if future else None
+        pending = self._start(
+            method, args, kwargs, timeout, FUTURE if future else CALLBACK,
+            future=fut, on_success=on_success, on_error=on_error,
+        )
+        with self._lock:
+            if not self._reader_active:
+                self._pump_wakeup.notify()
+        return fut if fut is not None else pending.cid
+
+    # -- replies ---------------------------------------------------------------------------------
+
+    def _on_reply(self, msg: Incoming) -> None:
+        cid = msg.props.get("correlation_id")
+        with self._lock:
+            pending = self._pending.pop(cid, None) if isinstance(cid, str) else None
+            if pending is None:
+                self.replies_dropped += 1
+            elif pending.kind != SYNC:
+                self._async_count -= 1
+        if pending is None:
+            logger.debug("dropped a reply with unknown correlation id %r", cid)
+            return
+        ok, value = self._decode_reply(msg, pending)
+        self._complete(pending, ok, value)
+
+    def _decode_reply(self, msg: Incoming, pending: Pending) -> tuple[bool, Any]:
+        content_type = msg.props.get("content_type")
+        try:
+            if content_type not in (pending.content_type, serialization.JSON):
+                raise RPCError(f"reply in content type {content_type!r}, expected "
+                               f"{pending.content_type!r}")
+            ok, value = protocol.parse_reply(serialization.decode(msg.body, content_type, self._accept))
+            if ok and content_type != pending.content_type:
+                raise RPCError(f"a result in {content_type!r}; only errors may come back as JSON")
+        except RPCError as exc:
+            return False, exc
+        if ok:
+            return True, value
+        return False, rebuild_exception(value)
+
+    def _on_return(self, msg: Incoming, code: int, text: str) -> None:
+        cid = msg.props.get("correlation_id")
+        with self._lock:
+            pending = self._pending.pop(cid, None) if isinstance(cid, str) else None
+            if pending is not None and pending.kind != SYNC:
+                self._async_count -= 1
+        if pending is not None:
+            self._complete(pending, False, UnknownServer(
+                f"no server is serving {msg.routing_key!r}: the broker returned the request "
+                f"({code} {text})"
+            ))
+
+    def _complete(self, pending: Pending, ok: bool, value: Any) -> None:
+        pending.ok, pending.value = ok, value
+        if pending.kind == SYNC:
+            with self._lock:
+                pending.done = True
+                pending.wake()
+        elif pending.kind == FUTURE:
+            pending.done = True
+            fut = pending.future
+            assert fut is not None
+            if fut.set_running_or_notify_cancel():
+                if ok:
+                    fut.set_result(value)
+                else:
+                    fut.set_exception(value)
+        else:
+            pending.done = True
+            self._jobs.put(lambda: self._run_callback(pending))
+
+    def _run_callback(self, pending: Pending) -> None:
+        self._states.processing(pending.cid)
+        try:
+            if pending.ok:
+                if pending.on_success is not None:
+                    pending.on_success(pending.value)
+            elif pending.on_error is not None:
+                pending.on_error(pending.value)
+            else:
+                logger.warning("call %s() failed and has no error callback: %r",
+                               pending.method, pending.value)
+        finally:
+            self._states.finish(pending.cid)
+
+    def _connection_lost(self, exc: ConnectionLost) -> None:
+        if not self._closed:
+            logger.warning("proxy for %r lost its connection: %s", self.server_id, exc)
+        self._fail_all(ConnectionLost(f"connection lost while the call was pending: {exc}"))
+
+    def _fail_all(self, error: Exception) -> None:
+        with self._lock:
+            pending = list(self._pending.values())
+            self._pending.clear()
+            self._async_count = 0
+            self._timers.clear()
+        for call in pending:
+            self._complete(call, False, error)
+
+    # -- background threads ----------------------------------------------------------------------
+
+    def _run_jobs(self) -> None:
+        while True:
+            job = self._jobs.get()
+            if job is None:
+                return
+            try:
+                job()
+            except Exception:
+                logger.exception("a callback raised")
+
+    def _pump(self) -> None:
+        link_tick = max(min(self._heartbeat / 4, 1.0), 0.05) if self._heartbeat else 1.0
+        next_tick = time.monotonic() + link_tick
+        while True:
+            with self._lock:
+                while True:
+                    if self._closed:
+                        return
+                    now = time.monotonic()
+                    expired = self._pop_expired(now)
+                    if expired:
+                        break
+                    if now >= next_tick:
+                        break
+                    if self._async_count and not self._reader_active:
+                        self._reader_active = True
+                        break
+                    wait = next_tick - now
+                    if self._timers:
+                        wait = min(wait, self._timers[0][0] - now)
+                    self._pump_wakeup.wait(max(wait, 0.001))
+                reading = self._reader_active and not expired and now < next_tick
+            for pending in expired:
+                self._complete(pending, False, RPCTimeout(
+                    f"no reply to {pending.method}() within the call's timeout"))
+            if expired:
+                continue
+            if not reading:
+                next_tick = now + link_tick
+                self._tick()
+                continue
+            try:
+                while self._async_count and not self._closed:
+                    now = time.monotonic()
+                    if now >= next_tick or (self._timers and self._timers[0][0] <= now):
+                        break
+                    wait = next_tick - now
+                    if self._timers:
+                        wait = min(wait, self._timers[0][0] - now)
+                    self._link.read(wait)
+                    if self._sleepers:
+                        break  # let a synchronous caller read for itself
+            except ConnectionLost as exc:
+                self._connection_lost(exc)
+            finally:
+                self._release_reader()
+
+    def _pop_expired(self, now: float) -> list[Pending]:
+        expired = []
+        timers = self._timers
+        while timers and timers[0][0] <= now:
+            _, cid = heapq.heappop(timers)
+            pending = self._pending.pop(cid, None)
+            if pending is not None:
+                self._async_count -= 1
+                expired.append(pending)
+        return expired
+
+    def _tick(self) -> None:
+        """Keep an idle connection alive: read what waits, send a heartbeat when due."""
+        link = self._link
+        if link.closed:
+            return
+        with self._lock:
+            take = not self._reader_active
+            if take:
+                self._reader_active = True
+        try:
+            if take:
+                link.read(0)
+            link.tick()
+        except ConnectionLost as exc:
+            self._connection_lost(exc)
+        finally:
+            if take:
+                self._release_reader()
+
+
+def _check_timeout(timeout: float | None) -> float | None:
+    if timeout is None:
+        return None
+    if not isinstance(timeout, (int, float)) or isinstance(timeout, bool) or not timeout > 0:
+        raise ValueError(f"timeout must be a positive number of seconds or None, not {timeout!r}")
+    return float(timeout)
+
+
+class _Call:
+    """The modifiers of one call: a timeout, callbacks or a future. Each returns a new view."""
+
+    __slots__ = ("_proxy", "_timeout", "_timeout_set", "_callbacks", "_future")
+
+    def __init__(
+        self, proxy: Proxy, timeout: float | None = None, timeout_set: bool = False,
+        callbacks: tuple[OnSuccess | None, OnError | None] | None = None, future: bool = False,
+    ) -> None:
+        self._proxy = proxy
+        self._timeout = timeout
+        self._timeout_set = timeout_set
+        self._callbacks = callbacks
+        self._future = future
+
+    def _replace(self, **changes: Any) -> _Call:
+        fields = {
+            "timeout": self._timeout, "timeout_set": self._timeout_set,
+            "callbacks": self._callbacks, "future": self._future,
+        }
+        fields.update(changes)
+        return _Call(self._proxy, **fields)
+
+    def set_timeout(self, timeout: float | None) -> _Call:
+        return self._replace(timeout=_check_timeout(timeout), timeout_set=True)
+
+    def callback(self, on_success: OnSuccess | None, on_error: OnError | None = None) -> _Call:
+        for fn in (on_success, on_error):
+            if fn is not None and not callable(fn):
+                raise TypeError(f"callbacks must be callable, not {type(fn).__name__}")
+        return self._replace(callbacks=(on_success, on_error), future=False)
+
+    @property
+    def future(self) -> _Call:
+        return self._replace(future=True, callbacks=None)
+
+    def __getattr__(self, name: str) -> _Method:
+        if name.startswith("_"):
+            raise AttributeError(name)
+        return _Method(self, name)
+
+    def call(self, method: str, /, *args: Any, **kwargs: Any) -> Any:
+        proxy = self._proxy
+        timeout = self._timeout if self._timeout_set else proxy.default_timeout
+        if self._callbacks is None and not self._future:
+            return proxy._call_sync(method, args, kwargs, timeout)
+        on_success, on_error = self._callbacks or (None, None)
+        return proxy._call_async(method, args, kwargs, timeout, on_success, on_error, self._future)
+
+
+class _Method:
+    """``proxy.name`` or ``proxy.instance.method``: call it, or take a further attribute."""
+
+    __slots__ = ("_call", "_name")
+
+    def __init__(self, call: _Call, name: str) -> None:
+        self._call = call
+        self._name = name
+
+    def __getattr__(self, name: str) -> _Method:
+        if name.startswith("_"):
+            raise AttributeError(name)
+        return _Method(self._call, f"{self._name}.{name}")
+
+    def __call__(self, *args: Any, **kwargs: Any) -> Any:
+        return self._call.call(self._name, *args, **kwargs)
+
+    def __repr__(self) -> str:
+        return f"<remote method {self._name!r}>"
+
+
+__all__ = ["CallbackState", "Proxy"]

@@ -1,0 +1,155 @@
+"""The method registry: which names a server dispatches, resolved once at registration (no I/O).
+
+Dispatch is a dictionary lookup and nothing else: no ``getattr`` on names from the wire, no
+dotted traversal, no names starting with ``_``. An instance contributes the public methods its
+class defines (and inherits from classes other than ``object``); properties, nested classes,
+modules and other attributes are never reachable.
+"""
+
+from __future__ import annotations
+
+import inspect
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+from typing import Any
+
+from .errors import InvalidArguments, MethodNotFound
+
+MAX_NAME_LENGTH = 255
+
+
+@dataclass(slots=True)
+class Method:
+    """A registered callable with what dispatch needs to know about it, computed once."""
+
+    name: str
+    func: Callable[..., Any]
+    signature: inspect.Signature | None
+    # Positional-only fast path: a call with no kwargs and a positional count in this range
+    # binds without inspect (None when the signature needs the full check).
+    positional_range: tuple[int, int] | None = field(default=None)
+
+    def check_arguments(self, args: tuple[Any, ...], kwargs: dict[str, Any]) -> None:
+        """Bind the arguments before the call, so a TypeError inside the function stays one.
+
+        Raises:
+            InvalidArguments: the arguments do not fit the signature.
+        """
+        if self.signature is None:
+            return
+        if not kwargs and self.positional_range is not None:
+            low, high = self.positional_range
+            if low <= len(args) <= high:
+                return
+        try:
+            self.signature.bind(*args, **kwargs)
+        except TypeError as exc:
+            raise InvalidArguments(f"{self.name}{self.signature}: {exc}") from None
+
+
+def _positional_range(sig: inspect.Signature) -> tuple[int, int] | None:
+    low = high = 0
+    for param in sig.parameters.values():
+        if param.kind not in (param.POSITIONAL_ONLY, param.POSITIONAL_OR_KEYWORD):
+            if param.kind is param.VAR_POSITIONAL or param.default is param.empty:
+                return None  # *args or a required keyword-only parameter: use bind()
+            continue
+        high += 1
+        if param.default is param.empty:
+            low = high
+    return low, high
+
+
+def _describe(name: str, func: Callable[..., Any]) -> Method:
+    try:
+        sig: inspect.Signature | None = inspect.signature(func)
+    except (TypeError, ValueError):  # some builtins have no introspectable signature
+        sig = None
+    return Method(name, func, sig, _positional_range(sig) if sig is not None else None)
+
+
+def _check_name(name: str) -> str:
+    if not isinstance(name, str) or not name:
+        raise ValueError(f"a method name must be a non-empty string, not {name!r}")
+    if len(name) > MAX_NAME_LENGTH:
+        raise ValueError(f"method name longer than {MAX_NAME_LENGTH} characters")
+    if any(part.startswith("_") or not part for part in name.split(".")):
+        raise ValueError(f"method name {name!r} has an empty or private (_) part")
+    return name
+
+
+def public_methods(obj: object) -> Iterator[tuple[str, Callable[..., Any]]]:
+    """The public methods of ``obj``: functions, static and class methods on its class."""
+    for klass in type(obj).__mro__:
+        if klass is object:
+            continue
+        for attr, raw in vars(klass).items():
+            if attr.startswith("_"):
+                continue
+            if isinstance(raw, (staticmethod, classmethod)) or inspect.isfunction(raw):
+                yield attr, getattr(obj, attr)
+            elif inspect.ismethoddescriptor(raw) and callable(raw):
+                yield attr, getattr(obj, attr)  # methods of classes written in C
+
+
+class Registry:
+    """Names to callables, built at registration time and read on every call."""
+
+    def __init__(self) -> None:
+        self._methods: dict[str, Method] = {}
+
+    def add_function(self, func: Callable[..., Any], name: str | None = None) -> None:
+        """Register one callable.
+
+        Raises:
+            ValueError: ``func`` is not callable, or the name is empty, private or too long.
+        """
+        if not callable(func):
+            raise ValueError(f"register_function() needs a callable, not {type(func).__name__}")
+        if name is None:
+            name = getattr(func, "__name__", None) or ""
+        self._methods[_check_name(name)] = _describe(name, func)
+
+    def add_instance(self, obj: object, name: str) -> list[str]:
+        """Register every public method of ``obj`` as ``name.method``; returns the names."""
+        _check_name(name)
+        if "." in name:
+            raise ValueError(f"an instance name cannot contain a dot: {name!r}")
+        added = []
+        seen: set[str] = set()
+        for attr, bound in public_methods(obj):
+            if attr in seen:  # the most derived definition wins
+                continue
+            seen.add(attr)
+            full = f"{name}.{attr}"
+            self._methods[full] = _describe(full, bound)
+            added.append(full)
+        return added
+
+    def remove(self, name: str) -> None:
+        """Forget ``name`` (and, for an instance, every ``name.method``)."""
+        self._methods.pop(name, None)
+        for key in [k for k in self._methods if k.startswith(name + ".")]:
+            del self._methods[key]
+
+    def resolve(self, name: str) -> Method:
+        """The method registered under ``name``.
+
+        Raises:
+            MethodNotFound: nothing public is registered under that exact name.
+        """
+        method = self._methods.get(name) if isinstance(name, str) else None
+        if method is None:
+            shown = name[:100] if isinstance(name, str) else repr(name)[:100]
+            raise MethodNotFound(f"no method {shown!r}")
+        return method
+
+    def names(self) -> list[str]:
+        """Every registered name, sorted."""
+        return sorted(self._methods)
+
+    def __contains__(self, name: object) -> bool:
+        return name in self._methods
+
+    def __len__(self) -> int:
+        return len(self._methods)

@@ -1,0 +1,93 @@
+"""Pluggable payload serializers, on top of kombu's serialization registry.
+
+Names and content types are kombu's: ``msgpack`` (``application/x-msgpack``), ``json``
+(``application/json``) and ``pickle`` (``application/x-python-serialize``). This module never
+calls kombu's global ``enable_insecure_serializers()``: every decode passes an explicit accept
+set, so enabling pickle for one server does not enable it for anything else in the process.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterable
+from typing import Any
+
+from kombu.exceptions import ContentDisallowed, DecodeError, EncodeError, SerializerNotInstalled
+from kombu.serialization import registry
+
+from .errors import BadRequest, SerializationError
+
+MSGPACK = "application/x-msgpack"
+JSON = "application/json"
+PICKLE = "application/x-python-serialize"
+
+#: What a server accepts unless told otherwise: never pickle.
+DEFAULT_ACCEPT = frozenset({MSGPACK, JSON})
+
+
+def register_serializer(
+    name: str,
+    encoder: Callable[[Any], bytes | str],
+    decoder: Callable[[bytes], Any],
+    content_type: str,
+) -> None:
+    """Add a serializer to kombu's registry under ``name`` and ``content_type``.
+
+    A server accepts the new content type only when its ``serializer`` or ``accept`` names it.
+    """
+    registry.register(name, encoder, decoder, content_type, content_encoding="binary")
+
+
+def content_type_of(name_or_type: str) -> str:
+    """Resolve a serializer name (``"json"``) or content type to the content type.
+
+    Raises:
+        ValueError: if no such serializer is registered.
+    """
+    if name_or_type in registry.name_to_type:
+        return str(registry.name_to_type[name_or_type])
+    if name_or_type in registry.type_to_name:
+        return name_or_type
+    raise ValueError(
+        f"unknown serializer {name_or_type!r}; registered: {sorted(registry.name_to_type)}"
+    )
+
+
+def accept_set(names: Iterable[str]) -> frozenset[str]:
+    """Turn serializer names or content types into a set of content types."""
+    return frozenset(content_type_of(n) for n in names)
+
+
+def encode(value: Any, content_type: str) -> bytes:
+    """Encode ``value`` with the serializer registered for ``content_type``.
+
+    Raises:
+        SerializationError: the value cannot be represented in that format.
+    """
+    try:
+        _, _, body = registry.dumps(value, serializer=registry.type_to_name[content_type])
+    except (EncodeError, SerializerNotInstalled, KeyError) as exc:
+        raise SerializationError(
+            f"cannot encode {type(value).__name__} as {content_type}: {exc}"
+        ) from exc
+    return body if isinstance(body, bytes) else str(body).encode()
+
+
+def decode(body: bytes, content_type: str | None, accept: frozenset[str]) -> Any:
+    """Decode a body whose content type is in ``accept``.
+
+    A missing or unlisted content type is refused outright: kombu would hand back raw bytes for
+    a missing one (its trusted ``application/data``), which must never pass for a request.
+
+    Raises:
+        BadRequest: the content type is refused or the body does not decode.
+    """
+    if not content_type or content_type not in accept:
+        raise BadRequest(
+            f"refused content type {content_type!r}; accepted: {sorted(accept)}"
+        )
+    try:
+        return registry.loads(body, content_type, "binary", accept=accept)
+    except ContentDisallowed as exc:
+        raise BadRequest(f"refused content type {content_type!r}") from exc
+    except (DecodeError, SerializerNotInstalled, RecursionError, ValueError) as exc:
+        raise BadRequest(f"cannot decode {content_type} body: {exc}") from exc

@@ -1,0 +1,406 @@
+"""The server: registered functions and instances, served from a broker queue.
+
+One I/O thread reads the connection and never runs user code; ``concurrency`` worker threads run
+the handlers and each publishes its reply and acknowledges the request in one write. A request
+is acknowledged only after its reply is published (at-least-once); one whose ``rpc-deadline`` has
+passed is acknowledged and skipped before its body is even decoded.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import pickle
+import queue
+import signal
+import threading
+import time
+from collections.abc import Callable, Iterable
+from typing import Any, TypeVar, overload
+
+from . import protocol, serialization
+from .config import mask_url, resolve_url
+from .connection import DEFAULT_HEARTBEAT, open_connection
+from .errors import BadRequest, ConnectionLost, SerializationError, error_payload, safe_args
+from .link import Incoming, Link, open_link
+from .introspection import SystemMethods
+from .registry import Registry
+
+logger = logging.getLogger(__name__)
+
+_F = TypeVar("_F", bound=Callable[..., Any])
+
+#: Requests prefetched per concurrent call unless ``prefetch`` is given (see docs/protocol.md).
+PREFETCH_PER_WORKER = 8
+
+
+class Server:
+    """Serve registered functions and instances to proxies calling ``server_id``.
+
+    Example::
+
+        server = Server(server_id="calc")
+
+        @server.expose
+        def add(a, b):
+            return a + b
+
+        server.register_instance(Math(), "math")
+        server.serve()          # or server.start() ... server.stop()
+
+    Args:
+        url: broker URL; None reads $RPC_BROKER_URL, then ``amqp://guest:guest@localhost:5672//``.
+        server_id: the queue to consume, and the name proxies call.
+        serializer: ``"pickle"`` (or another registered name) to accept it besides the defaults.
+        accept: serializer names or content types to accept instead of msgpack and JSON.
+        concurrency: calls run at once, each on its own worker thread.
+        prefetch: requests the broker may send ahead; default ``8 * concurrency``.
+        heartbeat: AMQP heartbeat interval in seconds (0 turns heartbeats off).
+        send_tracebacks: include the server's traceback in error replies (off in production).
+        connect_retry: seconds start() keeps retrying an unreachable broker.
+        introspection: answer the built-in ``system.list_methods``, ``system.method_help``,
+            ``system.method_signature`` and ``system.ping``.
+        hostname, port, username, password, vhost: the URL in pieces, instead of ``url``.
+    """
+
+    def __init__(
+        self,
+        url: str | None = None,
+        *,
+        server_id: str = "calc",
+        serializer: str | None = None,
+        accept: Iterable[str] | None = None,
+        concurrency: int = 1,
+        prefetch: int | None = None,
+        heartbeat: float = DEFAULT_HEARTBEAT,
+        send_tracebacks: bool = False,
+        connect_retry: float = 10.0,
+        introspection: bool = True,
+        hostname: str | None = None,
+        port: int | None = None,
+        username: str | None = None,
+        password: str | None = None,
+        vhost: str | None = None,
+    ) -> None:
+        self._url = resolve_url(
+            url, hostname=hostname, port=port, username=username, password=password, vhost=vhost,
+        )
+        if not server_id or len(server_id.encode()) > 255:
+            raise ValueError("server_id must be a non-empty queue name of at most 255 bytes")
+        if concurrency < 1:
+            raise ValueError("concurrency must be at least 1")
+        self.server_id = server_id
+        names = set(accept) if accept is not None else {"msgpack", "json"}
+        if serializer is not None:
+            names.add(serializer)
+        self.accept = serialization.accept_set(names)
+        self.concurrency = concurrency
+        self.prefetch = prefetch if prefetch is not None else PREFETCH_PER_WORKER * concurrency
+        if self.prefetch < 1:
+            raise ValueError("prefetch must be at least 1")
+        self.heartbeat = heartbeat
+        self.send_tracebacks = send_tracebacks
+        self.connect_retry = connect_retry
+        self.registry = Registry()
+        if introspection:
+            self.registry.add_instance(SystemMethods(self), "system")
+
+        self._link: Link | None = None
+        self._consumer_tag: str | None = None
+        self._work: queue.SimpleQueue[tuple[Link, Incoming] | None] = queue.SimpleQueue()
+        self._workers: list[threading.Thread] = []
+        self._io_thread: threading.Thread | None = None
+        self._accepting = False
+        self._stopping = threading.Event()
+        self._stopped = threading.Event()
+        self._stopped.set()
+        self._busy = 0
+        self._busy_lock = threading.Condition()
+        #: Counters for operators: calls answered, failed, expired, refused.
+        self.stats = {"calls": 0, "errors": 0, "expired": 0, "bad_requests": 0, "requeued": 0}
+
+    # -- registration ----------------------------------------------------------------------------
+
+    def register_function(self, func: _F, name: str | None = None) -> _F:
+        """Serve ``func`` as ``name`` (default: its ``__name__``); returns ``func``.
+
+        Raises:
+            ValueError: ``func`` is not callable, or the name is empty or private.
+        """
+        self.registry.add_function(func, name)
+        return func
+
+    def register_instance(self, obj: object, name: str) -> list[str]:
+        """Serve every public method of ``obj`` as ``name.method``; returns the names."""
+        return self.registry.add_instance(obj, name)
+
+    register_class = register_instance
+
+    @overload
+    def expose(self, func: _F, /) -> _F: ...
+
+    @overload
+    def expose(self, name: str, /) -> Callable[[_F], _F]: ...
+
+    def expose(self, func_or_name: Any, /) -> Any:
+        """Decorator: ``@server.expose`` or ``@server.expose("name")``."""
+        if isinstance(func_or_name, str):
+            name = func_or_name
+            return lambda func: self.register_function(func, name)
+        return self.register_function(func_or_name)
+
+    # -- running ---------------------------------------------------------------------------------
+
+    @property
+    def running(self) -> bool:
+        """Whether the server is consuming."""
+        return not self._stopped.is_set()
+
+    def start(self) -> None:
+        """Connect, declare the queue and consume in background threads; return once consuming.
+
+        Raises:
+            rpc.ConnectionError: the broker stayed unreachable for ``connect_retry`` seconds.
+            RuntimeError: the server is already running.
+        """
+        if self.running:
+            raise RuntimeError("the server is already running")
+        self._stopping.clear()
+        self._link = self._open(self.connect_retry)
+        self._stopped.clear()
+        self._accepting = True
+        self._workers = [
+            threading.Thread(target=self._work_loop, name=f"rpc-worker-{self.server_id}-{i}",
+                             daemon=True)
+            for i in range(self.concurrency)
+        ]
+        for worker in self._workers:
+            worker.start()
+        self._io_thread = threading.Thread(
+            target=self._io_loop, name=f"rpc-server-io-{self.server_id}", daemon=True,
+        )
+        self._io_thread.start()
+        logger.info(
+            "serving %r from %s (pid %d, %d methods, concurrency %d, prefetch %d)",
+            self.server_id, mask_url(self._url), os.getpid(), len(self.registry),
+            self.concurrency, self.prefetch,
+        )
+
+    def serve(self) -> None:
+        """Run until :meth:`stop`, SIGINT or SIGTERM; the signals stop gracefully."""
+        previous: dict[int, Any] = {}
+        if threading.current_thread() is threading.main_thread():
+            for sig in (signal.SIGINT, signal.SIGTERM):
+                previous[sig] = signal.signal(sig, lambda *_: self._stopping.set())
+        try:
+            self.start()
+            while not self._stopping.wait(0.5):
+                pass
+        finally:
+            self.stop()
+            for sig, handler in previous.items():
+                signal.signal(sig, handler)
+
+    def stop(self, grace: float | None = 30.0) -> None:
+        """Stop consuming, finish the calls in flight (up to ``grace`` s), then disconnect.
+
+        Requests prefetched but not started are requeued for another server.
+        """
+        if self._stopped.is_set():
+            return
+        self._stopping.set()
+        self._accepting = False
+        link = self._link
+        if link is not None and self._consumer_tag is not None and not link.closed:
+            try:
+                link.cancel(self._consumer_tag)
+            except ConnectionLost:
+                pass
+        for _ in self._workers:
+            self._work.put(None)
+        deadline = None if grace is None else time.monotonic() + grace
+        for worker in self._workers:
+            worker.join(None if deadline is None else max(deadline - time.monotonic(), 0))
+        if self._io_thread is not None:
+            self._io_thread.join(timeout=5)
+        if self._link is not None:
+            self._link.close()
+        self._stopped.set()
+        logger.info("stopped serving %r", self.server_id)
+
+    def _open(self, retry_for: float) -> Link:
+        conn = open_connection(
+            self._url, heartbeat=self.heartbeat, retry_for=retry_for,
+            name=f"rpc-server {self.server_id}",
+        )
+        try:
+            link = open_link(conn, self._on_message, on_cancel=self._on_cancel)
+            link.declare_queue(self.server_id, durable=True)
+            self._consumer_tag = link.consume(self.server_id, prefetch=self.prefetch)
+        except Exception:
+            conn.release()
+            raise
+        return link
+
+    def _on_cancel(self, tag: str) -> None:
+        if not self._stopping.is_set():
+            logger.error("the broker cancelled consumer %s of %r (queue deleted?); "
+                         "reconnecting to declare it again", tag, self.server_id)
+            assert self._link is not None
+            self._link.close()
+
+    def _io_loop(self) -> None:
+        tick = max(min(self.heartbeat / 4, 1.0), 0.05) if self.heartbeat else 1.0
+        while not self._stopped.is_set():
+            link = self._link
+            assert link is not None
+            try:
+                while not (self._stopping.is_set() and self._idle()):
+                    link.read(tick)
+                    link.tick()
+                return
+            except ConnectionLost as exc:
+                if self._stopping.is_set():
+                    return
+                logger.warning("server %r lost its connection: %s", self.server_id, exc)
+                self._reconnect()
+
+    def _reconnect(self) -> None:
+        while not self._stopping.is_set():
+            try:
+                self._link = self._open(retry_for=30.0)
+                logger.info("server %r reconnected to %s", self.server_id, mask_url(self._url))
+                return
+            except Exception as exc:
+                logger.error("server %r cannot reconnect: %s", self.server_id, exc)
+                self._stopping.wait(5.0)
+
+    def _idle(self) -> bool:
+        with self._busy_lock:
+            return self._busy == 0 and self._work.empty()
+
+    # -- handling requests -----------------------------------------------------------------------
+
+    def _on_message(self, msg: Incoming) -> None:
+        """On the I/O thread: cheap checks, then hand the request to a worker."""
+        link = self._link
+        assert link is not None
+        if not self._accepting:
+            self.stats["requeued"] += 1
+            self._requeue(link, msg)
+            return
+        props = msg.props
+        if props.get("type") == protocol.REPLY_TYPE:
+            logger.warning("refused a reply published to the request queue %r", self.server_id)
+            self.stats["bad_requests"] += 1
+            link.reject(msg.delivery_tag, requeue=False)  # type: ignore[arg-type]
+            return
+        deadline = protocol.deadline_of(props.get("headers"))
+        if deadline is not None and deadline < time.time():
+            self.stats["expired"] += 1
+            link.ack(msg.delivery_tag)  # type: ignore[arg-type]
+            return
+        with self._busy_lock:
+            self._busy += 1
+        self._work.put((link, msg))
+
+    def _requeue(self, link: Link, msg: Incoming) -> None:
+        if not link.closed:
+            try:
+                link.reject(msg.delivery_tag, requeue=True)  # type: ignore[arg-type]
+            except ConnectionLost:
+                pass
+
+    def _work_loop(self) -> None:
+        while True:
+            item = self._work.get()
+            if item is None:
+                return
+            link, msg = item
+            outcome = "requeued"
+            try:
+                if self._accepting:
+                    outcome = self._handle(link, msg)
+                else:
+                    self._requeue(link, msg)
+            except ConnectionLost as exc:
+                logger.warning("reply to %s not sent, the request will be redelivered: %s",
+                               msg.props.get("correlation_id"), exc)
+            except Exception:
+                logger.exception("unexpected error handling a request")
+            finally:
+                with self._busy_lock:
+                    self._busy -= 1
+                    self.stats[outcome] += 1
+
+    def _handle(self, link: Link, msg: Incoming) -> str:
+        """Run one request and reply; returns the stats key of the outcome."""
+        props = msg.props
+        content_type = props.get("content_type")
+        reply_type = content_type if content_type in self.accept else serialization.JSON
+        started = time.perf_counter()
+        method = "?"
+        try:
+            request = protocol.parse_request(
+                serialization.decode(msg.body, content_type, self.accept))
+            method = request.method
+            target = self.registry.resolve(method)
+            target.check_arguments(request.args, request.kwargs)
+            body = protocol.result_body(target.func(*request.args, **request.kwargs))
+            ok = True
+        except BaseException as exc:  # a handler's SystemExit must not end a worker either
+            ok = False
+            body = self._error_body(exc, reply_type)
+            outcome = "bad_requests" if isinstance(exc, BadRequest) else "errors"
+        else:
+            outcome = "calls"
+        payload, reply_type = self._encode_reply(body, reply_type, ok)
+        logger.debug("%s %s in %.2f ms", method, "ok" if ok else "failed",
+                     (time.perf_counter() - started) * 1000)
+        reply_to = props.get("reply_to")
+        if not reply_to:
+            link.ack(msg.delivery_tag)  # type: ignore[arg-type]
+            return outcome
+        if not protocol.is_reply_address(reply_to):
+            logger.warning("not replying to %r: not a reply address", reply_to[:100])
+            link.ack(msg.delivery_tag)  # type: ignore[arg-type]
+            return outcome
+        reply_props = {
+            "content_type": reply_type, "correlation_id": props.get("correlation_id"),
+            "type": protocol.REPLY_TYPE,
+        }
+        link.publish(reply_to, payload, reply_props, ack=msg.delivery_tag)
+        return outcome
+
+    def _error_body(self, exc: BaseException, reply_type: str) -> dict[str, Any]:
+        error = error_payload(exc, include_traceback=self.send_tracebacks)
+        if reply_type == serialization.PICKLE and isinstance(exc, Exception):
+            try:
+                pickle.dumps(exc)
+                error["instance"] = exc
+            except Exception:
+                pass  # unpicklable: the plain fields still carry type, message and args
+        return protocol.error_body(error)
+
+    def _encode_reply(
+        self, body: dict[str, Any], reply_type: str, ok: bool,
+    ) -> tuple[bytes, str]:
+        """The encoded reply and its content type; an unencodable one becomes an error reply."""
+        try:
+            return serialization.encode(body, reply_type), reply_type
+        except SerializationError as exc:
+            if ok:
+                error = SerializationError(f"cannot encode the result: {exc}")
+                return self._encode_reply(self._error_body(error, reply_type), reply_type, False)
+        error = dict(body["error"])
+        error.pop("instance", None)
+        error["args"] = safe_args(error["args"])
+        try:
+            return serialization.encode(protocol.error_body(error), reply_type), reply_type
+        except SerializationError:
+            error["args"] = [error["message"]]
+            return serialization.encode(protocol.error_body(error), serialization.JSON), serialization.JSON
+
+    def __repr__(self) -> str:
+        state = "running" if self.running else "stopped"
+        return f"<Server server_id={self.server_id!r} {mask_url(self._url)} {state}>"
