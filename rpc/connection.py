@@ -83,7 +83,7 @@ def open_connection(
     retrying = tenacity.Retrying(
         retry=tenacity.retry_if_exception(is_recoverable),
         stop=tenacity.stop_after_delay(retry_for),
-        wait=tenacity.wait_exponential_jitter(initial=0.1, max=1.0, jitter=0.1),
+        wait=tenacity.wait_exponential(multiplier=0.1, max=1.0) + tenacity.wait_random(0, 0.1),
         before_sleep=lambda state: logger.warning(
             "cannot connect to %s (attempt %d): %s; retrying",
             masked, state.attempt_number,

@@ -1,0 +1,94 @@
+"""Shared fixtures: a real RabbitMQ (pytest-rabbitmq, or $RPC_TEST_BROKER_URL) and memory://.
+
+Every test gets server ids of its own (uuid), so tests never share a queue with each other or
+with anything else on the broker.
+"""
+
+from __future__ import annotations
+
+import os
+import tempfile
+import uuid
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from rpc import Proxy, Server
+
+# The test broker listens on loopback only, on pytest-rabbitmq's port (it passes the environment
+# through). A config file of its own keeps a machine-wide /etc/rabbitmq/rabbitmq.conf, which may
+# pin listeners to 5672, away from it.
+os.environ.setdefault("RABBITMQ_NODE_IP_ADDRESS", "127.0.0.1")
+if "RABBITMQ_CONFIG_FILE" not in os.environ:
+    _config = Path(tempfile.mkdtemp(prefix="rpc-tests-rabbitmq-")) / "rabbitmq.conf"
+    _config.write_text("loopback_users.guest = true\n")
+    os.environ["RABBITMQ_CONFIG_FILE"] = str(_config)
+
+RABBITMQ_SERVER = Path("/usr/lib/rabbitmq/bin/rabbitmq-server")
+
+
+@pytest.fixture(scope="session")
+def broker_url(request: pytest.FixtureRequest) -> Iterator[str]:
+    """A real RabbitMQ: $RPC_TEST_BROKER_URL, else a node of this session's own."""
+    external = os.environ.get("RPC_TEST_BROKER_URL")
+    if external:
+        yield external
+        return
+    if not RABBITMQ_SERVER.exists():
+        message = f"{RABBITMQ_SERVER} is missing: install rabbitmq-server or set RPC_TEST_BROKER_URL"
+        if os.environ.get("CI"):
+            pytest.fail(message)
+        pytest.skip(message)
+    proc = request.getfixturevalue("rabbitmq_proc")
+    yield f"amqp://guest:guest@{proc.host}:{proc.port}//"
+
+
+@pytest.fixture(params=["amqp", "memory"])
+def url(request: pytest.FixtureRequest) -> str:
+    """Each transport in turn: the real broker, then kombu's in-process memory://."""
+    if request.param == "memory":
+        return "memory://"
+    return str(request.getfixturevalue("broker_url"))
+
+
+@pytest.fixture
+def server_id() -> str:
+    return f"test-{uuid.uuid4().hex[:12]}"
+
+
+@pytest.fixture
+def make_server(url: str, server_id: str) -> Iterator[Callable[..., Server]]:
+    """Start servers on ``url`` (default id ``server_id``); each is stopped after the test."""
+    servers: list[Server] = []
+
+    def make(*, register: Callable[[Server], Any] | None = None, **options: Any) -> Server:
+        options.setdefault("server_id", server_id)
+        options.setdefault("send_tracebacks", True)
+        server = Server(url, **options)
+        if register is not None:
+            register(server)
+        server.start()
+        servers.append(server)
+        return server
+
+    yield make
+    for server in servers:
+        server.stop(grace=5)
+
+
+@pytest.fixture
+def make_proxy(url: str, server_id: str) -> Iterator[Callable[..., Proxy]]:
+    """Open proxies on ``url`` (default id ``server_id``); each is closed after the test."""
+    proxies: list[Proxy] = []
+
+    def make(**options: Any) -> Proxy:
+        options.setdefault("server_id", server_id)
+        proxy = Proxy(url, **options)
+        proxies.append(proxy)
+        return proxy
+
+    yield make
+    for proxy in proxies:
+        proxy.close()
