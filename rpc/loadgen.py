@@ -1,0 +1,562 @@
+"""The load generator behind ``rpc bench``: keep calls in flight against a live server, time them.
+
+Three ways to keep ``concurrency`` calls in flight, as users' own code would:
+
+* ``futures``: one thread issues ``proxy.future`` calls and waits on the oldest when the window
+  is full (a call that finishes before an older one is timed when its turn comes);
+* ``threads``: ``concurrency`` threads make synchronous calls through one shared proxy;
+* ``callbacks``: one thread issues ``proxy.callback`` calls, each callback frees a slot.
+
+Without ``rate`` the loop is closed (a new call as soon as a slot frees). With ``rate`` it is
+open: call ``n`` is due at ``start + n / rate`` and its latency counts from then, so a server
+that falls behind shows queueing delay instead of slowing the arrivals. Every run is bounded by
+count and by wall-clock time. ``processes`` > 1 splits the load over client processes (spawned,
+so each has its own GIL) and merges their histograms losslessly.
+"""
+
+from __future__ import annotations
+
+import itertools
+import json
+import multiprocessing
+import platform
+import queue
+import threading
+import time
+from collections import deque
+from collections.abc import Callable, Iterator
+from concurrent.futures import Future
+from contextlib import contextmanager
+from dataclasses import asdict, dataclass, replace
+from functools import partial
+from pathlib import Path
+from typing import Any
+
+import click
+
+from .config import mask_url, resolve_url
+from .loadgen_stats import Tally, build_report, error_name, scheduled_time, split_evenly
+from .proxy import Proxy
+
+MODES = ("futures", "threads", "callbacks")
+#: Wall-clock cap of a run given only a call count, in seconds.
+MAX_SECONDS = 3600.0
+#: Seconds past a call's timeout before a reply that never came stops the run waiting.
+GRACE = 5.0
+#: Calls made when neither a count nor a duration is given.
+DEFAULT_TOTAL = 1000
+
+Progress = Callable[[int, int], None]
+
+
+@dataclass(frozen=True)
+class LoadSpec:
+    """What to call and how hard: the parameters of one load run."""
+
+    server_id: str
+    method: str
+    args: tuple[Any, ...] = ()
+    url: str | None = None
+    mode: str = "futures"
+    concurrency: int = 1
+    total: int | None = None
+    duration: float | None = None
+    rate: float | None = None
+    warmup: int = 0
+    timeout: float = 10.0
+    serializer: str = "msgpack"
+    payload_size: int | None = None
+    processes: int = 1
+    count_results: bool = False
+
+    def check(self) -> LoadSpec:
+        """This spec with defaults filled in; ValueError for impossible combinations."""
+        if self.mode not in MODES:
+            raise ValueError(f"mode must be one of {', '.join(MODES)}, not {self.mode!r}")
+        for name in ("concurrency", "processes"):
+            if getattr(self, name) < 1:
+                raise ValueError(f"{name} must be at least 1")
+        if self.processes > self.concurrency:
+            raise ValueError("concurrency must be at least the number of processes")
+        for name in ("total", "warmup", "payload_size"):
+            value = getattr(self, name)
+            if value is not None and value < 0:
+                raise ValueError(f"{name} must not be negative")
+        for name in ("duration", "rate", "timeout"):
+            value = getattr(self, name)
+            if value is not None and not value > 0:
+                raise ValueError(f"{name} must be positive")
+        if self.total is None and self.duration is None:
+            return replace(self, total=DEFAULT_TOTAL)
+        return self
+
+    def params(self) -> dict[str, Any]:
+        """The parameters as a report lists them (the URL's password masked)."""
+        params = asdict(self)
+        params["url"] = mask_url(resolve_url(self.url))
+        params["args"] = [_describe(a) for a in self.args]
+        return params
+
+
+def _describe(value: Any) -> Any:
+    return value if isinstance(value, (int, float, str, bool, type(None))) else repr(value)[:80]
+
+
+def call_args(spec: LoadSpec) -> tuple[Any, ...]:
+    """The arguments of every call: the given ones, then the payload if one is asked for.
+
+    The payload is bytes, except under JSON, which has no bytes type: an ASCII str there.
+    """
+    if spec.payload_size is None:
+        return spec.args
+    payload: bytes | str = b"x" * spec.payload_size
+    if spec.serializer in ("json", "application/json"):
+        payload = "x" * spec.payload_size
+    return (*spec.args, payload)
+
+
+def parse_arg(text: str) -> Any:
+    """A command-line argument: a JSON literal when it is one (``1``, ``[1, 2]``), else a str."""
+    try:
+        return json.loads(text)
+    except ValueError:
+        return text
+
+
+class _Plan:
+    """Hands out call slots: up to ``total`` calls, none due after ``stop``, spaced at ``rate``.
+
+    Process ``offset`` of ``stride`` takes every stride-th slot of the shared schedule.
+    """
+
+    def __init__(
+        self, total: int | None, stop: float, rate: float | None, start: float,
+        offset: int = 0, stride: int = 1,
+    ) -> None:
+        self.total, self.stop, self.rate, self.start = total, stop, rate, start
+        self.offset, self.stride = offset, stride
+        self._counter = itertools.count()
+
+    def take(self) -> float | None:
+        """The next call's due time (0.0: now, closed loop), or None when the run is over."""
+        n = next(self._counter)  # atomic under the GIL: threads share one plan
+        if self.total is not None and n >= self.total:
+            return None
+        if self.rate is None:
+            return 0.0 if time.perf_counter() < self.stop else None
+        due = scheduled_time(self.start, self.rate, n * self.stride + self.offset)
+        return due if due < self.stop else None
+
+
+def _sleep_until(due: float) -> None:
+    delay = due - time.perf_counter()
+    if delay > 0:
+        time.sleep(delay)
+
+
+def _drive_threads(proxy: Proxy, spec: LoadSpec, args: tuple[Any, ...], plan: _Plan,
+                   tally: Tally) -> None:
+    def worker() -> None:
+        while (due := plan.take()) is not None:
+            if due:
+                _sleep_until(due)
+            sent = due or time.perf_counter()
+            try:
+                result = proxy.call(spec.method, *args)
+            except Exception as exc:
+                tally.record_error(error_name(exc), sent, time.perf_counter())
+            else:
+                tally.record_ok(sent, time.perf_counter(), result)
+
+    workers = [threading.Thread(target=worker, name=f"rpc-bench-{i}", daemon=True)
+               for i in range(spec.concurrency)]
+    for thread in workers:
+        thread.start()
+    for thread in workers:
+        thread.join(max(plan.stop - time.perf_counter(), 0) + spec.timeout + GRACE)
+
+
+def _settle(fut: Future[Any], sent: float, tally: Tally, wait: float) -> None:
+    try:
+        exc = fut.exception(timeout=wait)
+    except TimeoutError:
+        tally.record_error("NoReply", sent, time.perf_counter())
+        return
+    if exc is None:
+        tally.record_ok(sent, time.perf_counter(), fut.result())
+    else:
+        tally.record_error(error_name(exc), sent, time.perf_counter())
+
+
+def _drive_futures(proxy: Proxy, spec: LoadSpec, args: tuple[Any, ...], plan: _Plan,
+                   tally: Tally) -> None:
+    window: deque[tuple[Future[Any], float]] = deque()
+    wait = spec.timeout + GRACE
+    issue = proxy.future.call
+
+    def harvest() -> None:
+        while window and window[0][0].done():
+            _settle(*window.popleft(), tally, 0)
+
+    while True:
+        while len(window) >= spec.concurrency:
+            _settle(*window.popleft(), tally, wait)
+        due = plan.take()
+        if due is None:
+            break
+        while due and (delay := due - time.perf_counter()) > 0:
+            if window:
+                try:
+                    window[0][0].exception(timeout=delay)
+                except TimeoutError:
+                    pass
+                harvest()
+            else:
+                time.sleep(delay)
+        sent = due or time.perf_counter()
+        try:
+            window.append((issue(spec.method, *args), sent))
+        except Exception as exc:
+            tally.record_error(error_name(exc), sent, time.perf_counter())
+        harvest()
+    while window:
+        _settle(*window.popleft(), tally, wait)
+
+
+def _drive_callbacks(proxy: Proxy, spec: LoadSpec, args: tuple[Any, ...], plan: _Plan,
+                     tally: Tally) -> None:
+    slots = threading.Semaphore(spec.concurrency)
+    wait = spec.timeout + GRACE
+
+    def succeeded(sent: float, result: Any) -> None:
+        tally.record_ok(sent, time.perf_counter(), result)
+        slots.release()
+
+    def failed(sent: float, exc: BaseException) -> None:
+        tally.record_error(error_name(exc), sent, time.perf_counter())
+        slots.release()
+
+    while (due := plan.take()) is not None:
+        if not slots.acquire(timeout=wait):
+            break  # replies stopped coming even past their timeouts; the drain below reports it
+        if due:
+            _sleep_until(due)
+        sent = due or time.perf_counter()
+        try:
+            proxy.callback(partial(succeeded, sent), partial(failed, sent)).call(spec.method, *args)
+        except Exception as exc:
+            failed(sent, exc)
+    deadline = time.monotonic() + wait
+    for _ in range(spec.concurrency):
+        if not slots.acquire(timeout=max(deadline - time.monotonic(), 0)):
+            break
+
+
+_DRIVERS = {"futures": _drive_futures, "threads": _drive_threads, "callbacks": _drive_callbacks}
+
+
+def _warm_up(proxy: Proxy, spec: LoadSpec, args: tuple[Any, ...]) -> None:
+    if spec.warmup:
+        plan = _Plan(spec.warmup, time.perf_counter() + MAX_SECONDS, None, time.perf_counter())
+        _DRIVERS[spec.mode](proxy, spec, args, plan, Tally(time.perf_counter()))
+
+
+def _measure(proxy: Proxy, spec: LoadSpec, args: tuple[Any, ...], tally: Tally,
+             offset: int = 0, stride: int = 1) -> float:
+    """Run the measured phase from ``tally.start``; returns this process's CPU seconds in it."""
+    limit = spec.duration if spec.duration is not None else MAX_SECONDS
+    plan = _Plan(spec.total, tally.start + limit, spec.rate, tally.start, offset, stride)
+    _sleep_until(tally.start)
+    cpu = time.process_time()
+    _DRIVERS[spec.mode](proxy, spec, args, plan, tally)
+    return time.process_time() - cpu
+
+
+def _open_proxy(spec: LoadSpec) -> Proxy:
+    return Proxy(spec.url, server_id=spec.server_id, serializer=spec.serializer,
+                 timeout=spec.timeout)
+
+
+@contextmanager
+def _polling(progress: Progress | None, read: Callable[[], tuple[int, int]]) -> Iterator[None]:
+    """Call ``progress(completed, errors)`` five times a second during the block, and at its end."""
+    if progress is None:
+        yield
+        return
+    done = threading.Event()
+
+    def poll() -> None:
+        while not done.wait(0.2):
+            progress(*read())
+
+    thread = threading.Thread(target=poll, name="rpc-bench-progress", daemon=True)
+    thread.start()
+    try:
+        yield
+    finally:
+        done.set()
+        thread.join()
+        progress(*read())
+
+
+def run_load(spec: LoadSpec, progress: Progress | None = None) -> dict[str, Any]:
+    """Run the load ``spec`` describes and return its report (see :mod:`rpc.loadgen_stats`).
+
+    Raises:
+        ValueError: the spec is impossible (see :meth:`LoadSpec.check`).
+        rpc.ConnectionError: the broker is unreachable.
+    """
+    spec = spec.check()
+    if spec.processes == 1:
+        tally, cpu = _run_here(spec, progress)
+    else:
+        tally, cpu = _run_processes(spec, progress)
+    return build_report(spec.params(), tally, client_cpu_s=cpu, environment=environment(spec))
+
+
+def _run_here(spec: LoadSpec, progress: Progress | None) -> tuple[Tally, float]:
+    proxy = _open_proxy(spec)
+    try:
+        args = call_args(spec)
+        _warm_up(proxy, spec, args)
+        tally = Tally(time.perf_counter(), count_results=spec.count_results)
+        with _polling(progress, lambda: (tally.completed, tally.error_count)):
+            cpu = _measure(proxy, spec, args, tally)
+        return tally, cpu
+    finally:
+        proxy.close()
+
+
+def _child_spec(spec: LoadSpec, index: int) -> LoadSpec:
+    parts = spec.processes
+    return replace(
+        spec,
+        processes=1,
+        concurrency=split_evenly(spec.concurrency, parts)[index],
+        total=None if spec.total is None else split_evenly(spec.total, parts)[index],
+        warmup=split_evenly(spec.warmup, parts)[index],
+    )
+
+
+def _child(spec: LoadSpec, index: int, parts: int, outbox: Any, go: Any, start_wall: Any,
+           counters: Any) -> None:
+    """One client process of a multi-process run; reports through ``outbox``."""
+    try:
+        proxy = _open_proxy(spec)
+    except Exception as exc:
+        outbox.put(("failed", index, f"{type(exc).__name__}: {exc}"))
+        return
+    try:
+        args = call_args(spec)
+        _warm_up(proxy, spec, args)
+        outbox.put(("ready", index, None))
+        if not go.wait(timeout=120):
+            return
+        start = time.perf_counter() + (start_wall.value - time.time())
+        tally = Tally(start, count_results=spec.count_results)
+
+        def publish(completed: int, errors: int) -> None:
+            counters[2 * index], counters[2 * index + 1] = completed, errors
+
+        with _polling(publish, lambda: (tally.completed, tally.error_count)):
+            cpu = _measure(proxy, spec, args, tally, index, parts)
+        outbox.put(("done", index, {"tally": tally.snapshot(), "cpu": cpu}))
+    except Exception as exc:
+        outbox.put(("failed", index, f"{type(exc).__name__}: {exc}"))
+    finally:
+        proxy.close()
+
+
+def _run_processes(spec: LoadSpec, progress: Progress | None) -> tuple[Tally, float]:
+    ctx = multiprocessing.get_context("spawn")
+    parts = spec.processes
+    outbox = ctx.Queue()
+    go = ctx.Event()
+    start_wall = ctx.Value("d", 0.0)
+    counters = ctx.Array("q", 2 * parts, lock=False)
+    procs = [
+        ctx.Process(target=_child, args=(_child_spec(spec, i), i, parts, outbox, go, start_wall,
+                                         counters), name=f"rpc-bench-client-{i}", daemon=True)
+        for i in range(parts)
+    ]
+    limit = spec.duration if spec.duration is not None else MAX_SECONDS
+    try:
+        for proc in procs:
+            proc.start()
+        _collect(outbox, parts, "ready", time.monotonic() + 60 + spec.warmup * spec.timeout / parts)
+        start_wall.value = time.time() + 0.05
+        go.set()
+
+        def read() -> tuple[int, int]:
+            return sum(counters[0::2]), sum(counters[1::2])
+
+        with _polling(progress, read):
+            results = _collect(outbox, parts, "done",
+                               time.monotonic() + limit + spec.timeout + GRACE + 30)
+        tally = Tally(0.0, count_results=spec.count_results)
+        for result in results:
+            tally.merge(result["tally"])
+        return tally, sum(result["cpu"] for result in results)
+    finally:
+        go.set()
+        for proc in procs:
+            proc.join(timeout=5)
+            if proc.is_alive():
+                proc.kill()
+                proc.join(timeout=5)
+        outbox.close()
+
+
+def _collect(outbox: Any, parts: int, kind: str, deadline: float) -> list[Any]:
+    """Wait for a ``kind`` message from each of ``parts`` processes; RuntimeError on failure."""
+    got: dict[int, Any] = {}
+    while len(got) < parts:
+        try:
+            what, index, payload = outbox.get(timeout=max(deadline - time.monotonic(), 0.01))
+        except queue.Empty:
+            raise RuntimeError(f"client processes did not report {kind!r} in time") from None
+        if what == "failed":
+            raise RuntimeError(f"client process {index} failed: {payload}")
+        if what == kind:
+            got[index] = payload
+    return [got[i] for i in range(parts)]
+
+
+def environment(spec: LoadSpec) -> dict[str, str]:
+    """Versions a reader needs to compare runs: Python, rpc, kombu, the broker."""
+    import kombu
+
+    from . import __version__
+
+    env = {"python": platform.python_version(), "rpc": __version__, "kombu": kombu.__version__}
+    version = broker_version(spec.url)
+    if version:
+        env["broker"] = version
+    return env
+
+
+def broker_version(url: str | None) -> str | None:
+    """The broker's product and version from its connection properties, if it tells them."""
+    from .connection import open_connection
+
+    try:
+        conn = open_connection(resolve_url(url), retry_for=0, heartbeat=0, name="rpc-bench")
+    except Exception:
+        return None
+    try:
+        props = getattr(conn.connection, "server_properties", None) or {}
+        product, version = props.get("product"), props.get("version")
+        return f"{product} {version}" if product and version else None
+    finally:
+        conn.release()
+
+
+def _require_extra() -> None:
+    try:
+        import hdrh  # noqa: F401
+        import rich  # noqa: F401
+    except ImportError as exc:
+        raise click.ClickException(
+            f"rpc bench needs the bench extra ({exc.name} is missing): "
+            "pip install 'amqp-rpc[bench]'"
+        ) from None
+
+
+@contextmanager
+def _progress_bar(spec: LoadSpec, enabled: bool) -> Iterator[Progress | None]:
+    """A rich progress bar on stderr (so stdout stays clean for the report)."""
+    if not enabled:
+        yield None
+        return
+    from rich.console import Console
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+
+    columns = [TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(),
+               TextColumn("{task.fields[rate]:>8.0f} calls/s  errors {task.fields[errors]}"),
+               TimeElapsedColumn()]
+    total = spec.total if spec.duration is None else None
+    with Progress(*columns, console=Console(stderr=True), transient=False) as bar:
+        task = bar.add_task(f"{spec.server_id}.{spec.method}", total=total, rate=0.0, errors=0)
+        started = time.monotonic()
+
+        def update(completed: int, errors: int) -> None:
+            elapsed = max(time.monotonic() - started, 1e-6)
+            bar.update(task, completed=completed, errors=errors, rate=completed / elapsed)
+
+        yield update
+
+
+@click.command("bench")
+@click.argument("server_id")
+@click.argument("method")
+@click.argument("args", nargs=-1)
+@click.option("--url", default=None, help="Broker URL (default: $RPC_BROKER_URL, then localhost).")
+@click.option("--mode", type=click.Choice(MODES), default="futures", show_default=True,
+              help="How calls are kept in flight.")
+@click.option("-c", "--concurrency", type=click.IntRange(min=1), default=1, show_default=True,
+              help="Calls in flight at once (in all processes together).")
+@click.option("-n", "--total", type=click.IntRange(min=1), default=None,
+              help=f"Calls to make (default {DEFAULT_TOTAL} when no --duration).")
+@click.option("-d", "--duration", type=click.FloatRange(min=0, min_open=True), default=None,
+              help="Seconds to keep calling; with --total, whichever ends first.")
+@click.option("-r", "--rate", type=click.FloatRange(min=0, min_open=True), default=None,
+              help="Open loop: start this many calls per second, latency from the due time.")
+@click.option("--warmup", type=click.IntRange(min=0), default=100, show_default=True,
+              help="Calls made first and left out of the figures.")
+@click.option("--timeout", type=click.FloatRange(min=0, min_open=True), default=10.0,
+              show_default=True, help="Seconds per call before it counts as a timeout.")
+@click.option("--serializer", default="msgpack", show_default=True,
+              help="msgpack, json, pickle or a registered serializer.")
+@click.option("--payload-size", type=click.IntRange(min=0), default=None,
+              help="Append a bytes (str under JSON) argument of this many bytes.")
+@click.option("-p", "--processes", type=click.IntRange(min=1), default=1, show_default=True,
+              help="Client processes sharing the load.")
+@click.option("--count-results", is_flag=True,
+              help="Count calls by returned value (to see how servers share the load).")
+@click.option("--format", "fmt", type=click.Choice(["text", "json", "csv"]), default="text",
+              show_default=True, help="Report format.")
+@click.option("-o", "--output", type=click.Path(dir_okay=False, path_type=Path), default=None,
+              help="Write the report to this file instead of standard output.")
+@click.option("--plot", type=click.Path(dir_okay=False, path_type=Path), default=None,
+              help="Write a PNG: latency distribution (log axis) and throughput over time.")
+@click.option("--quiet", "-q", is_flag=True, help="No progress bar.")
+def bench(server_id: str, method: str, args: tuple[str, ...], url: str | None, mode: str,
+          concurrency: int, total: int | None, duration: float | None, rate: float | None,
+          warmup: int, timeout: float, serializer: str, payload_size: int | None, processes: int,
+          count_results: bool, fmt: str, output: Path | None, plot: Path | None,
+          quiet: bool) -> None:
+    """Load-test METHOD of the server SERVER_ID with ARGS (JSON literals, else strings).
+
+    Example: rpc bench calc add 1 2 --concurrency 100 --duration 10
+    """
+    from .loadgen_format import plot as write_plot
+    from .loadgen_format import render
+
+    _require_extra()
+    try:
+        spec = LoadSpec(
+            server_id=server_id, method=method, args=tuple(parse_arg(a) for a in args), url=url,
+            mode=mode, concurrency=concurrency, total=total, duration=duration, rate=rate,
+            warmup=warmup, timeout=timeout, serializer=serializer, payload_size=payload_size,
+            processes=processes, count_results=count_results,
+        ).check()
+    except ValueError as exc:
+        raise click.BadParameter(str(exc)) from None
+    with _progress_bar(spec, not quiet) as progress:
+        try:
+            report = run_load(spec, progress)
+        except (RuntimeError, OSError) as exc:
+            raise click.ClickException(str(exc)) from None
+    text = render(report, fmt)
+    if output is None:
+        click.echo(text, nl=False)
+    else:
+        output.write_text(text)
+        click.echo(f"report written to {output}", err=True)
+    if plot is not None:
+        click.echo(f"plot written to {write_plot(report, plot)}", err=True)
+    if report["ok"] == 0:
+        raise click.ClickException("no call succeeded")
+
+
+__all__ = ["MODES", "LoadSpec", "bench", "call_args", "parse_arg", "run_load"]
