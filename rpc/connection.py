@@ -70,7 +70,7 @@ def open_connection(
             transport_options=options,
         )
         try:
-            conn.connect()
+            conn.ensure_connection(max_retries=0, reraise_as_library_errors=False)  # tenacity retries
         except BaseException as exc:
             conn.release()
             if isinstance(exc, _IRRECOVERABLE) or (

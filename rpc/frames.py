@@ -188,6 +188,8 @@ def parse_content_header(payload: bytes) -> tuple[int, dict[str, Any]]:
     """A content header's body size and properties."""
     body_size = int.from_bytes(payload[4:12], "big")
     props, _ = decode_properties_basic(payload, 12)
+    if "application_headers" in props:  # py-amqp's name for the headers table
+        props["headers"] = props.pop("application_headers")
     return body_size, props
 
 

@@ -299,8 +299,13 @@ def _polling(progress: Progress | None, read: Callable[[], tuple[int, int]]) -> 
         progress(*read())
 
 
-def run_load(spec: LoadSpec, progress: Progress | None = None) -> dict[str, Any]:
+def run_load(
+    spec: LoadSpec, progress: Progress | None = None, ready: Callable[[], None] | None = None,
+) -> dict[str, Any]:
     """Run the load ``spec`` describes and return its report (see :mod:`rpc.loadgen_stats`).
+
+    ``progress(completed, errors)`` is called a few times a second; ``ready()`` once after the
+    warm-up, just before the measured phase (an orchestrator snapshots server CPU there).
 
     Raises:
         ValueError: the spec is impossible (see :meth:`LoadSpec.check`).
@@ -308,17 +313,21 @@ def run_load(spec: LoadSpec, progress: Progress | None = None) -> dict[str, Any]
     """
     spec = spec.check()
     if spec.processes == 1:
-        tally, cpu = _run_here(spec, progress)
+        tally, cpu = _run_here(spec, progress, ready)
     else:
-        tally, cpu = _run_processes(spec, progress)
+        tally, cpu = _run_processes(spec, progress, ready)
     return build_report(spec.params(), tally, client_cpu_s=cpu, environment=environment(spec))
 
 
-def _run_here(spec: LoadSpec, progress: Progress | None) -> tuple[Tally, float]:
+def _run_here(
+    spec: LoadSpec, progress: Progress | None, ready: Callable[[], None] | None,
+) -> tuple[Tally, float]:
     proxy = _open_proxy(spec)
     try:
         args = call_args(spec)
         _warm_up(proxy, spec, args)
+        if ready is not None:
+            ready()
         tally = Tally(time.perf_counter(), count_results=spec.count_results)
         with _polling(progress, lambda: (tally.completed, tally.error_count)):
             cpu = _measure(proxy, spec, args, tally)
@@ -367,7 +376,9 @@ def _child(spec: LoadSpec, index: int, parts: int, outbox: Any, go: Any, start_w
         proxy.close()
 
 
-def _run_processes(spec: LoadSpec, progress: Progress | None) -> tuple[Tally, float]:
+def _run_processes(
+    spec: LoadSpec, progress: Progress | None, ready: Callable[[], None] | None,
+) -> tuple[Tally, float]:
     ctx = multiprocessing.get_context("spawn")
     parts = spec.processes
     outbox = ctx.Queue()
@@ -384,6 +395,8 @@ def _run_processes(spec: LoadSpec, progress: Progress | None) -> tuple[Tally, fl
         for proc in procs:
             proc.start()
         _collect(outbox, parts, "ready", time.monotonic() + 60 + spec.warmup * spec.timeout / parts)
+        if ready is not None:
+            ready()
         start_wall.value = time.time() + 0.05
         go.set()
 

@@ -221,10 +221,10 @@ class Server:
         deadline = None if grace is None else time.monotonic() + grace
         for worker in self._workers:
             worker.join(None if deadline is None else max(deadline - time.monotonic(), 0))
+        if self._link is not None:
+            self._link.close()  # also wakes the I/O thread; unacked deliveries go back to the queue
         if self._io_thread is not None:
             self._io_thread.join(timeout=5)
-        if self._link is not None:
-            self._link.close()
         self._stopped.set()
         logger.info("stopped serving %r", self.server_id)
 
@@ -295,14 +295,18 @@ class Server:
             self.stats["bad_requests"] += 1
             link.reject(msg.delivery_tag, requeue=False)  # type: ignore[arg-type]
             return
-        deadline = protocol.deadline_of(props.get("headers"))
-        if deadline is not None and deadline < time.time():
+        if self._expired(msg):
             self.stats["expired"] += 1
             link.ack(msg.delivery_tag)  # type: ignore[arg-type]
             return
         with self._busy_lock:
             self._busy += 1
         self._work.put((link, msg))
+
+    @staticmethod
+    def _expired(msg: Incoming) -> bool:
+        deadline = protocol.deadline_of(msg.props.get("headers"))
+        return deadline is not None and deadline < time.time()
 
     def _requeue(self, link: Link, msg: Incoming) -> None:
         if not link.closed:
@@ -335,6 +339,9 @@ class Server:
 
     def _handle(self, link: Link, msg: Incoming) -> str:
         """Run one request and reply; returns the stats key of the outcome."""
+        if self._expired(msg):  # it waited in this process past its deadline
+            link.ack(msg.delivery_tag)  # type: ignore[arg-type]
+            return "expired"
         props = msg.props
         content_type = props.get("content_type")
         reply_type = content_type if content_type in self.accept else serialization.JSON

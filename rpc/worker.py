@@ -1,0 +1,200 @@
+"""One worker process: import MODULE:ATTR, serve it, stop gracefully when told.
+
+The supervisor (:mod:`rpc.supervisor`) starts each worker as ``python -m rpc.worker``, a fresh
+interpreter that imports the user's module itself, so a restart also reloads the code. A worker
+reports readiness by writing one byte to a pipe, and says why it could not start through its exit
+code (:mod:`rpc.exitcodes`). The broker URL travels in ``$RPC_BROKER_URL``, never in argv, where
+``ps`` would show its password.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import logging
+import os
+import signal
+import sys
+import threading
+from dataclasses import dataclass
+from types import FrameType
+
+from . import logconfig
+from .config import URL_ENV
+from .errors import ConnectionError
+from .exitcodes import ExitCode, for_connection_error
+from .server import PREFETCH_PER_WORKER, Server
+
+logger = logging.getLogger(__name__)
+
+#: How often a worker checks that its supervisor is still alive, in seconds.
+PARENT_CHECK_INTERVAL = 0.5
+
+
+class TargetError(Exception):
+    """MODULE:ATTR cannot be imported or does not give a Server."""
+
+
+@dataclass(frozen=True)
+class WorkerSpec:
+    """Everything a worker needs to start, as given on the ``rpc serve`` command line."""
+
+    target: str
+    url: str | None = None
+    server_id: str | None = None
+    concurrency: int | None = None
+    grace: float = 30.0
+    connect_retry: float = 10.0
+    app_dir: str = "."
+    log_level: str = "INFO"
+    log_format: str = "text"
+
+    def command(self, ready_fd: int) -> list[str]:
+        """The argv that starts a worker for this spec (without the URL)."""
+        argv = [
+            sys.executable, "-m", "rpc.worker", self.target, "--ready-fd", str(ready_fd),
+            "--grace", repr(self.grace), "--connect-retry", repr(self.connect_retry),
+            "--app-dir", os.path.abspath(self.app_dir),
+            "--log-level", self.log_level, "--log-format", self.log_format,
+        ]
+        if self.server_id is not None:
+            argv += ["--server-id", self.server_id]
+        if self.concurrency is not None:
+            argv += ["--concurrency", str(self.concurrency)]
+        return argv
+
+    def environment(self) -> dict[str, str]:
+        """The worker's environment: this process's, with the URL if one was given."""
+        env = dict(os.environ)
+        if self.url is not None:
+            env[URL_ENV] = self.url
+        return env
+
+
+def load_server(target: str, app_dir: str = ".") -> Server:
+    """Import ``module:attr`` and return its Server, calling ``attr`` first if it is a factory.
+
+    Raises:
+        TargetError: bad syntax, the import failed, or the attribute is not (nor makes) a Server.
+    """
+    module_name, sep, attr = target.partition(":")
+    if not sep or not module_name or not attr:
+        raise TargetError(f"{target!r} is not MODULE:ATTR (for example examples.calc:server)")
+    path = os.path.abspath(app_dir)
+    if path not in sys.path:
+        sys.path.insert(0, path)
+    try:
+        module = importlib.import_module(module_name)
+    except ModuleNotFoundError as exc:
+        if exc.name == module_name or module_name.startswith(f"{exc.name}."):
+            raise TargetError(f"no module named {exc.name!r} (searched {path} and sys.path)") from exc
+        raise TargetError(f"importing {module_name!r} failed: {exc!r}") from exc
+    except Exception as exc:
+        raise TargetError(f"importing {module_name!r} failed: {exc!r}") from exc
+    obj: object = module
+    for part in attr.split("."):
+        try:
+            obj = getattr(obj, part)
+        except AttributeError:
+            raise TargetError(f"module {module_name!r} has no attribute {attr!r}") from None
+    if not isinstance(obj, Server) and callable(obj):
+        try:
+            obj = obj()
+        except Exception as exc:
+            raise TargetError(f"calling {target} failed: {exc!r}") from exc
+    if not isinstance(obj, Server):
+        raise TargetError(f"{target} is a {type(obj).__name__}, not a Server or a factory of one")
+    return obj
+
+
+def apply_overrides(server: Server, spec: WorkerSpec) -> None:
+    """Apply ``--server-id``, ``--concurrency`` and ``--connect-retry`` to a loaded server.
+
+    A default prefetch (a multiple of the concurrency) follows the new concurrency; a prefetch the
+    module chose itself is kept.
+    """
+    if spec.server_id is not None:
+        server.server_id = spec.server_id
+    if spec.concurrency is not None:
+        if server.prefetch == PREFETCH_PER_WORKER * server.concurrency:
+            server.prefetch = PREFETCH_PER_WORKER * spec.concurrency
+        server.concurrency = spec.concurrency
+    server.connect_retry = spec.connect_retry
+
+
+def run(spec: WorkerSpec, ready_fd: int | None = None) -> int:
+    """Serve until SIGTERM/SIGINT or the supervisor's death; returns the exit code.
+
+    Repeated signals do not cut the grace short: escalating is the supervisor's job (SIGKILL),
+    so a process manager that signals the whole group at once does not abort calls in flight.
+    """
+    stop = threading.Event()
+    reason: list[str] = []
+
+    def on_signal(signum: int, frame: FrameType | None) -> None:
+        if not stop.is_set():
+            reason.append(signal.Signals(signum).name)
+            stop.set()
+
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        signal.signal(sig, on_signal)
+    signal.signal(signal.SIGHUP, signal.SIG_IGN)  # reloading is the supervisor's job
+    parent = os.getppid()
+
+    try:
+        server = load_server(spec.target, spec.app_dir)
+        apply_overrides(server, spec)
+    except TargetError as exc:
+        logger.error("cannot load %s: %s", spec.target, exc, exc_info=exc.__cause__ is not None)
+        return ExitCode.BAD_TARGET
+    if stop.is_set():
+        return ExitCode.OK
+    try:
+        server.start()
+    except ConnectionError as exc:
+        logger.error("%s", exc)
+        return for_connection_error(exc)
+    if ready_fd is not None:
+        try:
+            os.write(ready_fd, b"R")
+        except OSError:  # the supervisor is gone; the loop below notices
+            pass
+    while not stop.wait(PARENT_CHECK_INTERVAL):
+        if os.getppid() != parent:
+            reason.append("supervisor gone")
+            stop.set()
+    logger.info("worker %d stopping (%s): finishing calls in flight, up to %g s",
+                os.getpid(), reason[0], spec.grace)
+    server.stop(grace=spec.grace)
+    return ExitCode.OK
+
+
+def _parse(argv: list[str]) -> tuple[WorkerSpec, int | None]:
+    parser = argparse.ArgumentParser(prog="python -m rpc.worker", description=__doc__)
+    parser.add_argument("target")
+    parser.add_argument("--ready-fd", type=int)
+    parser.add_argument("--server-id")
+    parser.add_argument("--concurrency", type=int)
+    parser.add_argument("--grace", type=float, default=30.0)
+    parser.add_argument("--connect-retry", type=float, default=10.0)
+    parser.add_argument("--app-dir", default=".")
+    parser.add_argument("--log-level", default="INFO")
+    parser.add_argument("--log-format", default="text")
+    args = parser.parse_args(argv)
+    spec = WorkerSpec(
+        target=args.target, server_id=args.server_id, concurrency=args.concurrency,
+        grace=args.grace, connect_retry=args.connect_retry, app_dir=args.app_dir,
+        log_level=args.log_level, log_format=args.log_format,
+    )
+    return spec, args.ready_fd
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Entry point of ``python -m rpc.worker``."""
+    spec, ready_fd = _parse(sys.argv[1:] if argv is None else argv)
+    logconfig.configure(spec.log_level, spec.log_format)
+    return run(spec, ready_fd)
+
+
+if __name__ == "__main__":
+    sys.exit(main())
