@@ -38,6 +38,9 @@ from .worker import WorkerSpec
 
 EPILOG = "\b\nExit codes:\n" + "\n".join(f"  {line}" for line in table().splitlines())
 
+#: Widest signature column of ``rpc methods``; longer signatures put their doc on the next line.
+METHODS_COLUMN = 48
+
 _Deco = Callable[[Callable[..., Any]], Callable[..., Any]]
 
 
@@ -179,7 +182,7 @@ def _supervise(
 
 # -- client commands -------------------------------------------------------------------------------
 
-@cli.command(epilog=EPILOG)
+@cli.command(epilog=EPILOG, context_settings={"ignore_unknown_options": True})
 @click.argument("server_id")
 @click.argument("method")
 @click.argument("args", nargs=-1)
@@ -201,6 +204,7 @@ def call(
       rpc call calc add 2 3            -> 5
       rpc call calc concat '[1]' x     -> concat([1], "x")
       rpc call calc power 2 --kw exp=10
+      rpc call calc add -1 -2          (negative numbers are arguments)
     A remote error prints its type, message and traceback (if the server
     sends them) on stderr and exits 1.
     """
@@ -232,8 +236,11 @@ def methods(server_id: str, timeout: float, url: str | None, connect_retry: floa
         docs = [timed.future.call("system.method_help", n) for n in names]
         rows = [(f"{name}{sig.result()}", _first_line(doc.result()))
                 for name, sig, doc in zip(names, signatures, docs, strict=True)]
-    width = max((len(left) for left, _ in rows), default=0)
+    width = min(max((len(left) for left, _ in rows), default=0), METHODS_COLUMN)
     for left, doc in rows:
+        if len(left) > width and doc:
+            click.echo(left)
+            left = ""
         click.echo(f"{left:<{width}}  {doc}".rstrip())
 
 
@@ -337,6 +344,8 @@ def _report_remote(exc: Exception) -> None:
     if remote_tb:
         click.echo("Remote traceback:", err=True)
         click.echo(remote_tb.rstrip("\n"), err=True)
+    else:
+        click.echo("(no remote traceback: the server runs with send_tracebacks=False)", err=True)
 
 
 def main() -> None:
