@@ -1,0 +1,1 @@
+"""Runnable examples: ``rpc serve examples.calc:server`` and ``python examples/client.py``."""
