@@ -115,8 +115,8 @@ class Supervisor:
 
     @property
     def pids(self) -> list[int]:
-        """Pids of the workers now running."""
-        return [w.pid for w in self._workers]
+        """Pids of the workers serving now (not those being stopped)."""
+        return [w.pid for w in self._workers if not w.retiring]
 
     def run(self) -> int:
         """Supervise until stopped; returns the exit code for the ``rpc`` process."""
@@ -164,7 +164,7 @@ class Supervisor:
             self._spawn()
         if self._kill_at is not None and now >= self._kill_at and self._workers:
             logger.error("workers %s still running %g s after the grace period; killing them",
-                         self.pids, KILL_MARGIN)
+                         [w.pid for w in self._workers], KILL_MARGIN)
             self._code = ExitCode.ERROR
             self._kill_all()
 
@@ -173,7 +173,8 @@ class Supervisor:
         if signum == signal.SIGHUP:
             self._reload()
         elif self._stopping:
-            logger.warning("second %s: killing workers %s now", name, self.pids)
+            logger.warning("second %s: killing workers %s now", name,
+                           [w.pid for w in self._workers])
             self._code = ExitCode.ERROR
             self._kill_all()
         else:

@@ -25,7 +25,7 @@ from .errors import ConnectionError
 from .exitcodes import ExitCode, for_connection_error
 from .server import PREFETCH_PER_WORKER, Server
 
-logger = logging.getLogger(__name__)
+logger = logging.getLogger("rpc.worker")  # not __name__: that is "__main__" under python -m
 
 #: How often a worker checks that its supervisor is still alive, in seconds.
 PARENT_CHECK_INTERVAL = 0.5

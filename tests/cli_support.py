@@ -52,8 +52,8 @@ APP = textwrap.dedent('''
 
     @server.expose
     def hold(marker, seconds):
-        """Create the file marker, then sleep: the call is in flight while the file exists."""
-        pathlib.Path(marker).touch()
+        """Write this worker's pid to the file marker, sleep, then return the pid."""
+        pathlib.Path(marker).write_text(str(os.getpid()))
         time.sleep(seconds)
         return os.getpid()
 
@@ -145,7 +145,7 @@ class Serve:
 
     @property
     def output(self) -> str:
-        self._log_file.flush()
+        """What the supervisor and its workers wrote so far."""
         return self.log.read_text(errors="replace")
 
     def signal(self, signum: int) -> None:

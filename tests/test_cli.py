@@ -43,7 +43,8 @@ def served(broker_url: str, tmp_path_factory: pytest.TempPathFactory) -> Iterato
     server_id = new_server_id()
     env = environment(broker_url)
     serve = Serve("app:server", "--server-id", server_id, "--app-dir", str(app_dir),
-                  "--log-format", "json", env=env, log=app_dir / "serve.log")
+                  "--concurrency", "3", "--log-format", "json", env=env,
+                  log=app_dir / "serve.log")
     try:
         with Proxy(broker_url, server_id=server_id) as proxy:
             wait_serving(proxy, serve)
@@ -205,6 +206,12 @@ def test_serve_logs_json_lines_with_the_password_masked(served: Served) -> None:
     serving = [e["message"] for e in lines if e["message"].startswith("serving ")]
     assert serving and "guest:**@" in serving[0]
     assert "guest:guest@" not in served.serve.output
+
+
+def test_serve_concurrency_overrides_the_servers_and_scales_its_default_prefetch(
+    served: Served,
+) -> None:
+    assert "concurrency 3, prefetch 24)" in served.serve.output
 
 
 def test_serve_of_a_missing_module_exits_3(served: Served) -> None:
