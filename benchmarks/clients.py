@@ -1,0 +1,266 @@
+"""Benchmark clients, one process each: ``python -m benchmarks.clients '<case JSON>'``.
+
+A client warms up, prints ``WARM``, waits for a ``GO`` line on standard input (the driver snapshots
+server and broker CPU in between), runs the measured phase and prints ``RESULT <report JSON>``: a
+report in the layout of ``rpc bench --format json``, whatever the client's framework. It exits at
+the next line on standard input, once the driver has taken its CPU time.
+
+Kinds: ``rpc`` (this framework, through :func:`rpc.loadgen.run_load`); ``pika`` (the raw floor:
+direct reply-to, one call at a time, or a callback-driven window of ``concurrency`` calls);
+``nameko`` (standalone ``ClusterRpcProxy``: calls, or a ``call_async`` window); ``aiopika``
+(``aio_pika.patterns.RPC``: awaits, or ``concurrency`` tasks in flight).
+"""
+
+from __future__ import annotations
+
+import itertools
+import json
+import sys
+import time
+from collections import deque
+from collections.abc import Callable
+from typing import Any
+
+from rpc.loadgen_stats import Tally, build_report, error_name
+
+from .amqp_url import pika_url
+
+#: Seconds a call may take before it counts as a timeout.
+CALL_TIMEOUT = 10.0
+
+
+def _handshake() -> None:
+    sys.stdout.write("WARM\n")
+    sys.stdout.flush()
+    if sys.stdin.readline().strip() != "GO":
+        raise SystemExit("the driver did not say GO")
+
+
+def _args(case: dict[str, Any]) -> list[Any]:
+    args = list(case.get("args", []))
+    if case.get("payload_size") is not None:
+        args.append(b"x" * case["payload_size"])
+    return args
+
+
+class _Clock:
+    """The bounds of a measured phase: a call count and a wall-clock limit."""
+
+    def __init__(self, case: dict[str, Any]) -> None:
+        self.total = int(case["total"])
+        self.start = time.perf_counter()
+        self.stop = self.start + float(case["seconds"])
+        self.issued = 0
+
+    def more(self) -> bool:
+        if self.issued >= self.total or time.perf_counter() >= self.stop:
+            return False
+        self.issued += 1
+        return True
+
+
+def _measured(case: dict[str, Any], run: Callable[[_Clock, Tally], None]) -> dict[str, Any]:
+    _handshake()
+    clock = _Clock(case)
+    tally = Tally(clock.start)
+    cpu = time.process_time()
+    run(clock, tally)
+    cpu = time.process_time() - cpu
+    return build_report(dict(case), tally, client_cpu_s=cpu)
+
+
+def run_rpc(case: dict[str, Any]) -> dict[str, Any]:
+    from rpc.loadgen import LoadSpec, run_load
+
+    mode = case["mode"]
+    spec = LoadSpec(
+        server_id=case["server_id"], method=case["method"], args=tuple(case.get("args", [])),
+        url=case["url"], mode="threads" if mode == "seq" else mode,
+        concurrency=case["concurrency"], total=case["total"], duration=case["seconds"],
+        warmup=case["warmup"], timeout=CALL_TIMEOUT, serializer=case["serializer"],
+        payload_size=case.get("payload_size"), count_results=case.get("count_results", False),
+    )
+    report = run_load(spec, ready=_handshake)
+    report["params"] = dict(case)
+    return report
+
+
+def run_pika(case: dict[str, Any]) -> dict[str, Any]:
+    import msgpack
+    import pika
+
+    conn = pika.BlockingConnection(pika.URLParameters(pika_url(case["url"])))
+    channel = conn.channel()
+    replies: dict[str, bytes] = {}
+    on_reply: list[Callable[[str, bytes], None]] = [replies.__setitem__]
+    channel.basic_consume(
+        "amq.rabbitmq.reply-to", lambda ch, m, props, body: on_reply[0](props.correlation_id, body),
+        auto_ack=True,
+    )
+    body = msgpack.packb([case["method"], _args(case)])
+    ids = (str(i) for i in itertools.count())
+    queue_name = case["server_id"]
+
+    def publish() -> str:
+        cid = next(ids)
+        channel.basic_publish("", queue_name, body, pika.BasicProperties(
+            reply_to="amq.rabbitmq.reply-to", correlation_id=cid))
+        return cid
+
+    def call() -> Any:
+        cid = publish()
+        deadline = time.monotonic() + CALL_TIMEOUT
+        while cid not in replies:
+            if time.monotonic() > deadline:
+                raise TimeoutError(f"no reply to {cid}")
+            conn.process_data_events(time_limit=CALL_TIMEOUT)
+        return msgpack.unpackb(replies.pop(cid))
+
+    def sequential(clock: _Clock, tally: Tally) -> None:
+        while clock.more():
+            sent = time.perf_counter()
+            try:
+                call()
+            except Exception as exc:
+                tally.record_error(error_name(exc), sent, time.perf_counter())
+            else:
+                tally.record_ok(sent, time.perf_counter())
+
+    def pipelined(clock: _Clock, tally: Tally) -> None:
+        sent_at: dict[str, float] = {}
+
+        def send() -> None:
+            sent = time.perf_counter()
+            sent_at[publish()] = sent
+
+        def received(cid: str, reply: bytes) -> None:
+            msgpack.unpackb(reply)
+            tally.record_ok(sent_at.pop(cid), time.perf_counter())
+            if clock.more():
+                send()
+
+        on_reply[0] = received
+        for _ in range(case["concurrency"]):
+            if clock.more():
+                send()
+        deadline = clock.stop + CALL_TIMEOUT
+        while sent_at and time.perf_counter() < deadline:
+            conn.process_data_events(time_limit=0.1)
+        for sent in sent_at.values():
+            tally.record_error("TimeoutError", sent, time.perf_counter())
+
+    try:
+        for _ in range(case["warmup"]):
+            call()
+        return _measured(case, sequential if case["mode"] == "seq" else pipelined)
+    finally:
+        conn.close()
+
+
+def run_nameko(case: dict[str, Any]) -> dict[str, Any]:
+    from nameko.standalone.rpc import ClusterRpcProxy
+
+    args = _args(case)
+    with ClusterRpcProxy({"AMQP_URI": case["url"]}, timeout=CALL_TIMEOUT) as cluster:
+        method = getattr(getattr(cluster, case["server_id"]), case["method"])
+        for _ in range(case["warmup"]):
+            method(*args)
+
+        def sequential(clock: _Clock, tally: Tally) -> None:
+            while clock.more():
+                sent = time.perf_counter()
+                try:
+                    method(*args)
+                except Exception as exc:
+                    tally.record_error(error_name(exc), sent, time.perf_counter())
+                else:
+                    tally.record_ok(sent, time.perf_counter())
+
+        def pipelined(clock: _Clock, tally: Tally) -> None:
+            window: deque[tuple[Any, float]] = deque()
+            while True:
+                while window and (len(window) >= case["concurrency"] or clock.issued >= clock.total
+                                  or time.perf_counter() >= clock.stop):
+                    reply, sent = window.popleft()
+                    try:
+                        reply.result()
+                    except Exception as exc:
+                        tally.record_error(error_name(exc), sent, time.perf_counter())
+                    else:
+                        tally.record_ok(sent, time.perf_counter())
+                if not clock.more():
+                    break
+                window.append((method.call_async(*args), time.perf_counter()))
+
+        return _measured(case, sequential if case["mode"] == "seq" else pipelined)
+
+
+def run_aiopika(case: dict[str, Any]) -> dict[str, Any]:
+    import asyncio
+
+    import aio_pika
+    from aio_pika.patterns import RPC
+
+    kwargs = {"add": lambda: {"a": case["args"][0], "b": case["args"][1]},
+              "echo": lambda: {"value": _args(case)[-1]}}[case["method"]]()
+    name = f"{case['server_id']}.{case['method']}"
+
+    async def main() -> dict[str, Any]:
+        conn = await aio_pika.connect(case["url"])
+        try:
+            rpc = await RPC.create(await conn.channel())
+            for _ in range(case["warmup"]):
+                await rpc.call(name, kwargs=kwargs)
+            await asyncio.get_running_loop().run_in_executor(None, _handshake)
+            clock = _Clock(case)
+            tally = Tally(clock.start)
+            cpu = time.process_time()
+
+            async def one(slots: asyncio.Semaphore | None = None) -> None:
+                sent = time.perf_counter()
+                try:
+                    await asyncio.wait_for(rpc.call(name, kwargs=kwargs), CALL_TIMEOUT)
+                except Exception as exc:
+                    tally.record_error(error_name(exc), sent, time.perf_counter())
+                else:
+                    tally.record_ok(sent, time.perf_counter())
+                finally:
+                    if slots is not None:
+                        slots.release()
+
+            if case["mode"] == "seq":
+                while clock.more():
+                    await one()
+            else:
+                slots = asyncio.Semaphore(case["concurrency"])
+                tasks = set()
+                while clock.more():
+                    await slots.acquire()
+                    task = asyncio.create_task(one(slots))
+                    tasks.add(task)
+                    task.add_done_callback(tasks.discard)
+                if tasks:
+                    await asyncio.wait(tasks, timeout=CALL_TIMEOUT + 5)
+            cpu = time.process_time() - cpu
+            return build_report(dict(case), tally, client_cpu_s=cpu)
+        finally:
+            await conn.close()
+
+    return asyncio.run(main())
+
+
+CLIENTS: dict[str, Callable[[dict[str, Any]], dict[str, Any]]] = {
+    "rpc": run_rpc, "pika": run_pika, "nameko": run_nameko, "aiopika": run_aiopika,
+}
+
+
+def main(argv: list[str] | None = None) -> None:
+    case = json.loads((argv if argv is not None else sys.argv[1:])[0])
+    report = CLIENTS[case["client"]](case)
+    sys.stdout.write("RESULT " + json.dumps(report) + "\n")
+    sys.stdout.flush()
+    sys.stdin.readline()  # stay alive until the driver has read this process's CPU time
+
+
+if __name__ == "__main__":
+    main()

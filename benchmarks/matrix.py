@@ -1,0 +1,164 @@
+"""The benchmark matrix: which client calls which server how, and what each is compared with.
+
+Pure data: :func:`build_matrix` lists the cases of a run; the runner executes them in order,
+reusing a server setup for consecutive cases that share it.
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+from .workloads import BURN_N
+
+PAYLOADS_FULL = (64, 1024, 65536, 1048576)
+PAYLOADS_QUICK = (1024, 65536)
+PREFETCH_FACTORS = (1, 2, 8, 32)
+#: Server-side delays (ms) of the fast and the slow server in the fairness cases.
+FAIR_DELAYS = (1.0, 10.0)
+
+BASE_SEQ = "pika seq add"
+BASE_PIPE = "pika 100 in flight add"
+
+
+@dataclass(frozen=True)
+class ServerSetup:
+    """Server processes serving one queue: their framework, count and options."""
+
+    kind: str
+    processes: int = 1
+    concurrency: int = 1
+    prefetch: int | None = None
+    delays_ms: tuple[float, ...] = ()
+
+    def argv(self, index: int) -> list[str]:
+        """Extra command-line arguments of server process ``index``."""
+        args = ["--concurrency", str(self.concurrency)]
+        if self.prefetch is not None:
+            args += ["--prefetch", str(self.prefetch)]
+        if self.delays_ms:
+            delay = self.delays_ms[index % len(self.delays_ms)]
+            args += ["--delay-ms", f"{delay:g}", "--label", f"{delay:g}ms"]
+        return args
+
+
+@dataclass(frozen=True)
+class Case:
+    """One measured workload."""
+
+    name: str
+    group: str
+    client: str
+    server: ServerSetup
+    method: str = "add"
+    args: tuple[Any, ...] = (1, 2)
+    mode: str = "seq"
+    concurrency: int = 1
+    payload_size: int | None = None
+    serializer: str = "msgpack"
+    baseline: str | None = BASE_SEQ
+    count_results: bool = False
+    calls_scale: float = 1.0
+    tags: dict[str, Any] = field(default_factory=dict, hash=False, compare=False)
+
+    def client_spec(self, url: str, server_id: str, seconds: float, total: int,
+                    warmup: int) -> dict[str, Any]:
+        """The JSON the client process gets (see benchmarks.clients)."""
+        return {
+            "client": self.client, "url": url, "server_id": server_id, "method": self.method,
+            "args": list(self.args), "mode": self.mode, "concurrency": self.concurrency,
+            "payload_size": self.payload_size, "serializer": self.serializer,
+            "seconds": seconds, "total": max(int(total * self.calls_scale), 1),
+            "warmup": max(int(warmup * self.calls_scale), 1),
+            "count_results": self.count_results,
+        }
+
+    def describe(self) -> dict[str, Any]:
+        """The case as a JSON-able dict."""
+        data = asdict(self)
+        data["args"] = list(self.args)
+        data["server"]["delays_ms"] = list(self.server.delays_ms)
+        return data
+
+
+def _size(n: int) -> str:
+    if n >= 1 << 20:
+        return f"{n >> 20} MiB"
+    if n >= 1 << 10:
+        return f"{n >> 10} KiB"
+    return f"{n} B"
+
+
+def _echo(n: int) -> dict[str, Any]:
+    # Big payloads take longer per call: fewer calls keep a case within its time.
+    return {"method": "echo", "args": (), "payload_size": n,
+            "calls_scale": 1.0 if n <= 65536 else 0.1}
+
+
+def build_matrix(quick: bool, peers: frozenset[str] = frozenset()) -> list[Case]:
+    """The cases of a run, baselines first (each rep measures them again)."""
+    pika = ServerSetup("pika")
+    ours = ServerSetup("rpc")
+    payloads = PAYLOADS_QUICK if quick else PAYLOADS_FULL
+    cases = [
+        Case(BASE_SEQ, "baseline", "pika", pika, baseline=None),
+        Case(BASE_PIPE, "baseline", "pika", pika, mode="pipe", concurrency=100, baseline=None),
+    ]
+    cases += [Case(f"pika seq echo {_size(n)}", "baseline", "pika", pika, baseline=None, **_echo(n))
+              for n in payloads]
+
+    cases.append(Case("rpc seq add", "latency", "rpc", ours))
+    for c in (1, 10, 100) if not quick else (10, 100):
+        cases.append(Case(f"rpc futures {c} in flight add", "concurrency", "rpc", ours,
+                          mode="futures", concurrency=c,
+                          baseline=BASE_SEQ if c == 1 else BASE_PIPE))
+    for c in (4, 16) if not quick else (4,):
+        cases.append(Case(f"rpc {c} threads add", "concurrency", "rpc", ours, mode="threads",
+                          concurrency=c, baseline=BASE_PIPE))
+    cases.append(Case("rpc callbacks 100 in flight add", "concurrency", "rpc", ours,
+                      mode="callbacks", concurrency=100, baseline=BASE_PIPE))
+
+    cases += [Case(f"rpc seq echo {_size(n)}", "payload", "rpc", ours,
+                   baseline=f"pika seq echo {_size(n)}", **_echo(n)) for n in payloads]
+    for serializer in ("json", "pickle"):
+        cases.append(Case(f"rpc seq add {serializer}", "serializer", "rpc", ours,
+                          serializer=serializer))
+        if not quick:
+            cases.append(Case(f"rpc seq echo 1 KiB {serializer}", "serializer", "rpc", ours,
+                              serializer=serializer, baseline="pika seq echo 1 KiB", **_echo(1024)))
+
+    one = "rpc 1 server process burn, 16 in flight"
+    for n in (1, 2):
+        cases.append(Case(
+            f"rpc {n} server process{'es' if n > 1 else ''} burn, 16 in flight", "processes",
+            "rpc", ServerSetup("rpc", processes=n), method="burn", args=(BURN_N,),
+            mode="futures", concurrency=16, baseline=None if n == 1 else one, calls_scale=0.05,
+        ))
+
+    for peer in sorted(peers):
+        setup = ServerSetup(peer)
+        cases.append(Case(f"{peer} seq add", "peers", peer, setup))
+        cases.append(Case(f"{peer} 100 in flight add", "peers", peer, setup, mode="pipe",
+                          concurrency=100, baseline=BASE_PIPE))
+
+    for concurrency in (1,) if quick else (1, 4):
+        fair_base = None
+        for factor in PREFETCH_FACTORS:
+            prefetch = factor if factor == 1 else factor * concurrency
+            tags = {"prefetch": prefetch, "server_concurrency": concurrency}
+            label = f"prefetch {prefetch}, server concurrency {concurrency}"
+            cases.append(Case(
+                f"rpc 100 in flight add, {label}", "prefetch", "rpc",
+                ServerSetup("rpc", concurrency=concurrency, prefetch=prefetch),
+                mode="futures", concurrency=100, baseline=BASE_PIPE, tags=tags,
+            ))
+            name = f"rpc fast+slow servers, {label}"
+            cases.append(Case(
+                name, "fairness", "rpc",
+                ServerSetup("rpc", processes=2, concurrency=concurrency, prefetch=prefetch,
+                            delays_ms=FAIR_DELAYS),
+                method="task", args=(), mode="futures", concurrency=10 * concurrency,
+                baseline=fair_base, count_results=True, calls_scale=0.1, tags=tags,
+            ))
+            fair_base = fair_base or name
+    return cases

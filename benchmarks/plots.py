@@ -1,0 +1,94 @@
+"""PNG plots of a benchmark result (matplotlib, Agg backend)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+from rpc.loadgen_format import pyplot
+
+#: Colours by who made the figure.
+COLOURS = {"rpc": "tab:blue", "pika": "tab:gray", "nameko": "tab:red", "aiopika": "tab:orange"}
+
+
+def _colour(name: str) -> str:
+    return COLOURS.get(name.split()[0], "tab:green")
+
+
+def write_plots(result: dict[str, Any], stem: Path) -> list[Path]:
+    """Write ``<stem>-ratios.png``, ``-latency.png`` and ``-cpu.png``; returns their paths."""
+    return [_ratios(result, Path(f"{stem}-ratios.png")),
+            _latency(result, Path(f"{stem}-latency.png")),
+            _cpu(result, Path(f"{stem}-cpu.png"))]
+
+
+def _ratios(result: dict[str, Any], path: Path) -> Path:
+    """calls/s of every case as a ratio to its same-run baseline (the README plot)."""
+    plt = pyplot()
+    rows = [r for r in result["summary"] if r["ratio"] is not None and r["baseline"]]
+    fig, ax = plt.subplots(figsize=(10, 0.32 * len(rows) + 1.6))
+    try:
+        names = [f"{r['name']}  (vs {r['baseline']})" for r in rows]
+        ax.barh(names, [r["ratio"] for r in rows], color=[_colour(r["name"]) for r in rows])
+        ax.axvline(1.0, color="k", linewidth=1)
+        ax.invert_yaxis()
+        ax.set_xlabel("calls/s ÷ same-run baseline (×)")
+        ax.tick_params(axis="y", labelsize=7)
+        for i, row in enumerate(rows):
+            ax.text(row["ratio"], i, f" {row['ratio']:.2f}×", va="center", fontsize=7)
+        ax.set_title(f"Throughput relative to the raw pika baseline ({result['started']})")
+        fig.tight_layout()
+        fig.savefig(path, dpi=100)
+    finally:
+        plt.close(fig)
+    return path
+
+
+def _latency(result: dict[str, Any], path: Path) -> Path:
+    """Latency percentiles of the sequential `add` cases (one call in flight), log scale."""
+    plt = pyplot()
+    keys = ("p50", "p90", "p99", "p99.9")
+    runs = [r for r in result["runs"] if r.get("report") and r["rep"] == 0
+            and r["case"]["mode"] == "seq" and r["case"]["method"] == "add"]
+    fig, ax = plt.subplots(figsize=(8, 4))
+    try:
+        for run in runs:
+            latency = run["report"]["latency_ms"]
+            ax.plot(keys, [latency[k] for k in keys], marker="o", label=run["case"]["name"],
+                    color=_colour(run["case"]["name"]),
+                    linestyle="-" if run["case"]["serializer"] == "msgpack" else "--")
+        ax.set_yscale("log")
+        ax.set_ylabel("latency (ms, log scale)")
+        ax.set_title("Sequential add: latency percentiles (rep 0)")
+        ax.legend(fontsize=7)
+        fig.tight_layout()
+        fig.savefig(path, dpi=100)
+    finally:
+        plt.close(fig)
+    return path
+
+
+def _cpu(result: dict[str, Any], path: Path) -> Path:
+    """CPU µs per call of client, server and broker for the `add` cases, stacked."""
+    plt = pyplot()
+    rows = [r for r in result["summary"] if r["cpu_client_us"] is not None
+            and r["group"] in ("baseline", "latency", "concurrency", "peers", "serializer")
+            and "echo" not in r["name"]]
+    fig, ax = plt.subplots(figsize=(10, 0.32 * len(rows) + 1.6))
+    try:
+        left = [0.0] * len(rows)
+        for side, colour in (("client", "tab:blue"), ("server", "tab:green"),
+                             ("broker", "tab:gray")):
+            values = [r[f"cpu_{side}_us"] or 0.0 for r in rows]
+            ax.barh([r["name"] for r in rows], values, left=left, color=colour, label=side)
+            left = [a + b for a, b in zip(left, values, strict=True)]
+        ax.invert_yaxis()
+        ax.tick_params(axis="y", labelsize=7)
+        ax.set_xlabel("CPU µs per call")
+        ax.set_title("Where the CPU goes, per call")
+        ax.legend()
+        fig.tight_layout()
+        fig.savefig(path, dpi=100)
+    finally:
+        plt.close(fig)
+    return path
