@@ -6,7 +6,7 @@ import time
 from typing import Any
 
 #: Iterations of :func:`burn` that make one CPU-bound call (a few milliseconds of pure Python).
-BURN_N = 50_000
+BURN_N = 150_000
 
 
 def add(a: int, b: int) -> int:

@@ -123,7 +123,7 @@ def parse_arg(text: str) -> Any:
         return text
 
 
-class _Plan:
+class Plan:
     """Hands out call slots: up to ``total`` calls, none due after ``stop``, spaced at ``rate``.
 
     Process ``offset`` of ``stride`` takes every stride-th slot of the shared schedule.
@@ -154,7 +154,7 @@ def _sleep_until(due: float) -> None:
         time.sleep(delay)
 
 
-def _drive_threads(proxy: Proxy, spec: LoadSpec, args: tuple[Any, ...], plan: _Plan,
+def _drive_threads(proxy: Proxy, spec: LoadSpec, args: tuple[Any, ...], plan: Plan,
                    tally: Tally) -> None:
     def worker() -> None:
         while (due := plan.take()) is not None:
@@ -188,7 +188,7 @@ def _settle(fut: Future[Any], sent: float, tally: Tally, wait: float) -> None:
         tally.record_error(error_name(exc), sent, time.perf_counter())
 
 
-def _drive_futures(proxy: Proxy, spec: LoadSpec, args: tuple[Any, ...], plan: _Plan,
+def _drive_futures(proxy: Proxy, spec: LoadSpec, args: tuple[Any, ...], plan: Plan,
                    tally: Tally) -> None:
     window: deque[tuple[Future[Any], float]] = deque()
     wait = spec.timeout + GRACE
@@ -223,7 +223,7 @@ def _drive_futures(proxy: Proxy, spec: LoadSpec, args: tuple[Any, ...], plan: _P
         _settle(*window.popleft(), tally, wait)
 
 
-def _drive_callbacks(proxy: Proxy, spec: LoadSpec, args: tuple[Any, ...], plan: _Plan,
+def _drive_callbacks(proxy: Proxy, spec: LoadSpec, args: tuple[Any, ...], plan: Plan,
                      tally: Tally) -> None:
     slots = threading.Semaphore(spec.concurrency)
     wait = spec.timeout + GRACE
@@ -257,7 +257,7 @@ _DRIVERS = {"futures": _drive_futures, "threads": _drive_threads, "callbacks": _
 
 def _warm_up(proxy: Proxy, spec: LoadSpec, args: tuple[Any, ...]) -> None:
     if spec.warmup:
-        plan = _Plan(spec.warmup, time.perf_counter() + MAX_SECONDS, None, time.perf_counter())
+        plan = Plan(spec.warmup, time.perf_counter() + MAX_SECONDS, None, time.perf_counter())
         _DRIVERS[spec.mode](proxy, spec, args, plan, Tally(time.perf_counter()))
 
 
@@ -265,7 +265,7 @@ def _measure(proxy: Proxy, spec: LoadSpec, args: tuple[Any, ...], tally: Tally,
              offset: int = 0, stride: int = 1) -> float:
     """Run the measured phase from ``tally.start``; returns this process's CPU seconds in it."""
     limit = spec.duration if spec.duration is not None else MAX_SECONDS
-    plan = _Plan(spec.total, tally.start + limit, spec.rate, tally.start, offset, stride)
+    plan = Plan(spec.total, tally.start + limit, spec.rate, tally.start, offset, stride)
     _sleep_until(tally.start)
     cpu = time.process_time()
     _DRIVERS[spec.mode](proxy, spec, args, plan, tally)
@@ -572,4 +572,4 @@ def bench(server_id: str, method: str, args: tuple[str, ...], url: str | None, m
         raise click.ClickException("no call succeeded")
 
 
-__all__ = ["MODES", "LoadSpec", "bench", "call_args", "parse_arg", "run_load"]
+__all__ = ["MODES", "LoadSpec", "Plan", "bench", "call_args", "parse_arg", "run_load"]

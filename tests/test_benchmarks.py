@@ -1,0 +1,143 @@
+"""The benchmark suite's pure parts: its matrix, same-run ratios, medians and result schema."""
+
+from __future__ import annotations
+
+import pytest
+
+pytest.importorskip("psutil", reason="the bench extra is not installed")
+
+from benchmarks.amqp_url import pika_url  # noqa: E402
+from benchmarks.analysis import (  # noqa: E402
+    RESULT_SCHEMA,
+    add_ratios,
+    cpu_per_call,
+    headlines,
+    markdown,
+    pair_ratio,
+    result_problems,
+    summarize,
+)
+from benchmarks.matrix import BASE_PIPE, BASE_SEQ, build_matrix  # noqa: E402
+
+
+def fake_run(name: str, rep: int, calls_per_s: float, *, baseline: str | None = BASE_SEQ,
+             cpu: tuple[float, float, float] = (0.1, 0.1, 0.1), calls: int = 1000,
+             group: str = "latency") -> dict:
+    """A run record as the runner writes it, with made-up figures."""
+    return {
+        "case": {"name": name, "group": group, "baseline": baseline, "tags": {}},
+        "rep": rep,
+        "report": {"calls_per_s": calls_per_s, "count": calls, "errors": 0,
+                   "latency_ms": {"p50": 1.0, "p99": 2.0}, "results": None},
+        "cpu_s": dict(zip(("client", "server", "broker"), cpu, strict=True)),
+        "error": None,
+        "other_share": 0.0,
+    }
+
+
+def test_cpu_per_call_is_microseconds_per_side_and_summed() -> None:
+    per_call = cpu_per_call({"client": 0.2, "server": 0.3, "broker": None}, 1000)
+    assert per_call["client"] == pytest.approx(200)
+    assert per_call["client_server"] == pytest.approx(500)
+    assert per_call["broker"] is None and per_call["total"] is None
+
+
+def test_ratios_are_taken_against_the_baseline_of_the_same_rep() -> None:
+    runs = [
+        fake_run(BASE_SEQ, 0, 1000, baseline=None), fake_run("rpc seq add", 0, 1500),
+        fake_run(BASE_SEQ, 1, 500, baseline=None), fake_run("rpc seq add", 1, 1000),
+    ]
+    add_ratios(runs)
+    assert [run["ratio"] for run in runs] == [1.0, 1.5, 1.0, 2.0]
+    # The machine was twice as slow in rep 1; the ratio, not the raw figure, is what compares.
+    [base, ours] = summarize(runs)
+    assert ours["ratio"] == pytest.approx(1.75)
+    assert ours["calls_per_s"] == pytest.approx(1250)
+    assert base["ratio"] == 1.0
+    assert pair_ratio(runs, "rpc seq add", BASE_SEQ) == pytest.approx(1.75)
+
+
+def test_cpu_ratio_compares_client_plus_server_cost_per_call() -> None:
+    runs = [fake_run(BASE_SEQ, 0, 1000, baseline=None, cpu=(0.4, 0.4, 0.3)),
+            fake_run("rpc seq add", 0, 1000, cpu=(0.1, 0.1, 0.3))]
+    add_ratios(runs)
+    assert runs[1]["cpu_ratio"] == pytest.approx(0.25)
+
+
+def test_a_failed_run_has_no_ratio_and_does_not_break_the_summary() -> None:
+    failed = fake_run("rpc seq add", 0, 0)
+    failed.update(report=None, cpu_s=None, error="RuntimeError: server died")
+    runs = [fake_run(BASE_SEQ, 0, 1000, baseline=None), failed]
+    add_ratios(runs)
+    assert failed["ratio"] is None
+    row = summarize(runs)[1]
+    assert row["reps"] == 0 and row["failed"] == ["RuntimeError: server died"]
+
+
+def test_headlines_cover_the_tracked_figures_measured() -> None:
+    runs = [fake_run(BASE_SEQ, 0, 1000, baseline=None), fake_run("rpc seq add", 0, 1200),
+            fake_run("nameko seq add", 0, 300)]
+    add_ratios(runs)
+    found = {h["label"]: h["ratio"] for h in headlines(runs)}
+    assert found["sequential calls/s vs raw pika sequential"] == pytest.approx(1.2)
+    assert found["sequential calls/s vs nameko sequential"] == pytest.approx(4.0)
+    assert not any("aio-pika" in label for label in found)
+
+
+def result_of(runs: list[dict]) -> dict:
+    add_ratios(runs)
+    return {"schema": RESULT_SCHEMA, "started": "2026-01-01T00:00:00+00:00",
+            "command": "python -m benchmarks --quick", "url": "amqp://guest:**@127.0.0.1//",
+            "quick": True, "reps": 1, "environment": {"python": "3.11"}, "skipped": {},
+            "runs": runs, "summary": summarize(runs), "headlines": headlines(runs),
+            "elapsed_s": 1.0}
+
+
+def test_a_result_matches_its_schema_and_renders_as_markdown() -> None:
+    result = result_of([fake_run(BASE_SEQ, 0, 1000, baseline=None),
+                        fake_run("rpc seq add", 0, 1500)])
+    assert result_problems(result) == []
+    table = markdown(result)
+    assert "| sequential calls/s vs raw pika sequential | **1.50×** | >= 1.0 |" in table
+    assert "| rpc seq add | 1.50 |" in table
+    del result["runs"][0]["rep"]
+    assert result_problems(result) == ["run 0 has no 'rep'"]
+
+
+def test_the_prefetch_table_pairs_throughput_with_fairness() -> None:
+    tags = {"prefetch": 8, "server_concurrency": 1}
+    fair = fake_run("fair 8", 0, 200, baseline=None, group="fairness")
+    fair["case"]["tags"] = tags
+    fair["report"]["results"] = {"'1ms'": 50, "'10ms'": 50}
+    tput = fake_run("tput 8", 0, 9000, baseline=None, group="prefetch")
+    tput["case"]["tags"] = tags
+    table = markdown(result_of([tput, fair]))
+    assert "| 1 | 8 | 9000 | 1.00 | 200 | 2.0 | 0.50 |" in table
+
+
+def test_the_quick_matrix_is_a_subset_of_the_full_one() -> None:
+    quick = {case.name for case in build_matrix(True)}
+    full = {case.name for case in build_matrix(False)}
+    assert quick < full
+    assert len(quick) < 30
+
+
+def test_every_baseline_a_case_names_is_measured_in_the_same_matrix() -> None:
+    for quick in (True, False):
+        cases = build_matrix(quick, frozenset({"nameko", "aiopika"}))
+        names = {case.name for case in cases}
+        assert {BASE_SEQ, BASE_PIPE} <= names
+        assert all(case.baseline in names for case in cases if case.baseline)
+        assert len(names) == len(cases)
+
+
+def test_peers_are_measured_only_when_installed() -> None:
+    assert not any(case.client == "nameko" for case in build_matrix(True))
+    with_peer = build_matrix(True, frozenset({"nameko"}))
+    assert {case.name for case in with_peer if case.client == "nameko"} == {
+        "nameko seq add", "nameko 100 in flight add"}
+
+
+def test_pika_reads_the_default_vhost_from_kombus_double_slash() -> None:
+    assert pika_url("amqp://guest:guest@127.0.0.1:5672//") == "amqp://guest:guest@127.0.0.1:5672/%2F"
+    assert pika_url("amqp://u:p@host:5672/prod") == "amqp://u:p@host:5672/prod"
