@@ -62,6 +62,10 @@ APP = textwrap.dedent('''
         return server
 
 
+    quiet = Server(introspection=False)
+    quiet.register_function(add)
+
+
     not_a_server = 42
 ''')
 

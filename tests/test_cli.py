@@ -15,6 +15,7 @@ from cli_support import (
     free_port,
     new_server_id,
     run_rpc,
+    wait_for,
     wait_serving,
     write_app,
 )
@@ -196,6 +197,22 @@ def test_ping_exits_0_and_names_the_answering_process(served: Served) -> None:
 def test_ping_of_a_server_id_nobody_serves_fails(served: Served) -> None:
     code, _, _ = rpc(served, "ping", new_server_id(), "--timeout", "1")
     assert code == ExitCode.NO_SERVER
+
+
+def test_ping_counts_a_server_without_introspection_as_alive(
+    broker_url: str, tmp_path: Path,
+) -> None:
+    server_id = new_server_id()
+    env = environment(broker_url)
+    serve = Serve("app:quiet", "--server-id", server_id, "--app-dir", str(write_app(tmp_path)),
+                  env=env, log=tmp_path / "serve.log")
+    try:
+        wait_for(lambda: "serving with 1 worker" in serve.output, 20, "the server to start")
+        done = run_rpc("ping", server_id, env=env)
+        assert (done.returncode, done.stdout) == (0, f"{server_id} answered (its introspection "
+                                                     "is off)\n")
+    finally:
+        serve.close()
 
 
 # -- rpc serve: logs and startup failures ---------------------------------------------------------------
