@@ -39,7 +39,8 @@ def div(a: float, b: float) -> float:
 @server.expose
 def power(base: float, exp: float = 2) -> float:
     """Raise base to exp (default: square it)."""
-    return base**exp
+    result: float = base**exp
+    return result
 
 
 @server.expose

@@ -8,7 +8,6 @@ outcome, so ``rpc serve --detach`` in a script or a ``Type=forking`` unit fails 
 
 from __future__ import annotations
 
-import errno
 import os
 import select
 import sys
@@ -131,9 +130,8 @@ def redirect_output(logfile: str | None) -> None:
 class Report:
     """The daemon's end of the pipe to the command that started it: ready, or failed with a code."""
 
-    def __init__(self, fd: int, logfile: str | None) -> None:
+    def __init__(self, fd: int) -> None:
         self._fd: int | None = fd
-        self.logfile = None if logfile is None else os.path.abspath(logfile)
 
     def ready(self) -> None:
         """Tell the waiting command that the daemon serves; it exits 0."""
@@ -142,10 +140,6 @@ class Report:
     def failed(self, code: int) -> None:
         """Tell the waiting command that the daemon could not start; it exits with ``code``."""
         self._send(f"failed {int(code)}\n")
-
-    def reopen_logs(self) -> None:
-        """Reopen the log file (after logrotate moved it)."""
-        redirect_output(self.logfile)
 
     def _send(self, line: str) -> None:
         if self._fd is None:
@@ -169,15 +163,17 @@ def detach(logfile: str | None, wait: float) -> Report:
     read_end, write_end = os.pipe()
     sys.stdout.flush()
     sys.stderr.flush()
-    if os.fork() > 0:
+    child = os.fork()
+    if child > 0:
         os.close(write_end)
+        os.waitpid(child, 0)  # it exits as soon as it has forked the daemon
         raise SystemExit(_await_report(read_end, wait, logfile))
     os.close(read_end)
     os.setsid()
     if os.fork() > 0:
         os._exit(0)
     redirect_output(logfile)
-    return Report(write_end, logfile)
+    return Report(write_end)
 
 
 def _await_report(fd: int, wait: float, logfile: str | None) -> int:
@@ -190,18 +186,10 @@ def _await_report(fd: int, wait: float, logfile: str | None) -> int:
         if remaining <= 0:
             print(f"rpc: the daemon is still starting after {wait:g} s{see}", file=sys.stderr)
             return ExitCode.OK
-        try:
-            readable, _, _ = select.select([fd], [], [], remaining)
-        except InterruptedError:
-            continue
+        readable, _, _ = select.select([fd], [], [], remaining)
         if not readable:
             continue
-        try:
-            chunk = os.read(fd, 64)
-        except OSError as exc:
-            if exc.errno == errno.EINTR:
-                continue
-            raise
+        chunk = os.read(fd, 64)
         if not chunk:
             break
         data += chunk
@@ -209,6 +197,9 @@ def _await_report(fd: int, wait: float, logfile: str | None) -> int:
     word, _, value = data.decode(errors="replace").strip().partition(" ")
     if word == "ready" and value.isdigit():
         print(f"rpc: daemon started, pid {value}", file=sys.stderr)
+        return ExitCode.OK
+    if word == "failed" and value == "0":
+        print("rpc: the daemon was stopped before it was ready", file=sys.stderr)
         return ExitCode.OK
     if word == "failed" and value.isdigit():
         print(f"rpc: the daemon could not start: {describe(int(value))}{see}", file=sys.stderr)

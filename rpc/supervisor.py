@@ -158,9 +158,9 @@ class Supervisor:
                 self._on_readable(key.data)
         self._reap()
         now = time.monotonic()
-        due = [t for t in self._restarts if t <= now]
+        starting = [t for t in self._restarts if t <= now]
         self._restarts = [t for t in self._restarts if t > now]
-        for _ in due:
+        for _ in starting:
             self._spawn()
         if self._kill_at is not None and now >= self._kill_at and self._workers:
             logger.error("workers %s still running %g s after the grace period; killing them",

@@ -87,7 +87,8 @@ def load_server(target: str, app_dir: str = ".") -> Server:
         module = importlib.import_module(module_name)
     except ModuleNotFoundError as exc:
         if exc.name == module_name or module_name.startswith(f"{exc.name}."):
-            raise TargetError(f"no module named {exc.name!r} (searched {path} and sys.path)") from exc
+            raise TargetError(
+                f"no module named {exc.name!r} (searched {path} and sys.path)") from None
         raise TargetError(f"importing {module_name!r} failed: {exc!r}") from exc
     except Exception as exc:
         raise TargetError(f"importing {module_name!r} failed: {exc!r}") from exc
@@ -154,6 +155,9 @@ def run(spec: WorkerSpec, ready_fd: int | None = None) -> int:
     except ConnectionError as exc:
         logger.error("%s", exc)
         return for_connection_error(exc)
+    except Exception:
+        logger.exception("server %r could not start", server.server_id)
+        return ExitCode.ERROR
     if ready_fd is not None:
         try:
             os.write(ready_fd, b"R")

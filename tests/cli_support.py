@@ -160,7 +160,8 @@ class Serve:
         try:
             return self.proc.wait(timeout)
         except subprocess.TimeoutExpired:
-            raise AssertionError(f"rpc serve still running after {timeout} s:\n{self.output}")
+            raise AssertionError(
+                f"rpc serve still running after {timeout} s:\n{self.output}") from None
 
     def close(self) -> None:
         """Kill the supervisor and every worker it reported; never leaves a process behind."""

@@ -105,7 +105,7 @@ def test_results_that_json_lacks_are_printed_as_base64_and_lists() -> None:
     assert json.loads(to_json({"raw": b"\x00\xff", "set": {1}})) == {"raw": "AP8=", "set": [1]}
 
 
-# -- rpc call ---------------------------------------------------------------------------------------
+# -- rpc call --------------------------------------------------------------------------------------
 
 def test_call_prints_the_result_as_json(served: Served) -> None:
     assert rpc(served, "call", served.server_id, "add", "[1]", "[2, 3]") == (0, "[1, 2, 3]\n", "")
@@ -175,7 +175,7 @@ def test_call_with_refused_credentials_exits_5_without_showing_the_password(
     assert "s3cret-pw" not in err
 
 
-# -- rpc methods and rpc ping -------------------------------------------------------------------------
+# -- rpc methods and rpc ping ----------------------------------------------------------------------
 
 def test_methods_lists_each_method_with_signature_and_first_doc_line(served: Served) -> None:
     code, out, _ = rpc(served, "methods", served.server_id)
@@ -215,7 +215,7 @@ def test_ping_counts_a_server_without_introspection_as_alive(
         serve.close()
 
 
-# -- rpc serve: logs and startup failures ---------------------------------------------------------------
+# -- rpc serve: logs and startup failures ----------------------------------------------------------
 
 def test_serve_logs_json_lines_with_the_password_masked(served: Served) -> None:
     lines = [json.loads(line) for line in served.serve.output.splitlines()]
@@ -279,7 +279,7 @@ def test_serve_takes_a_factory_and_its_options_from_rpc_environment_variables(
         serve.close()
 
 
-# -- rpc demo -----------------------------------------------------------------------------------------
+# -- rpc demo --------------------------------------------------------------------------------------
 
 def test_demo_shows_every_calling_style_without_a_broker() -> None:
     done = run_rpc("demo", env=environment("amqp://guest:guest@127.0.0.1:1//"), timeout=20)

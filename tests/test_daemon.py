@@ -97,7 +97,7 @@ def results(futures: list[Future[int]], timeout: float) -> list[int]:
     return [f.result(timeout=max(deadline - time.monotonic(), 0)) for f in futures]
 
 
-# -- worker processes -----------------------------------------------------------------------------
+# -- worker processes ------------------------------------------------------------------------------
 
 def test_two_processes_answer_calls_from_two_worker_pids(
     start_serve: StartServe, proxy: Proxy,
@@ -143,7 +143,7 @@ def test_workers_stop_when_the_supervisor_is_killed(start_serve: StartServe) -> 
     wait_for(lambda: process_gone(worker), 10, "the orphaned worker to stop")
 
 
-# -- signals ----------------------------------------------------------------------------------------
+# -- signals ---------------------------------------------------------------------------------------
 
 def test_sigterm_during_a_long_call_replies_then_exits_0_within_the_grace(
     start_serve: StartServe, proxy: Proxy, tmp_path: Path,
@@ -214,7 +214,7 @@ def test_a_reload_whose_new_code_fails_to_import_keeps_the_running_workers(
     assert ping(proxy, timeout=5)["pid"] == worker  # type: ignore[index]
 
 
-# -- detaching and pidfiles -----------------------------------------------------------------------------
+# -- detaching and pidfiles ------------------------------------------------------------------------
 
 @pytest.mark.slow
 def test_detach_runs_in_the_background_until_killed_through_its_pidfile(
@@ -287,7 +287,7 @@ def test_exit_reasons_name_the_signal_or_the_meaning_of_the_code() -> None:
     assert exit_reason(0) == "exited on its own with code 0"
 
 
-# -- the broker going away ------------------------------------------------------------------------------
+# -- the broker going away -------------------------------------------------------------------------
 
 @pytest.mark.slow
 def test_the_daemon_reconnects_after_the_broker_closes_its_connection(
