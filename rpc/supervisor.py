@@ -70,8 +70,10 @@ def exit_reason(code: int) -> str:
             return f"was killed by {signal.Signals(-code).name}"
         except ValueError:
             return f"was killed by signal {-code}"
-    if code == 0:
+    if code == ExitCode.OK:
         return "exited on its own with code 0"
+    if code == ExitCode.ERROR:
+        return "exited with code 1 (an error, logged above)"
     return f"exited with code {code} ({describe(code)})"
 
 

@@ -214,6 +214,22 @@ def test_a_reload_whose_new_code_fails_to_import_keeps_the_running_workers(
     assert ping(proxy, timeout=5)["pid"] == worker  # type: ignore[index]
 
 
+def test_sighup_reopens_the_logfile_after_logrotate_moved_it(
+    start_serve: StartServe, tmp_path: Path,
+) -> None:
+    logfile = tmp_path / "rpc.log"
+    serve = start_serve("--logfile", str(logfile))
+    wait_for(lambda: logfile.exists() and "serving with 1 worker" in logfile.read_text(), 20,
+             "the server to start")
+    logfile.rename(tmp_path / "rpc.log.1")
+
+    serve.signal(signal.SIGHUP)
+
+    wait_for(lambda: logfile.exists() and "reload complete" in logfile.read_text(), 20,
+             "the reload to be logged in a new file")
+    assert "reload complete" not in (tmp_path / "rpc.log.1").read_text()
+
+
 # -- detaching and pidfiles ------------------------------------------------------------------------
 
 @pytest.mark.slow
