@@ -9,7 +9,7 @@ from concurrent.futures import Future
 from enum import IntEnum
 from typing import Any
 
-SYNC, FUTURE, CALLBACK = 0, 1, 2
+SYNC, FUTURE, CALLBACK, BROADCAST, CAST = 0, 1, 2, 3, 4
 
 
 class CallbackState(IntEnum):
@@ -64,7 +64,8 @@ class Pending:
     def sleep(self, timeout: float | None) -> None:
         """Sleep until woken or ``timeout``; the caller re-arms under the proxy's lock."""
         assert self._signal is not None
-        if self._signal.acquire(timeout=-1 if timeout is None else max(timeout, 0)):
+        wait = -1 if timeout is None else min(max(timeout, 0), threading.TIMEOUT_MAX)
+        if self._signal.acquire(timeout=wait):
             self._signalled = False
 
 
@@ -122,6 +123,15 @@ class CallFuture(Future[Any]):
     def __init__(self, dispatch: Callable[[Callable[[], None]], None]) -> None:
         super().__init__()
         self._dispatch = dispatch
+        #: Set by the proxy: forgets the pending call when this future is cancelled.
+        self.forget: Callable[[], None] | None = None
+
+    def cancel(self) -> bool:
+        """Cancel the call: its pending entry is dropped and a late reply is dropped too."""
+        cancelled = super().cancel()
+        if cancelled and self.forget is not None:
+            self.forget()
+        return cancelled
 
     def add_done_callback(self, fn: Callable[[Future[Any]], object]) -> None:
         super().add_done_callback(lambda fut: self._dispatch(lambda: fn(fut)))

@@ -3,7 +3,8 @@
 from __future__ import annotations
 
 import os
-from urllib.parse import quote, urlsplit, urlunsplit
+import re
+from urllib.parse import quote, unquote
 
 #: Environment variable read when no URL is given.
 URL_ENV = "RPC_BROKER_URL"
@@ -40,33 +41,32 @@ def resolve_url(
     return os.environ.get(URL_ENV) or DEFAULT_URL
 
 
+_USERINFO = re.compile(r"(?P<scheme>[A-Za-z][\w+.-]*://)(?P<user>[^:@/;]*):(?P<secret>[^;]*)@")
+
+
 def mask_url(url: str) -> str:
-    """The URL with its password replaced by ``**``, for messages and logs."""
-    try:
-        parts = urlsplit(url)
-    except ValueError:
-        return "<unparsable broker URL>"
-    if parts.password is None:
-        return url
-    netloc = parts.netloc.rsplit("@", 1)[1]
-    user = parts.username or ""
-    return urlunsplit(parts._replace(netloc=f"{user}:**@{netloc}"))
+    """The URL with its password replaced by ``**``, for messages and logs.
+
+    Everything between ``user:`` and the last ``@`` of each ``;``-separated URL counts as the
+    password, so an unquoted ``/``, ``?`` or ``#`` in it is masked too.
+    """
+    return ";".join(_USERINFO.sub(r"\g<scheme>\g<user>:**@", part) for part in url.split(";"))
 
 
 def url_password(url: str) -> str | None:
-    """The password in ``url`` (to scrub it from third-party error text), or None."""
-    try:
-        return urlsplit(url).password
-    except ValueError:
-        return None
+    """The password in ``url``, decoded (to scrub it from third-party error text), or None."""
+    match = _USERINFO.search(url)
+    return unquote(match.group("secret")) if match else None
 
 
 def scrub(text: str, url: str) -> str:
-    """Remove the URL's password from ``text`` wherever it appears."""
-    secret = url_password(url)
-    if secret:
-        text = text.replace(secret, "**")
-        quoted = quote(secret, safe="")
-        if quoted != secret:
-            text = text.replace(quoted, "**")
+    """Remove the URL's passwords from ``text`` wherever they appear, quoted or not."""
+    for part in url.split(";"):
+        match = _USERINFO.search(part)
+        if not match or not match.group("secret"):
+            continue
+        raw = match.group("secret")
+        for form in {raw, unquote(raw), quote(unquote(raw), safe="")}:
+            if form:
+                text = text.replace(form, "**")
     return text

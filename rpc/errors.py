@@ -93,6 +93,7 @@ class RemoteError(RPCError):
         return (
             type(self),
             (self.remote_type, self.remote_message, self.remote_args, self.remote_traceback),
+            self.__dict__,
         )
 
 
@@ -133,7 +134,7 @@ def type_name(cls: type[BaseException]) -> str:
     module = cls.__module__
     if module == "builtins":
         return cls.__qualname__
-    if module.startswith("rpc.") and cls in _FRAMEWORK_ERRORS.values():
+    if module.startswith("rpc.") and (cls in _FRAMEWORK_ERRORS.values() or cls is RemoteError):
         return f"rpc.{cls.__qualname__}"
     return f"{module}.{cls.__qualname__}"
 
@@ -161,9 +162,13 @@ def error_payload(exc: BaseException, *, include_traceback: bool) -> dict[str, A
     tb = ""
     if include_traceback:
         tb = _clip("".join(traceback.format_exception(exc)), MAX_TRACEBACK_CHARS)
+    try:
+        message = str(exc)
+    except Exception:
+        message = f"<{type(exc).__name__}.__str__ failed>"
     return {
         "type": type_name(type(exc)),
-        "message": _clip(str(exc), MAX_MESSAGE_CHARS),
+        "message": _clip(message, MAX_MESSAGE_CHARS),
         "args": list(exc.args),
         "traceback": tb,
     }

@@ -42,6 +42,8 @@ _F_EXPIRATION = 1 << 8
 _F_MESSAGE_ID = 1 << 7
 _F_TYPE = 1 << 5
 _F_USER_ID = 1 << 4
+_F_APP_ID = 1 << 3
+EXCHANGE, EXCHANGE_DECLARE = 40, 10
 
 
 class FrameError(Exception):
@@ -96,6 +98,10 @@ def encode_properties(props: dict[str, Any]) -> bytes:
     if value is not None:
         flags |= _F_USER_ID
         parts.append(shortstr(value))
+    value = props.get("app_id")
+    if value is not None:
+        flags |= _F_APP_ID
+        parts.append(shortstr(value))
     return _SHORT.pack(flags) + b"".join(parts)
 
 
@@ -128,6 +134,13 @@ def publish_frames(
         out.append(bytes(part))
         out.append(b"\xce")
     return b"".join(out)
+
+
+def declare_fanout_frame(channel: int, exchange: str) -> bytes:
+    """An ``exchange.declare`` of a durable fanout exchange, without waiting for the answer."""
+    nowait_durable = (1 << 4) | (1 << 1)
+    args = b"\x00\x00" + shortstr(exchange) + shortstr("fanout") + bytes((nowait_durable,))
+    return method_frame(channel, EXCHANGE, EXCHANGE_DECLARE, args + b"\x00\x00\x00\x00")
 
 
 def ack_frame(channel: int, delivery_tag: int) -> bytes:

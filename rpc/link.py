@@ -22,7 +22,7 @@ from collections.abc import Callable
 from typing import Any
 
 from kombu.connection import Connection
-from kombu.entity import Queue
+from kombu.entity import Exchange, Queue
 from kombu.messaging import Consumer, Producer
 
 from . import frames
@@ -35,7 +35,7 @@ logger = logging.getLogger(__name__)
 class Incoming:
     """One message read from the broker: body, AMQP properties and delivery facts."""
 
-    __slots__ = ("body", "props", "delivery_tag", "redelivered", "routing_key")
+    __slots__ = ("body", "props", "delivery_tag", "redelivered", "routing_key", "link", "oversize")
 
     def __init__(
         self,
@@ -44,12 +44,17 @@ class Incoming:
         delivery_tag: int | None,
         redelivered: bool,
         routing_key: str,
+        link: Link,
     ) -> None:
         self.body = body
         self.props = props
         self.delivery_tag = delivery_tag
         self.redelivered = redelivered
         self.routing_key = routing_key
+        #: The link that read it: acknowledgements must go back through the same channel.
+        self.link = link
+        #: The size of a body over the link's limit, which was dropped unread (0 otherwise).
+        self.oversize = 0
 
     def __repr__(self) -> str:
         return (
@@ -77,8 +82,13 @@ class Link:
     #: Whether the broker offers RabbitMQ's direct reply-to.
     direct_reply_to = False
 
-    def __init__(self, on_message: OnMessage, on_return: OnReturn | None, on_cancel: OnCancel | None):
+    def __init__(
+        self, on_message: OnMessage, on_return: OnReturn | None, on_cancel: OnCancel | None,
+        max_body: int | None,
+    ) -> None:
         self.on_message = on_message
+        #: Bodies larger than this are dropped as they arrive and delivered with ``oversize`` set.
+        self.max_body = max_body
         self.on_return = on_return or _ignore_return
         self.on_cancel = on_cancel or _ignore_cancel
         self.closed = False
@@ -96,15 +106,23 @@ class Link:
         """Start consuming ``queue`` with manual acks; returns the consumer tag."""
         raise NotImplementedError
 
+    def broadcast_queue(self, exchange: str) -> str:
+        """Declare the fanout ``exchange`` and an exclusive queue bound to it; returns its name."""
+        raise NotImplementedError
+
+    def declare_fanout(self, exchange: str) -> None:
+        """Declare the fanout ``exchange`` (safe while another thread reads)."""
+        raise NotImplementedError
+
     def cancel(self, consumer_tag: str) -> None:
         """Stop deliveries to ``consumer_tag`` (those already sent still arrive)."""
         raise NotImplementedError
 
     def publish(
         self, routing_key: str, body: bytes, props: dict[str, Any], *,
-        mandatory: bool = False, ack: int | None = None,
+        mandatory: bool = False, ack: int | None = None, exchange: str = "",
     ) -> None:
-        """Publish to the default exchange; ``ack`` acknowledges that delivery in the same write."""
+        """Publish a message; ``ack`` acknowledges that delivery in the same write."""
         raise NotImplementedError
 
     def ack(self, delivery_tag: int) -> None:
@@ -133,11 +151,13 @@ def open_link(
     on_message: OnMessage,
     on_return: OnReturn | None = None,
     on_cancel: OnCancel | None = None,
+    *,
+    max_body: int | None = None,
 ) -> Link:
     """The fastest link for ``conn``'s transport."""
     if conn.transport.driver_type == "amqp" and hasattr(conn.connection, "frame_writer"):
-        return AMQPLink(conn, on_message, on_return, on_cancel)
-    return KombuLink(conn, on_message, on_return, on_cancel)
+        return AMQPLink(conn, on_message, on_return, on_cancel, max_body)
+    return KombuLink(conn, on_message, on_return, on_cancel, max_body)
 
 
 class AMQPLink(Link):
@@ -148,9 +168,9 @@ class AMQPLink(Link):
 
     def __init__(
         self, conn: Connection, on_message: OnMessage,
-        on_return: OnReturn | None, on_cancel: OnCancel | None,
+        on_return: OnReturn | None, on_cancel: OnCancel | None, max_body: int | None,
     ) -> None:
-        super().__init__(on_message, on_return, on_cancel)
+        super().__init__(on_message, on_return, on_cancel, max_body)
         self._kombu = conn
         self._amqp = conn.connection
         self._channel = self._amqp.channel()
@@ -171,6 +191,7 @@ class AMQPLink(Link):
         self._size = 0
         self._parts: list[bytes] = []
         self._got = 0
+        self._skip = False
         now = time.monotonic()
         self.last_sent = self.last_recv = now
 
@@ -184,13 +205,31 @@ class AMQPLink(Link):
 
     def reply_queue(self) -> str:
         self._channel.basic_consume(
-            DIRECT_REPLY_TO, no_ack=True, callback=_never_called,
+            DIRECT_REPLY_TO, no_ack=True, callback=self._from_amqp,
         )
         return DIRECT_REPLY_TO
 
     def consume(self, queue: str, *, prefetch: int) -> str:
         self._channel.basic_qos(0, prefetch, False)
-        return str(self._channel.basic_consume(queue, no_ack=False, callback=_never_called))
+        return str(self._channel.basic_consume(queue, no_ack=False, callback=self._from_amqp))
+
+    def broadcast_queue(self, exchange: str) -> str:
+        self._channel.exchange_declare(exchange, "fanout", durable=True, auto_delete=False)
+        name = str(self._channel.queue_declare("", exclusive=True).queue)
+        self._channel.queue_bind(name, exchange)
+        return name
+
+    def declare_fanout(self, exchange: str) -> None:
+        self._send(frames.declare_fanout_frame(self._ch, exchange))
+
+    def _from_amqp(self, message: Any) -> None:
+        """A delivery py-amqp read during setup (our own reader parses every later one)."""
+        props = dict(message.properties)
+        if "application_headers" in props:
+            props["headers"] = props.pop("application_headers")
+        info = message.delivery_info
+        self.on_message(Incoming(bytes(message.body), props, info.get("delivery_tag"),
+                                 bool(info.get("redelivered")), str(info.get("routing_key", "")), self))
 
     # -- writing, from any thread ----------------------------------------------------------------
 
@@ -200,10 +239,11 @@ class AMQPLink(Link):
 
     def publish(
         self, routing_key: str, body: bytes, props: dict[str, Any], *,
-        mandatory: bool = False, ack: int | None = None,
+        mandatory: bool = False, ack: int | None = None, exchange: str = "",
     ) -> None:
         data = frames.publish_frames(
             self._ch, routing_key, body, props, mandatory=mandatory, frame_max=self._frame_max,
+            exchange=exchange,
         )
         if ack is not None:
             data += frames.ack_frame(self._ch, ack)
@@ -283,6 +323,7 @@ class AMQPLink(Link):
                     self._on_method(payload)
                 elif kind == frames.FRAME_HEADER:
                     self._size, self._props = frames.parse_content_header(payload)
+                    self._skip = self.max_body is not None and self._size > self.max_body
                     if self._size == 0:
                         self._complete(b"")
         finally:
@@ -293,7 +334,8 @@ class AMQPLink(Link):
         if self._got == 0 and len(payload) >= self._size:
             self._complete(payload)
             return
-        self._parts.append(payload)
+        if not self._skip:
+            self._parts.append(payload)
         self._got += len(payload)
         if self._got >= self._size:
             body = b"".join(self._parts)
@@ -306,10 +348,16 @@ class AMQPLink(Link):
             return
         if method[0] == frames.BASIC_DELIVER:
             _, tag, redelivered, routing_key = method
-            self.on_message(Incoming(body, self._props, tag, redelivered, routing_key))
+            msg = Incoming(body, self._props, tag, redelivered, routing_key, self)
         else:
             _, code, text, routing_key = method
-            self.on_return(Incoming(body, self._props, None, False, routing_key), code, text)
+            msg = Incoming(body, self._props, None, False, routing_key, self)
+        if self._skip:
+            msg.body, msg.oversize, self._skip = b"", self._size, False
+        if method[0] == frames.BASIC_DELIVER:
+            self.on_message(msg)
+        else:
+            self.on_return(msg, code, text)
 
     def _on_method(self, payload: bytes) -> None:
         class_id, method_id = frames.method_id(payload)
@@ -370,8 +418,21 @@ class AMQPLink(Link):
             logger.debug("error collecting a closed connection", exc_info=True)
 
 
-def _never_called(message: Any) -> None:  # py-amqp wants a callback; our reader dispatches
-    raise AssertionError("py-amqp must not dispatch on a link")
+def _no_inflate(message_class: type) -> type:
+    """The channel's message class, minus kombu's decompression of ``compression`` headers.
+
+    kombu inflates such bodies before any size or content check (a zip bomb); a compressed body
+    reaches the server as it came and fails to decode like any other malformed one.
+    """
+
+    class NoInflateMessage(message_class):  # type: ignore[misc, valid-type]
+        def __init__(self, *args: Any, **kwargs: Any) -> None:
+            headers = kwargs.get("headers")
+            if headers and "compression" in headers:
+                kwargs["headers"] = {k: v for k, v in headers.items() if k != "compression"}
+            super().__init__(*args, **kwargs)
+
+    return NoInflateMessage
 
 
 class KombuLink(Link):
@@ -381,12 +442,13 @@ class KombuLink(Link):
 
     def __init__(
         self, conn: Connection, on_message: OnMessage,
-        on_return: OnReturn | None, on_cancel: OnCancel | None,
+        on_return: OnReturn | None, on_cancel: OnCancel | None, max_body: int | None,
     ) -> None:
-        super().__init__(on_message, on_return, on_cancel)
+        super().__init__(on_message, on_return, on_cancel, max_body)
         self._conn = conn
         self._lock = threading.RLock()
         self._channel = conn.channel()
+        self._channel.Message = _no_inflate(self._channel.Message)
         self._producer = Producer(self._channel, serializer=None)
         self._consumers: dict[str, Consumer] = {}
         self._messages: dict[int, Any] = {}
@@ -417,6 +479,17 @@ class KombuLink(Link):
             self._consumers[tag] = consumer
             return tag
 
+    def broadcast_queue(self, exchange: str) -> str:
+        with self._lock:
+            fanout = Exchange(exchange, "fanout", durable=True, auto_delete=False)
+            queue = Queue("", fanout, exclusive=True, auto_delete=True, channel=self._channel)
+            queue.declare()
+            return str(queue.name)
+
+    def declare_fanout(self, exchange: str) -> None:
+        with self._lock:
+            Exchange(exchange, "fanout", durable=True, auto_delete=False)(self._channel).declare()
+
     def cancel(self, consumer_tag: str) -> None:
         with self._lock:
             consumer = self._consumers.pop(consumer_tag, None)
@@ -431,10 +504,12 @@ class KombuLink(Link):
         tag = message.delivery_tag
         if tag is not None:
             self._messages[tag] = message
-        self.on_message(Incoming(
-            message.body if isinstance(message.body, bytes) else bytes(message.body, "utf-8"),
-            props, tag, bool(info.get("redelivered")), str(info.get("routing_key", "")),
-        ))
+        body = message.body if isinstance(message.body, bytes) else bytes(message.body, "utf-8")
+        msg = Incoming(body, props, tag, bool(info.get("redelivered")),
+                       str(info.get("routing_key", "")), self)
+        if self.max_body is not None and len(body) > self.max_body:
+            msg.body, msg.oversize = b"", len(body)
+        self.on_message(msg)
 
     def _queue_exists(self, name: str) -> bool:
         try:
@@ -445,20 +520,20 @@ class KombuLink(Link):
 
     def publish(
         self, routing_key: str, body: bytes, props: dict[str, Any], *,
-        mandatory: bool = False, ack: int | None = None,
+        mandatory: bool = False, ack: int | None = None, exchange: str = "",
     ) -> None:
         with self._lock:
             if self.closed:
                 raise ConnectionLost("the connection is closed")
-            if mandatory and not self._queue_exists(routing_key):
-                self.on_return(Incoming(body, props, None, False, routing_key), 312, "NO_ROUTE")
+            if mandatory and not exchange and not self._queue_exists(routing_key):
+                self.on_return(Incoming(body, props, None, False, routing_key, self), 312, "NO_ROUTE")
             else:
                 extra = {k: v for k, v in props.items()
                          if k not in ("content_type", "headers", "expiration") and v is not None}
                 expiration = props.get("expiration")
                 try:
                     self._producer.publish(
-                        body, routing_key=routing_key, exchange="",
+                        body, routing_key=routing_key, exchange=exchange,
                         content_type=props.get("content_type"), content_encoding="binary",
                         headers=props.get("headers") or {},
                         expiration=int(expiration) / 1000 if expiration else None,

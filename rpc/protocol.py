@@ -41,7 +41,8 @@ def parse_request(body: Any) -> Request:
     """Check a decoded request body's shape.
 
     Raises:
-        BadRequest: the body is not ``{"method": str, "args": list, "kwargs": {str: ...}}``.
+        BadRequest: the body is not ``{"method": str, "args": list, "kwargs": {str: ...}}``
+            (``args`` and ``kwargs`` may be left out).
     """
     if not isinstance(body, dict):
         raise BadRequest(f"request body must be a map, not {type(body).__name__}")
@@ -85,7 +86,7 @@ def deadline_headers(timeout: float | None, now: float) -> tuple[dict[str, Any] 
     """Headers and ``expiration`` property for a call with ``timeout`` seconds, made at ``now``."""
     if timeout is None:
         return None, None
-    return {DEADLINE_HEADER: now + timeout}, str(max(1, math.ceil(timeout * 1000)))
+    return {DEADLINE_HEADER: now + timeout}, str(max(1, math.ceil(round(timeout * 1000, 6))))
 
 
 def deadline_of(headers: dict[str, Any] | None) -> float | None:
@@ -93,8 +94,11 @@ def deadline_of(headers: dict[str, Any] | None) -> float | None:
     if not headers:
         return None
     value = headers.get(DEADLINE_HEADER)
-    if isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value):
-        return float(value)
+    if isinstance(value, (int, float)) and not isinstance(value, bool):
+        try:
+            return float(value) if math.isfinite(value) else None
+        except OverflowError:
+            return None
     if isinstance(value, (str, bytes)):
         try:
             parsed = float(value)
@@ -102,6 +106,11 @@ def deadline_of(headers: dict[str, Any] | None) -> float | None:
             return None
         return parsed if math.isfinite(parsed) else None
     return None
+
+
+def broadcast_exchange(server_id: str) -> str:
+    """The fanout exchange through which a broadcast reaches every server of ``server_id``."""
+    return f"rpc.broadcast.{server_id}"
 
 
 def is_reply_address(reply_to: str) -> bool:

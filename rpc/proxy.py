@@ -17,27 +17,48 @@ import queue
 import secrets
 import threading
 import time
-from collections.abc import Callable
+from collections import deque
+from collections.abc import Iterable, Iterator, Sequence
+from concurrent.futures import Future
+from dataclasses import dataclass
 from typing import Any
 
 from . import protocol, serialization
-from .calls import CALLBACK, FUTURE, SYNC, CallbackState, CallbackStates, CallFuture, Pending
+from .calls import (
+    BROADCAST,
+    CALLBACK,
+    CAST,
+    FUTURE,
+    SYNC,
+    CallbackState,
+    CallbackStates,
+    CallFuture,
+    Pending,
+)
 from .config import mask_url, resolve_url
 from .connection import DEFAULT_CONNECT_RETRY, DEFAULT_HEARTBEAT, open_connection
-from .errors import (
-    ConnectionLost,
-    RPCError,
-    RPCTimeout,
-    SerializationError,
-    UnknownServer,
-    rebuild_exception,
-)
+from .limits import DEFAULT_MAX_MESSAGE_SIZE
+from .context import outgoing_headers
+from .errors import ConnectionLost, RPCError, RPCTimeout, UnknownServer, rebuild_exception
 from .link import Incoming, Link, open_link
+from .views import CallOptions, CallView, OnError, OnSuccess, RemoteMethod, check_timeout
 
 logger = logging.getLogger(__name__)
 
-OnSuccess = Callable[[Any], Any]
-OnError = Callable[[BaseException], Any]
+#: Seconds a broadcast collects replies unless told otherwise.
+BROADCAST_TIMEOUT = 1.0
+_PLAIN = CallOptions()
+_BROADCAST = CallOptions(broadcast=True)
+_ASYNC = frozenset({FUTURE, CALLBACK})
+
+
+@dataclass(frozen=True, slots=True)
+class BroadcastReply:
+    """One server's answer to a broadcast: who answered, and its result or error."""
+
+    server: str
+    result: Any
+    error: Exception | None
 
 
 class Proxy:
@@ -60,6 +81,7 @@ class Proxy:
         timeout: default seconds per call (None waits for ever); ``set_timeout`` overrides it.
         heartbeat: AMQP heartbeat interval in seconds (0 turns heartbeats off).
         connect_retry: seconds to keep retrying an unreachable broker before ConnectionError.
+        max_message_size: largest reply body in bytes; a call whose reply is larger fails.
         hostname, port, username, password, vhost: the URL in pieces, instead of ``url``.
     """
 
@@ -72,6 +94,7 @@ class Proxy:
         timeout: float | None = None,
         heartbeat: float = DEFAULT_HEARTBEAT,
         connect_retry: float = DEFAULT_CONNECT_RETRY,
+        max_message_size: int = DEFAULT_MAX_MESSAGE_SIZE,
         hostname: str | None = None,
         port: int | None = None,
         username: str | None = None,
@@ -84,9 +107,10 @@ class Proxy:
         self.server_id = server_id
         self.content_type = serialization.content_type_of(serializer)
         self._accept = frozenset({self.content_type, serialization.JSON})
-        self.default_timeout = _check_timeout(timeout)
+        self.default_timeout = check_timeout(timeout)
         self._heartbeat = heartbeat
         self._connect_retry = connect_retry
+        self.max_message_size = max_message_size
         self._prefix = secrets.token_hex(8) + "."
         self._counter = itertools.count(1)
 
@@ -100,6 +124,7 @@ class Proxy:
         self._states = CallbackStates()
         self._closed = False
         self._connect_lock = threading.Lock()
+        self._declared: set[str] = set()
         #: Replies that matched no pending call (late after a timeout, duplicates, forgeries).
         self.replies_dropped = 0
 
@@ -116,27 +141,87 @@ class Proxy:
 
     # -- the public surface ----------------------------------------------------------------------
 
-    def __getattr__(self, name: str) -> _Method:
+    def __getattr__(self, name: str) -> RemoteMethod:
         if name.startswith("_"):
             raise AttributeError(name)
-        return _Method(_Call(self), name)
+        return RemoteMethod(CallView(self, _PLAIN), name)
 
     def call(self, method: str, /, *args: Any, **kwargs: Any) -> Any:
         """Call ``method`` by name: for names that clash with the proxy's own attributes."""
-        return _Call(self).call(method, *args, **kwargs)
+        return self._invoke(_PLAIN, method, args, kwargs)
 
-    def set_timeout(self, timeout: float | None) -> _Call:
+    def set_timeout(self, timeout: float | None) -> CallView:
         """A one-call view with this timeout: ``proxy.set_timeout(10).add(2, 3)``."""
-        return _Call(self).set_timeout(timeout)
+        return CallView(self, _PLAIN).set_timeout(timeout)
 
-    def callback(self, on_success: OnSuccess | None, on_error: OnError | None = None) -> _Call:
+    def callback(self, on_success: OnSuccess | None, on_error: OnError | None = None) -> CallView:
         """A one-call view that returns a uid at once and later runs one of the functions."""
-        return _Call(self).callback(on_success, on_error)
+        return CallView(self, _PLAIN).callback(on_success, on_error)
 
     @property
-    def future(self) -> _Call:
+    def future(self) -> CallView:
         """A one-call view that returns a ``concurrent.futures.Future``."""
-        return _Call(self).future
+        return CallView(self, _PLAIN).future
+
+    @property
+    def cast(self) -> CallView:
+        """A one-call view that publishes without a reply and returns None at once."""
+        return CallView(self, _PLAIN).cast
+
+    @property
+    def broadcast(self) -> CallView:
+        """A view that calls every running server of this ``server_id`` and lists the replies.
+
+        ``proxy.broadcast(timeout=2).reload()`` waits 2 s (default 1 s) and returns a
+        :class:`BroadcastReply` per answer; ``proxy.broadcast.cast.reload()`` waits for none.
+        """
+        return CallView(self, _BROADCAST)
+
+    def with_context(self, **context: Any) -> CallView:
+        """A one-call view sending ``context`` (small values) for ``rpc.current_call()``."""
+        return CallView(self, _PLAIN).with_context(**context)
+
+    def gather(
+        self, calls: Iterable[Sequence[Any]], *, concurrency: int = 50, timeout: float | None = None,
+    ) -> list[Any]:
+        """Run ``(method, args[, kwargs])`` calls with at most ``concurrency`` in flight.
+
+        Returns the results in order, with each failed call's exception in its place (as
+        ``asyncio.gather(return_exceptions=True)`` does); ``timeout`` applies to each call.
+        """
+        return list(self._stream(((c[0], tuple(c[1]) if len(c) > 1 else (),
+                                   dict(c[2]) if len(c) > 2 else {}) for c in calls),
+                                 concurrency, timeout, raise_errors=False))
+
+    def map(
+        self, method: str, iterable: Iterable[Any], *, concurrency: int = 50,
+        timeout: float | None = None,
+    ) -> Iterator[Any]:
+        """Yield ``method(*args)`` for each ``args`` tuple (or single argument), in order.
+
+        At most ``concurrency`` calls are in flight; the first failure is raised where its
+        result would have been yielded.
+        """
+        def requests() -> Iterator[tuple[str, tuple[Any, ...], dict[str, Any]]]:
+            for args in iterable:
+                yield method, args if isinstance(args, tuple) else (args,), {}
+
+        return self._stream(requests(), concurrency, timeout, raise_errors=True)
+
+    def _stream(
+        self, requests: Iterable[tuple[str, tuple[Any, ...], dict[str, Any]]], concurrency: int,
+        timeout: float | None, *, raise_errors: bool,
+    ) -> Iterator[Any]:
+        if concurrency < 1:
+            raise ValueError("concurrency must be at least 1")
+        view = self.set_timeout(timeout).future if timeout is not None else self.future
+        window: deque[Future[Any]] = deque()
+        for method, args, kwargs in requests:
+            if len(window) >= concurrency:
+                yield _outcome(window.popleft(), raise_errors)
+            window.append(view.call(method, *args, **kwargs))
+        while window:
+            yield _outcome(window.popleft(), raise_errors)
 
     def get_callback_state(self, uid: str) -> CallbackState:
         """The state of a callback call.
@@ -187,7 +272,7 @@ class Proxy:
             name=f"rpc-proxy {self.server_id}",
         )
         try:
-            link = open_link(conn, self._on_reply, self._on_return)
+            link = open_link(conn, self._on_reply, self._on_return, max_body=self.max_message_size)
             self._reply_to = link.reply_queue()
         except Exception:
             conn.release()
@@ -203,63 +288,116 @@ class Proxy:
                 raise RPCError("this proxy is closed")
             if self._link.closed:
                 logger.info("proxy for %r reconnecting to %s", self.server_id, mask_url(self._url))
+                self._declared.clear()
                 self._link = self._connect()
             return self._link
 
     # -- making a call ---------------------------------------------------------------------------
 
+    def _invoke(
+        self, options: CallOptions, method: str, args: tuple[Any, ...], kwargs: dict[str, Any],
+    ) -> Any:
+        """Make one call as ``options`` say: the single entry point of every view."""
+        if options.timeout_set:
+            timeout = options.timeout
+        else:
+            timeout = BROADCAST_TIMEOUT if options.broadcast else self.default_timeout
+        if options.cast:
+            if options.callbacks is not None or options.future:
+                raise TypeError("a cast has no reply: it takes no callbacks and no future")
+            self._start(method, args, kwargs, timeout, CAST, options)
+            return None
+        if options.broadcast:
+            if options.callbacks is not None or options.future:
+                raise TypeError("a broadcast returns its replies: no callbacks and no future")
+            if timeout is None:
+                raise ValueError("a broadcast needs a timeout: how long to collect replies")
+            pending = self._start(method, args, kwargs, timeout, BROADCAST, options)
+            self._wait(pending)
+            return pending.value
+        if options.future:
+            fut = CallFuture(self._jobs.put)
+            pending = self._start(method, args, kwargs, timeout, FUTURE, options, future=fut)
+            fut.forget = lambda: self._forget(pending)
+            self._kick_pump()
+            return fut
+        if options.callbacks is not None:
+            on_success, on_error = options.callbacks
+            pending = self._start(method, args, kwargs, timeout, CALLBACK, options,
+                                  on_success=on_success, on_error=on_error)
+            self._kick_pump()
+            return pending.cid
+        pending = self._start(method, args, kwargs, timeout, SYNC, options)
+        self._wait(pending)
+        if pending.ok:
+            return pending.value
+        raise pending.value
+
+    def _kick_pump(self) -> None:
+        with self._lock:
+            if not self._reader_active:
+                self._pump_wakeup.notify()
+
     def _start(
         self, method: str, args: tuple[Any, ...], kwargs: dict[str, Any], timeout: float | None,
-        kind: int, *, future: CallFuture | None = None, on_success: OnSuccess | None = None,
-        on_error: OnError | None = None,
+        kind: int, options: CallOptions, *, future: CallFuture | None = None,
+        on_success: OnSuccess | None = None, on_error: OnError | None = None,
     ) -> Pending:
         if self._closed:
             raise RPCError("this proxy is closed")
         link = self._live_link()
         cid = self._prefix + format(next(self._counter), "x")
-        now = time.time()
-        headers, expiration = protocol.deadline_headers(timeout, now)
+        headers, expiration = protocol.deadline_headers(timeout, time.time())
+        extra = outgoing_headers(dict(options.context))
+        if extra:
+            headers = {**(headers or {}), **extra}
         body = serialization.encode(protocol.request_body(method, args, kwargs), self.content_type)
-        props: dict[str, Any] = {
-            "content_type": self.content_type, "correlation_id": cid, "reply_to": self._reply_to,
-        }
-        if headers is not None:
+        props: dict[str, Any] = {"content_type": self.content_type, "correlation_id": cid}
+        if kind != CAST:
+            props["reply_to"] = self._reply_to
+        if headers:
             props["headers"] = headers
+        if expiration is not None:
             props["expiration"] = expiration
         deadline = None if timeout is None else time.monotonic() + timeout
         pending = Pending(cid, method, kind, self.content_type, deadline)
-        if kind == SYNC:
+        if kind in (SYNC, BROADCAST):
             pending.arm()
+            if kind == BROADCAST:
+                pending.value = []
         elif kind == FUTURE:
             pending.future = future
-        else:
+        elif kind == CALLBACK:
             pending.on_success, pending.on_error = on_success, on_error
             self._states.start(cid)
-        with self._lock:
-            self._pending[cid] = pending
-            if kind != SYNC:
-                self._async_count += 1
-                if deadline is not None:
-                    heapq.heappush(self._timers, (deadline, cid))
-        try:
-            link.publish(self.server_id, body, props, mandatory=True)
-        except Exception:
+        if kind != CAST:
             with self._lock:
-                if self._pending.pop(cid, None) is not None and kind != SYNC:
-                    self._async_count -= 1
+                self._pending[cid] = pending
+                if kind in _ASYNC:
+                    self._async_count += 1
+                    if deadline is not None:
+                        heapq.heappush(self._timers, (deadline, cid))
+        exchange = ""
+        if options.broadcast:
+            exchange = protocol.broadcast_exchange(self.server_id)
+            if exchange not in self._declared:
+                link.declare_fanout(exchange)
+                self._declared.add(exchange)
+        try:
+            link.publish(self.server_id if not exchange else "", body, props, mandatory=True,
+                         exchange=exchange)
+        except Exception:
+            self._forget(pending)
             if kind == CALLBACK:
                 self._states.finish(cid)
             raise
         return pending
 
-    def _call_sync(
-        self, method: str, args: tuple[Any, ...], kwargs: dict[str, Any], timeout: float | None,
-    ) -> Any:
-        pending = self._start(method, args, kwargs, timeout, SYNC)
-        self._wait(pending)
-        if pending.ok:
-            return pending.value
-        raise pending.value
+    def _forget(self, pending: Pending) -> None:
+        """Drop a call nobody waits for any more; a reply to it will be dropped and counted."""
+        with self._lock:
+            if self._pending.pop(pending.cid, None) is not None and pending.kind in _ASYNC:
+                self._async_count -= 1
 
     def _wait(self, pending: Pending) -> None:
         deadline = pending.deadline
@@ -310,44 +448,45 @@ class Proxy:
         with self._lock:
             if pending.done or self._pending.pop(pending.cid, None) is None:
                 return
-            if pending.kind != SYNC:
+            if pending.kind in _ASYNC:
                 self._async_count -= 1
+        if pending.kind == BROADCAST:
+            self._complete(pending, True, pending.value)
+            return
         timeout = RPCTimeout(f"no reply to {pending.method}() within the call's timeout")
         self._complete(pending, False, timeout)
-
-    def _call_async(
-        self, method: str, args: tuple[Any, ...], kwargs: dict[str, Any], timeout: float | None,
-        on_success: OnSuccess | None, on_error: OnError | None, future: bool,
-    ) -> Any:
-        fut = CallFuture(self._jobs.put) if future else None
-        pending = self._start(
-            method, args, kwargs, timeout, FUTURE if future else CALLBACK,
-            future=fut, on_success=on_success, on_error=on_error,
-        )
-        with self._lock:
-            if not self._reader_active:
-                self._pump_wakeup.notify()
-        return fut if fut is not None else pending.cid
 
     # -- replies ---------------------------------------------------------------------------------
 
     def _on_reply(self, msg: Incoming) -> None:
         cid = msg.props.get("correlation_id")
         with self._lock:
-            pending = self._pending.pop(cid, None) if isinstance(cid, str) else None
+            pending = self._pending.get(cid) if isinstance(cid, str) else None
             if pending is None:
                 self.replies_dropped += 1
-            elif pending.kind != SYNC:
-                self._async_count -= 1
+            elif pending.kind != BROADCAST:
+                del self._pending[cid]
+                if pending.kind in _ASYNC:
+                    self._async_count -= 1
         if pending is None:
             logger.debug("dropped a reply with unknown correlation id %r", cid)
             return
         ok, value = self._decode_reply(msg, pending)
+        if pending.kind == BROADCAST:
+            server = str(msg.props.get("app_id") or "")
+            reply = BroadcastReply(server, value if ok else None, None if ok else value)
+            with self._lock:
+                if not pending.done:
+                    pending.value.append(reply)
+            return
         self._complete(pending, ok, value)
 
     def _decode_reply(self, msg: Incoming, pending: Pending) -> tuple[bool, Any]:
         content_type = msg.props.get("content_type")
         try:
+            if msg.oversize:
+                raise RPCError(f"reply of {msg.oversize} bytes exceeds this proxy's limit of "
+                               f"{self.max_message_size} bytes")
             if content_type not in (pending.content_type, serialization.JSON):
                 raise RPCError(f"reply in content type {content_type!r}, expected "
                                f"{pending.content_type!r}")
@@ -364,9 +503,14 @@ class Proxy:
         cid = msg.props.get("correlation_id")
         with self._lock:
             pending = self._pending.pop(cid, None) if isinstance(cid, str) else None
-            if pending is not None and pending.kind != SYNC:
+            if pending is not None and pending.kind in _ASYNC:
                 self._async_count -= 1
-        if pending is not None:
+        if pending is None:
+            logger.warning("request to %r returned by the broker (%s %s): no server is serving it",
+                           msg.routing_key or self.server_id, code, text)
+        elif pending.kind == BROADCAST:
+            self._complete(pending, True, [])  # no server is bound: nobody to hear it
+        else:
             self._complete(pending, False, UnknownServer(
                 f"no server is serving {msg.routing_key!r}: the broker returned the request "
                 f"({code} {text})"
@@ -374,7 +518,7 @@ class Proxy:
 
     def _complete(self, pending: Pending, ok: bool, value: Any) -> None:
         pending.ok, pending.value = ok, value
-        if pending.kind == SYNC:
+        if pending.kind in (SYNC, BROADCAST):
             with self._lock:
                 pending.done = True
                 pending.wake()
@@ -509,83 +653,13 @@ class Proxy:
                 self._release_reader()
 
 
-def _check_timeout(timeout: float | None) -> float | None:
-    if timeout is None:
-        return None
-    if not isinstance(timeout, (int, float)) or isinstance(timeout, bool) or not timeout > 0:
-        raise ValueError(f"timeout must be a positive number of seconds or None, not {timeout!r}")
-    return float(timeout)
+def _outcome(fut: Future[Any], raise_errors: bool) -> Any:
+    try:
+        return fut.result()
+    except Exception as exc:
+        if raise_errors:
+            raise
+        return exc
 
 
-class _Call:
-    """The modifiers of one call: a timeout, callbacks or a future. Each returns a new view."""
-
-    __slots__ = ("_proxy", "_timeout", "_timeout_set", "_callbacks", "_future")
-
-    def __init__(
-        self, proxy: Proxy, timeout: float | None = None, timeout_set: bool = False,
-        callbacks: tuple[OnSuccess | None, OnError | None] | None = None, future: bool = False,
-    ) -> None:
-        self._proxy = proxy
-        self._timeout = timeout
-        self._timeout_set = timeout_set
-        self._callbacks = callbacks
-        self._future = future
-
-    def _replace(self, **changes: Any) -> _Call:
-        fields = {
-            "timeout": self._timeout, "timeout_set": self._timeout_set,
-            "callbacks": self._callbacks, "future": self._future,
-        }
-        fields.update(changes)
-        return _Call(self._proxy, **fields)
-
-    def set_timeout(self, timeout: float | None) -> _Call:
-        return self._replace(timeout=_check_timeout(timeout), timeout_set=True)
-
-    def callback(self, on_success: OnSuccess | None, on_error: OnError | None = None) -> _Call:
-        for fn in (on_success, on_error):
-            if fn is not None and not callable(fn):
-                raise TypeError(f"callbacks must be callable, not {type(fn).__name__}")
-        return self._replace(callbacks=(on_success, on_error), future=False)
-
-    @property
-    def future(self) -> _Call:
-        return self._replace(future=True, callbacks=None)
-
-    def __getattr__(self, name: str) -> _Method:
-        if name.startswith("_"):
-            raise AttributeError(name)
-        return _Method(self, name)
-
-    def call(self, method: str, /, *args: Any, **kwargs: Any) -> Any:
-        proxy = self._proxy
-        timeout = self._timeout if self._timeout_set else proxy.default_timeout
-        if self._callbacks is None and not self._future:
-            return proxy._call_sync(method, args, kwargs, timeout)
-        on_success, on_error = self._callbacks or (None, None)
-        return proxy._call_async(method, args, kwargs, timeout, on_success, on_error, self._future)
-
-
-class _Method:
-    """``proxy.name`` or ``proxy.instance.method``: call it, or take a further attribute."""
-
-    __slots__ = ("_call", "_name")
-
-    def __init__(self, call: _Call, name: str) -> None:
-        self._call = call
-        self._name = name
-
-    def __getattr__(self, name: str) -> _Method:
-        if name.startswith("_"):
-            raise AttributeError(name)
-        return _Method(self._call, f"{self._name}.{name}")
-
-    def __call__(self, *args: Any, **kwargs: Any) -> Any:
-        return self._call.call(self._name, *args, **kwargs)
-
-    def __repr__(self) -> str:
-        return f"<remote method {self._name!r}>"
-
-
-__all__ = ["CallbackState", "Proxy"]
+__all__ = ["BroadcastReply", "CallbackState", "Proxy"]

@@ -16,6 +16,8 @@ from typing import Any
 from .errors import InvalidArguments, MethodNotFound
 
 MAX_NAME_LENGTH = 255
+#: Methods of a registered instance that the server calls itself and never dispatches.
+LIFECYCLE_HOOKS = frozenset({"on_init", "on_tear_down"})
 
 
 @dataclass(slots=True)
@@ -28,6 +30,8 @@ class Method:
     # Positional-only fast path: a call with no kwargs and a positional count in this range
     # binds without inspect (None when the signature needs the full check).
     positional_range: tuple[int, int] | None = field(default=None)
+    #: Acknowledge the request before running it (see Server.register_function).
+    at_most_once: bool = False
 
     def check_arguments(self, args: tuple[Any, ...], kwargs: dict[str, Any]) -> None:
         """Bind the arguments before the call, so a TypeError inside the function stays one.
@@ -60,12 +64,13 @@ def _positional_range(sig: inspect.Signature) -> tuple[int, int] | None:
     return low, high
 
 
-def _describe(name: str, func: Callable[..., Any]) -> Method:
+def _describe(name: str, func: Callable[..., Any], at_most_once: bool = False) -> Method:
     try:
         sig: inspect.Signature | None = inspect.signature(func)
     except (TypeError, ValueError):  # some builtins have no introspectable signature
         sig = None
-    return Method(name, func, sig, _positional_range(sig) if sig is not None else None)
+    return Method(name, func, sig, _positional_range(sig) if sig is not None else None,
+                  at_most_once)
 
 
 def _check_name(name: str) -> str:
@@ -79,17 +84,23 @@ def _check_name(name: str) -> str:
 
 
 def public_methods(obj: object) -> Iterator[tuple[str, Callable[..., Any]]]:
-    """The public methods of ``obj``: functions, static and class methods on its class."""
+    """The public methods of ``obj``'s class, most derived definition first, bound to ``obj``.
+
+    A name the class hierarchy defines as anything but a method (a property, a class attribute)
+    hides a method of that name further up; the instance's own attributes are never consulted.
+    """
+    seen: set[str] = set()
     for klass in type(obj).__mro__:
         if klass is object:
             continue
         for attr, raw in vars(klass).items():
-            if attr.startswith("_"):
+            if attr.startswith("_") or attr in seen:
                 continue
-            if isinstance(raw, (staticmethod, classmethod)) or inspect.isfunction(raw):
-                yield attr, getattr(obj, attr)
-            elif inspect.ismethoddescriptor(raw) and callable(raw):
-                yield attr, getattr(obj, attr)  # methods of classes written in C
+            seen.add(attr)
+            if isinstance(raw, (staticmethod, classmethod)) or inspect.isfunction(raw) or (
+                inspect.ismethoddescriptor(raw) and callable(raw)
+            ):
+                yield attr, raw.__get__(obj, type(obj))
 
 
 class Registry:
@@ -98,7 +109,9 @@ class Registry:
     def __init__(self) -> None:
         self._methods: dict[str, Method] = {}
 
-    def add_function(self, func: Callable[..., Any], name: str | None = None) -> None:
+    def add_function(
+        self, func: Callable[..., Any], name: str | None = None, *, at_most_once: bool = False,
+    ) -> None:
         """Register one callable.
 
         Raises:
@@ -108,21 +121,21 @@ class Registry:
             raise ValueError(f"register_function() needs a callable, not {type(func).__name__}")
         if name is None:
             name = getattr(func, "__name__", None) or ""
-        self._methods[_check_name(name)] = _describe(name, func)
+        self._methods[_check_name(name)] = _describe(name, func, at_most_once)
 
-    def add_instance(self, obj: object, name: str) -> list[str]:
+    def add_instance(self, obj: object, name: str, *, at_most_once: bool = False) -> list[str]:
         """Register every public method of ``obj`` as ``name.method``; returns the names."""
         _check_name(name)
         if "." in name:
             raise ValueError(f"an instance name cannot contain a dot: {name!r}")
+        if isinstance(obj, type):
+            raise TypeError(f"register_instance() takes an instance; got the class {obj.__name__}")
         added = []
-        seen: set[str] = set()
         for attr, bound in public_methods(obj):
-            if attr in seen:  # the most derived definition wins
+            if attr in LIFECYCLE_HOOKS:
                 continue
-            seen.add(attr)
             full = f"{name}.{attr}"
-            self._methods[full] = _describe(full, bound)
+            self._methods[full] = _describe(full, bound, at_most_once)
             added.append(full)
         return added
 

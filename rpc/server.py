@@ -8,22 +8,27 @@ passed is acknowledged and skipped before its body is even decoded.
 
 from __future__ import annotations
 
+import asyncio
+import inspect
 import logging
 import os
 import pickle
 import queue
 import signal
+import socket
 import threading
 import time
 from collections.abc import Callable, Iterable
 from typing import Any, TypeVar, overload
 
-from . import protocol, serialization
+from . import context, protocol, serialization
 from .config import mask_url, resolve_url
 from .connection import DEFAULT_HEARTBEAT, open_connection
+from .context import CallInfo
 from .errors import BadRequest, ConnectionLost, SerializationError, error_payload, safe_args
 from .link import Incoming, Link, open_link
 from .introspection import SystemMethods
+from .limits import DEFAULT_MAX_MESSAGE_SIZE
 from .registry import Registry
 
 logger = logging.getLogger(__name__)
@@ -60,6 +65,10 @@ class Server:
         connect_retry: seconds start() keeps retrying an unreachable broker.
         introspection: answer the built-in ``system.list_methods``, ``system.method_help``,
             ``system.method_signature`` and ``system.ping``.
+        max_message_size: largest request body in bytes; a larger one is refused (BadRequest)
+            without being buffered or decoded.
+        on_error: ``on_error(exc, call)`` sees every exception a handler raises (for reporting);
+            ``call`` is the :class:`rpc.CallInfo` of the failed call.
         hostname, port, username, password, vhost: the URL in pieces, instead of ``url``.
     """
 
@@ -76,6 +85,8 @@ class Server:
         send_tracebacks: bool = False,
         connect_retry: float = 10.0,
         introspection: bool = True,
+        max_message_size: int = DEFAULT_MAX_MESSAGE_SIZE,
+        on_error: Callable[[BaseException, CallInfo], Any] | None = None,
         hostname: str | None = None,
         port: int | None = None,
         username: str | None = None,
@@ -101,13 +112,21 @@ class Server:
         self.heartbeat = heartbeat
         self.send_tracebacks = send_tracebacks
         self.connect_retry = connect_retry
+        self.max_message_size = max_message_size
+        self.on_error = on_error
         self.registry = Registry()
         if introspection:
             self.registry.add_instance(SystemMethods(self), "system")
 
         self._link: Link | None = None
         self._consumer_tag: str | None = None
-        self._work: queue.SimpleQueue[tuple[Link, Incoming] | None] = queue.SimpleQueue()
+        self._broadcast_tag: str | None = None
+        #: How this server names itself in replies (the ``app_id`` property).
+        self.identity = f"{server_id}@{socket.gethostname()}:{os.getpid()}"
+        self._work: queue.SimpleQueue[Incoming | None] = queue.SimpleQueue()
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._loop_thread: threading.Thread | None = None
+        self._instances: list[object] = []
         self._workers: list[threading.Thread] = []
         self._io_thread: threading.Thread | None = None
         self._accepting = False
@@ -121,18 +140,29 @@ class Server:
 
     # -- registration ----------------------------------------------------------------------------
 
-    def register_function(self, func: _F, name: str | None = None) -> _F:
+    def register_function(
+        self, func: _F, name: str | None = None, *, at_most_once: bool = False,
+    ) -> _F:
         """Serve ``func`` as ``name`` (default: its ``__name__``); returns ``func``.
+
+        ``at_most_once=True`` acknowledges each request before running it, for work that must
+        never run twice: a crash mid-call then loses the call instead of repeating it.
 
         Raises:
             ValueError: ``func`` is not callable, or the name is empty or private.
         """
-        self.registry.add_function(func, name)
+        self.registry.add_function(func, name, at_most_once=at_most_once)
         return func
 
-    def register_instance(self, obj: object, name: str) -> list[str]:
-        """Serve every public method of ``obj`` as ``name.method``; returns the names."""
-        return self.registry.add_instance(obj, name)
+    def register_instance(self, obj: object, name: str, *, at_most_once: bool = False) -> list[str]:
+        """Serve every public method of ``obj`` as ``name.method``; returns the names.
+
+        The instance's ``on_init()`` runs before the server starts consuming and its
+        ``on_tear_down()`` after it stops; neither is callable remotely.
+        """
+        names = self.registry.add_instance(obj, name, at_most_once=at_most_once)
+        self._instances.append(obj)
+        return names
 
     register_class = register_instance
 
@@ -140,13 +170,13 @@ class Server:
     def expose(self, func: _F, /) -> _F: ...
 
     @overload
-    def expose(self, name: str, /) -> Callable[[_F], _F]: ...
+    def expose(self, name: str | None = None, /, *, at_most_once: bool = False) -> Callable[[_F], _F]: ...
 
-    def expose(self, func_or_name: Any, /) -> Any:
-        """Decorator: ``@server.expose`` or ``@server.expose("name")``."""
-        if isinstance(func_or_name, str):
+    def expose(self, func_or_name: Any = None, /, *, at_most_once: bool = False) -> Any:
+        """Decorator: ``@server.expose``, ``@server.expose("name")``, ``@server.expose(at_most_once=True)``."""
+        if func_or_name is None or isinstance(func_or_name, str):
             name = func_or_name
-            return lambda func: self.register_function(func, name)
+            return lambda func: self.register_function(func, name, at_most_once=at_most_once)
         return self.register_function(func_or_name)
 
     # -- running ---------------------------------------------------------------------------------
@@ -166,7 +196,12 @@ class Server:
         if self.running:
             raise RuntimeError("the server is already running")
         self._stopping.clear()
-        self._link = self._open(self.connect_retry)
+        self._hooks("on_init")
+        try:
+            self._link = self._open(self.connect_retry)
+        except BaseException:
+            self._hooks("on_tear_down")
+            raise
         self._stopped.clear()
         self._accepting = True
         self._workers = [
@@ -211,9 +246,11 @@ class Server:
         self._stopping.set()
         self._accepting = False
         link = self._link
-        if link is not None and self._consumer_tag is not None and not link.closed:
+        if link is not None and not link.closed:
             try:
-                link.cancel(self._consumer_tag)
+                for tag in (self._consumer_tag, self._broadcast_tag):
+                    if tag is not None:
+                        link.cancel(tag)
             except ConnectionLost:
                 pass
         for _ in self._workers:
@@ -225,8 +262,21 @@ class Server:
             self._link.close()  # also wakes the I/O thread; unacked deliveries go back to the queue
         if self._io_thread is not None:
             self._io_thread.join(timeout=5)
+        if self._loop is not None:
+            self._loop.call_soon_threadsafe(self._loop.stop)
+            assert self._loop_thread is not None
+            self._loop_thread.join(timeout=5)
+            self._loop.close()
+            self._loop = self._loop_thread = None
         self._stopped.set()
+        self._hooks("on_tear_down")
         logger.info("stopped serving %r", self.server_id)
+
+    def _hooks(self, name: str) -> None:
+        for obj in self._instances:
+            hook = getattr(type(obj), name, None)
+            if callable(hook):
+                hook(obj)
 
     def _open(self, retry_for: float) -> Link:
         conn = open_connection(
@@ -234,8 +284,11 @@ class Server:
             name=f"rpc-server {self.server_id}",
         )
         try:
-            link = open_link(conn, self._on_message, on_cancel=self._on_cancel)
+            link = open_link(conn, self._on_message, on_cancel=self._on_cancel,
+                             max_body=self.max_message_size)
             link.declare_queue(self.server_id, durable=True)
+            broadcasts = link.broadcast_queue(protocol.broadcast_exchange(self.server_id))
+            self._broadcast_tag = link.consume(broadcasts, prefetch=self.prefetch)
             self._consumer_tag = link.consume(self.server_id, prefetch=self.prefetch)
         except Exception:
             conn.release()
@@ -283,8 +336,7 @@ class Server:
 
     def _on_message(self, msg: Incoming) -> None:
         """On the I/O thread: cheap checks, then hand the request to a worker."""
-        link = self._link
-        assert link is not None
+        link = msg.link
         if not self._accepting:
             self.stats["requeued"] += 1
             self._requeue(link, msg)
@@ -301,7 +353,7 @@ class Server:
             return
         with self._busy_lock:
             self._busy += 1
-        self._work.put((link, msg))
+        self._work.put(msg)
 
     @staticmethod
     def _expired(msg: Incoming) -> bool:
@@ -317,16 +369,15 @@ class Server:
 
     def _work_loop(self) -> None:
         while True:
-            item = self._work.get()
-            if item is None:
+            msg = self._work.get()
+            if msg is None:
                 return
-            link, msg = item
             outcome = "requeued"
             try:
                 if self._accepting:
-                    outcome = self._handle(link, msg)
+                    outcome = self._handle(msg)
                 else:
-                    self._requeue(link, msg)
+                    self._requeue(msg.link, msg)
             except ConnectionLost as exc:
                 logger.warning("reply to %s not sent, the request will be redelivered: %s",
                                msg.props.get("correlation_id"), exc)
@@ -337,47 +388,108 @@ class Server:
                     self._busy -= 1
                     self.stats[outcome] += 1
 
-    def _handle(self, link: Link, msg: Incoming) -> str:
+    def _handle(self, msg: Incoming) -> str:
         """Run one request and reply; returns the stats key of the outcome."""
+        link = msg.link
+        tag: int | None = msg.delivery_tag
         if self._expired(msg):  # it waited in this process past its deadline
-            link.ack(msg.delivery_tag)  # type: ignore[arg-type]
+            link.ack(tag)  # type: ignore[arg-type]
             return "expired"
         props = msg.props
         content_type = props.get("content_type")
         reply_type = content_type if content_type in self.accept else serialization.JSON
         started = time.perf_counter()
-        method = "?"
+        info = None
         try:
+            if msg.oversize:
+                raise BadRequest(f"request body of {msg.oversize} bytes exceeds this server's "
+                                 f"limit of {self.max_message_size} bytes")
             request = protocol.parse_request(
                 serialization.decode(msg.body, content_type, self.accept))
-            method = request.method
-            target = self.registry.resolve(method)
+            target = self.registry.resolve(request.method)
             target.check_arguments(request.args, request.kwargs)
-            body = protocol.result_body(target.func(*request.args, **request.kwargs))
+            info = self._call_info(msg, request.method)
+            if target.at_most_once:
+                link.ack(tag)  # type: ignore[arg-type]
+                tag = None
+            body = protocol.result_body(self._run(target.func, request, info))
             ok = True
         except BaseException as exc:  # a handler's SystemExit must not end a worker either
             ok = False
             body = self._error_body(exc, reply_type)
             outcome = "bad_requests" if isinstance(exc, BadRequest) else "errors"
+            if info is not None and self.on_error is not None:
+                self._report(exc, info)
         else:
             outcome = "calls"
         payload, reply_type = self._encode_reply(body, reply_type, ok)
-        logger.debug("%s %s in %.2f ms", method, "ok" if ok else "failed",
+        logger.debug("%s %s in %.2f ms", info.method if info else "?", "ok" if ok else "failed",
                      (time.perf_counter() - started) * 1000)
         reply_to = props.get("reply_to")
-        if not reply_to:
-            link.ack(msg.delivery_tag)  # type: ignore[arg-type]
-            return outcome
-        if not protocol.is_reply_address(reply_to):
-            logger.warning("not replying to %r: not a reply address", reply_to[:100])
-            link.ack(msg.delivery_tag)  # type: ignore[arg-type]
+        if not reply_to or not protocol.is_reply_address(reply_to):
+            if reply_to:
+                logger.warning("not replying to %r: not a reply address", reply_to[:100])
+            elif not ok:
+                logger.warning("cast %s failed: %s", info.method if info else "?",
+                               body["error"]["message"])
+            if tag is not None:
+                link.ack(tag)
             return outcome
         reply_props = {
             "content_type": reply_type, "correlation_id": props.get("correlation_id"),
-            "type": protocol.REPLY_TYPE,
+            "type": protocol.REPLY_TYPE, "app_id": self.identity,
         }
-        link.publish(reply_to, payload, reply_props, ack=msg.delivery_tag)
+        link.publish(reply_to, payload, reply_props, ack=tag)
         return outcome
+
+    def _call_info(self, msg: Incoming, method: str) -> CallInfo:
+        props = msg.props
+        headers = props.get("headers")
+        ctx, stack = context.incoming(headers)
+        return CallInfo(
+            server_id=self.server_id, method=method,
+            correlation_id=props.get("correlation_id"), message_id=props.get("message_id"),
+            deadline=protocol.deadline_of(headers), redelivered=msg.redelivered,
+            user_id=props.get("user_id"), context=ctx, call_stack=stack,
+        )
+
+    def _run(self, func: Callable[..., Any], request: protocol.Request, info: CallInfo) -> Any:
+        """Run a handler with ``current_call()`` set; coroutines run on the server's loop."""
+        token = context.enter(info)
+        try:
+            result = func(*request.args, **request.kwargs)
+        finally:
+            context.leave(token)
+        if inspect.isawaitable(result):
+            return self._await(result, info)
+        return result
+
+    def _await(self, awaitable: Any, info: CallInfo) -> Any:
+        async def run() -> Any:
+            token = context.enter(info)
+            try:
+                return await awaitable
+            finally:
+                context.leave(token)
+
+        return asyncio.run_coroutine_threadsafe(run(), self._event_loop()).result()
+
+    def _event_loop(self) -> asyncio.AbstractEventLoop:
+        with self._busy_lock:
+            if self._loop is None:
+                loop = asyncio.new_event_loop()
+                thread = threading.Thread(target=loop.run_forever, daemon=True,
+                                          name=f"rpc-server-loop-{self.server_id}")
+                thread.start()
+                self._loop, self._loop_thread = loop, thread
+            return self._loop
+
+    def _report(self, exc: BaseException, info: CallInfo) -> None:
+        assert self.on_error is not None
+        try:
+            self.on_error(exc, info)
+        except Exception:
+            logger.exception("the server's on_error hook raised")
 
     def _error_body(self, exc: BaseException, reply_type: str) -> dict[str, Any]:
         error = error_payload(exc, include_traceback=self.send_tracebacks)

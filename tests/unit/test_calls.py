@@ -273,10 +273,6 @@ def test_waking_a_call_that_was_never_armed_does_nothing() -> None:
     assert not pending.done
 
 
-@pytest.mark.xfail(strict=True, reason="bug: Pending.sleep passes the timeout straight to "
-                                       "Lock.acquire, which raises OverflowError above "
-                                       "threading.TIMEOUT_MAX (~292 years); Proxy accepts such "
-                                       "timeouts (set_timeout(1e10))")
 def test_sleep_accepts_a_timeout_beyond_the_platform_maximum() -> None:
     pending = armed()
     pending.wake()

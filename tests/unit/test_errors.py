@@ -162,8 +162,6 @@ def test_a_user_subclass_of_a_framework_error_is_named_by_its_own_module() -> No
     assert type_name(MyTimeout) == f"{__name__}.{MyTimeout.__qualname__}"
 
 
-@pytest.mark.xfail(strict=True, reason="bug: type_name(RemoteError) is 'rpc.errors.RemoteError', "
-                                       "not 'rpc.RemoteError' like the framework's other errors")
 def test_remote_error_is_named_like_the_other_framework_errors() -> None:
     assert type_name(RemoteError) == "rpc.RemoteError"
 
@@ -237,9 +235,6 @@ class UnprintableError(Exception):
         raise RuntimeError("__str__ is broken")
 
 
-@pytest.mark.xfail(strict=True, reason="bug: error_payload calls str(exc) unguarded; an exception "
-                                       "whose __str__ raises makes it raise, so the server "
-                                       "neither replies to nor acks the request")
 @pytest.mark.parametrize("include_traceback", [False, True])
 def test_error_payload_of_an_exception_whose_str_fails_still_describes_it(
     include_traceback: bool,
@@ -636,8 +631,6 @@ def test_remote_error_pickles_round_trip(protocol: int) -> None:
     assert str(copy) == str(exc)
 
 
-@pytest.mark.xfail(strict=True, reason="bug: RemoteError.__reduce__ returns no state, so pickling "
-                                       "drops __notes__ (the remote traceback note)")
 def test_rebuilt_remote_error_keeps_its_traceback_note_through_pickle() -> None:
     exc = rebuild_exception({"type": "pkg.Oops", "message": "m", "args": [],
                              "traceback": "TB-TEXT"})

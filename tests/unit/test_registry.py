@@ -274,9 +274,6 @@ def test_registering_an_instance_does_not_run_its_property_getters() -> None:
     assert evaluated == []
 
 
-@pytest.mark.xfail(strict=True, reason="bug: public_methods() yields the base method when a "
-                                       "subclass overrides it with a property, and registers "
-                                       "getattr(obj, name): the property's value")
 def test_a_property_overriding_a_base_method_is_unreachable() -> None:
     class Sneaky(Base):
         @property
@@ -288,8 +285,6 @@ def test_a_property_overriding_a_base_method_is_unreachable() -> None:
     assert "s.shared" not in registry
 
 
-@pytest.mark.xfail(strict=True, reason="bug: a subclass attribute that disables a base method "
-                                       "(shared = None) still registers 's.shared' (as None)")
 def test_a_plain_attribute_overriding_a_base_method_hides_it() -> None:
     class Disabled(Base):
         shared = None  # type: ignore[assignment]
@@ -299,9 +294,6 @@ def test_a_plain_attribute_overriding_a_base_method_hides_it() -> None:
     assert "s.shared" not in registry
 
 
-@pytest.mark.xfail(strict=True, reason="bug: an instance attribute named like a method is what "
-                                       "gets registered (getattr(obj, name) prefers the "
-                                       "instance __dict__ over the class's function)")
 def test_an_instance_attribute_does_not_replace_the_method_of_the_same_name() -> None:
     obj = Math()
     obj.mul = os.getcwd  # type: ignore[method-assign]

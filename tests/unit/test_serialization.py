@@ -151,9 +151,6 @@ def test_python_integers_beyond_64_bits_round_trip_in_json() -> None:
     assert round_trip(2**100, JSON) == 2**100
 
 
-@pytest.mark.xfail(strict=True, reason="bug: msgpack encodes maps with non-string keys, but "
-                                       "kombu's msgpack decoder (strict_map_key) refuses them "
-                                       "with BadRequest: a result {1: 'a'} cannot reach the caller")
 @pytest.mark.parametrize("value", [{1: "a"}, {"outer": {2.5: "b"}}, {None: 1}], ids=repr)
 def test_what_msgpack_encodes_it_decodes(value: Any) -> None:
     try:
@@ -273,8 +270,6 @@ def test_an_undecodable_body_is_a_bad_request(content_type: str, body: bytes) ->
         decode(body, content_type, ALL)
 
 
-@pytest.mark.xfail(strict=True, reason="bug: kombu's loads() returns an empty body as b'' "
-                                       "without decoding it, so decode() hands back raw bytes")
 @pytest.mark.parametrize("content_type", [JSON, MSGPACK])
 def test_an_empty_body_is_a_bad_request(content_type: str) -> None:
     with pytest.raises(BadRequest):

@@ -1,0 +1,83 @@
+"""What a handler can know about the call it is running, and context that travels with calls.
+
+A proxy used inside a handler propagates the handler's context and extends its call stack, so a
+chain of services can be traced back to the call that started it (as nameko's call id stack).
+"""
+
+from __future__ import annotations
+
+import contextvars
+from dataclasses import dataclass, field
+from typing import Any
+
+#: Header carrying the caller's context: a table of small values.
+CONTEXT_HEADER = "rpc-context"
+#: Header carrying the ids of the calls that led to this one, outermost first.
+CALL_STACK_HEADER = "rpc-call-stack"
+#: Longest call stack kept; deeper chains keep their most recent entries.
+MAX_CALL_STACK = 64
+
+
+@dataclass(frozen=True, slots=True)
+class CallInfo:
+    """The call a handler is running: returned by :func:`current_call`."""
+
+    server_id: str
+    method: str
+    correlation_id: str | None
+    message_id: str | None
+    deadline: float | None
+    redelivered: bool
+    user_id: str | None
+    context: dict[str, Any] = field(default_factory=dict)
+    call_stack: tuple[str, ...] = ()
+
+    @property
+    def call_id(self) -> str:
+        """This call's entry in the call stacks of the calls it makes."""
+        return f"{self.server_id}.{self.method}.{self.correlation_id or '-'}"
+
+
+_current: contextvars.ContextVar[CallInfo | None] = contextvars.ContextVar(
+    "rpc_current_call", default=None
+)
+
+
+def current_call() -> CallInfo | None:
+    """The call the running handler serves, or None outside a handler."""
+    return _current.get()
+
+
+def enter(info: CallInfo) -> contextvars.Token[CallInfo | None]:
+    """Make ``info`` the current call (on the worker that runs it)."""
+    return _current.set(info)
+
+
+def leave(token: contextvars.Token[CallInfo | None]) -> None:
+    _current.reset(token)
+
+
+def outgoing_headers(explicit: dict[str, Any] | None) -> dict[str, Any]:
+    """Context headers for a call made now: the current call's context, then ``explicit``."""
+    parent = _current.get()
+    headers: dict[str, Any] = {}
+    context = dict(parent.context) if parent is not None else {}
+    if explicit:
+        context.update(explicit)
+    if context:
+        headers[CONTEXT_HEADER] = context
+    if parent is not None:
+        headers[CALL_STACK_HEADER] = [*parent.call_stack, parent.call_id][-MAX_CALL_STACK:]
+    return headers
+
+
+def incoming(headers: dict[str, Any] | None) -> tuple[dict[str, Any], tuple[str, ...]]:
+    """The context and call stack a request carries; malformed values count as absent."""
+    if not headers:
+        return {}, ()
+    context = headers.get(CONTEXT_HEADER)
+    stack = headers.get(CALL_STACK_HEADER)
+    return (
+        dict(context) if isinstance(context, dict) else {},
+        tuple(str(s) for s in stack[-MAX_CALL_STACK:]) if isinstance(stack, list) else (),
+    )
