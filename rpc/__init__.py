@@ -9,6 +9,7 @@ from __future__ import annotations
 import logging
 
 from .calls import CallbackState
+from .context import CallInfo, current_call
 from .errors import (
     BadRequest,
     ConnectionError,
@@ -22,7 +23,7 @@ from .errors import (
     UnknownServer,
     register_exception,
 )
-from .proxy import Proxy
+from .proxy import BroadcastReply, Proxy
 from .serialization import register_serializer
 from .server import Server
 
@@ -30,6 +31,8 @@ __version__ = "0.1.0"
 
 __all__ = [
     "BadRequest",
+    "BroadcastReply",
+    "CallInfo",
     "CallbackState",
     "ConnectionError",
     "ConnectionLost",
@@ -43,6 +46,7 @@ __all__ = [
     "Server",
     "UnknownServer",
     "__version__",
+    "current_call",
     "register_exception",
     "register_serializer",
 ]
