@@ -167,7 +167,7 @@ class Supervisor:
         if self._kill_at is not None and now >= self._kill_at and self._workers:
             logger.error("workers %s still running %g s after the grace period; killing them",
                          [w.pid for w in self._workers], KILL_MARGIN)
-            self._code = ExitCode.ERROR
+            self._code = self._code or ExitCode.ERROR  # keep a startup failure's own code
             self._kill_all()
 
     def _on_signal(self, signum: int) -> None:
@@ -177,7 +177,7 @@ class Supervisor:
         elif self._stopping:
             logger.warning("second %s: killing workers %s now", name,
                            [w.pid for w in self._workers])
-            self._code = ExitCode.ERROR
+            self._code = self._code or ExitCode.ERROR
             self._kill_all()
         else:
             logger.info("%s: stopping %d worker(s), each finishing its calls in flight "
@@ -185,6 +185,8 @@ class Supervisor:
             self._begin_stop(ExitCode.OK)
 
     def _on_readable(self, worker: Worker) -> None:
+        if worker.ready_fd < 0:  # reaped earlier in this same batch of events
+            return
         try:
             data = os.read(worker.ready_fd, 64)
         except BlockingIOError:
