@@ -12,10 +12,12 @@ from .calls import CallbackState
 from .context import CallInfo, current_call
 from .errors import (
     BadRequest,
+    BrokerBlocked,
     ConnectionError,
     ConnectionLost,
     InvalidArguments,
     MethodNotFound,
+    Refused,
     RemoteError,
     RPCError,
     RPCTimeout,
@@ -32,6 +34,7 @@ __version__ = "0.1.0"
 __all__ = [
     "BadRequest",
     "BroadcastReply",
+    "BrokerBlocked",
     "CallInfo",
     "CallbackState",
     "ConnectionError",
@@ -41,6 +44,7 @@ __all__ = [
     "Proxy",
     "RPCError",
     "RPCTimeout",
+    "Refused",
     "RemoteError",
     "SerializationError",
     "Server",

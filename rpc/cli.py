@@ -84,7 +84,7 @@ def _timeout_option(default: float) -> _Deco:
 
 # -- rpc serve -------------------------------------------------------------------------------------
 
-@cli.command(epilog=EPILOG)
+@cli.command(epilog=EPILOG, short_help="Serve MODULE:ATTR in worker processes until stopped.")
 @click.argument("target", metavar="MODULE:ATTR")
 @_url_option()
 @click.option("--server-id", envvar="RPC_SERVER_ID", show_envvar=True,
@@ -182,7 +182,8 @@ def _supervise(
 
 # -- client commands -------------------------------------------------------------------------------
 
-@cli.command(epilog=EPILOG, context_settings={"ignore_unknown_options": True})
+@cli.command(epilog=EPILOG, context_settings={"ignore_unknown_options": True},
+             short_help="Call a method; print the result as JSON.")
 @click.argument("server_id")
 @click.argument("method")
 @click.argument("args", nargs=-1)
@@ -201,10 +202,11 @@ def call(
 
     \b
     ARGS are JSON literals; anything else is taken as a string:
-      rpc call calc add 2 3            -> 5
-      rpc call calc concat '[1]' x     -> concat([1], "x")
-      rpc call calc power 2 --kw exp=10
-      rpc call calc add -1 -2          (negative numbers are arguments)
+      rpc call calc add 2 3                 -> add(2, 3)
+      rpc call calc stats.mean '[1, 2, 3]'  -> stats.mean([1, 2, 3])
+      rpc call calc add '"2"' x             -> add("2", "x")
+      rpc call calc power 2 --kw exp=10     -> power(2, exp=10)
+      rpc call calc add -1 -2               -> add(-1, -2)
     A remote error prints its type, message and traceback (if the server
     sends them) on stderr and exits 1.
     """
@@ -219,7 +221,7 @@ def call(
     click.echo(to_json(result))
 
 
-@cli.command(epilog=EPILOG)
+@cli.command(epilog=EPILOG, short_help="List a server's methods, signatures and docs.")
 @click.argument("server_id")
 @_timeout_option(10.0)
 @_url_option()
@@ -244,7 +246,7 @@ def methods(server_id: str, timeout: float, url: str | None, connect_retry: floa
         click.echo(f"{left:<{width}}  {doc}".rstrip())
 
 
-@cli.command(epilog=EPILOG)
+@cli.command(epilog=EPILOG, short_help="Exit 0 if a server answers (a healthcheck).")
 @click.argument("server_id")
 @_timeout_option(5.0)
 @_url_option()
@@ -263,7 +265,7 @@ def ping(server_id: str, timeout: float, url: str | None, connect_retry: float) 
                f"(up {info['uptime']:.0f} s) in {elapsed:.1f} ms")
 
 
-@cli.command()
+@cli.command(short_help="Every calling style on memory://, no broker needed.")
 def demo() -> None:
     """A no-broker demo: a server and a proxy in this process, on kombu's memory://."""
     from .demo import run

@@ -41,6 +41,24 @@ def is_recoverable(exc: BaseException) -> bool:
     return isinstance(exc, (OSError, socket.timeout, amqp.exceptions.AMQPError, EOFError))
 
 
+def tls_options(url: str, ssl: dict[str, Any] | None) -> dict[str, Any] | bool:
+    """py-amqp TLS options: for ``amqps://``, verify the certificate and the hostname by default.
+
+    kombu's bare ``ssl=True`` wraps the socket without verifying anything. Here the defaults are
+    the system CAs (``{"context": {"cafile": ...}}`` adds one), ``check_hostname`` on, and the
+    URL's host as the name to check; ``ssl`` entries override them.
+    """
+    if ssl is None and not url.startswith("amqps://"):
+        return False
+    merged: dict[str, Any] = {"context": {"check_hostname": True}, "server_hostname": None}
+    for key, value in (ssl or {}).items():
+        if key == "context" and isinstance(value, dict):
+            merged["context"] = {**merged["context"], **value}
+        else:
+            merged[key] = value
+    return merged
+
+
 def open_connection(
     url: str,
     *,
@@ -49,8 +67,12 @@ def open_connection(
     retry_for: float = DEFAULT_CONNECT_RETRY,
     name: str = "rpc",
     transport_options: dict[str, Any] | None = None,
+    ssl: dict[str, Any] | None = None,
 ) -> Connection:
     """Connect to ``url``, retrying recoverable failures for up to ``retry_for`` seconds.
+
+    ``amqps://`` URLs verify the broker's certificate and hostname unless ``ssl`` (py-amqp's TLS
+    options, merged over those defaults) says otherwise; see :func:`tls_options`.
 
     Raises:
         rpc.ConnectionError: the broker stayed unreachable, or refused the login or vhost. Its
@@ -64,10 +86,12 @@ def open_connection(
     if url.startswith("memory"):
         options.setdefault("polling_interval", 0.002)
 
+    tls = tls_options(url, ssl)
+
     def attempt() -> Connection:
         conn = Connection(
             url, heartbeat=heartbeat or 0, connect_timeout=connect_timeout,
-            transport_options=options,
+            transport_options=options, ssl=tls,
         )
         try:
             conn.ensure_connection(max_retries=0, reraise_as_library_errors=False)  # tenacity retries

@@ -4,7 +4,9 @@
 
     RPCError
     ├── ConnectionError        also builtins.ConnectionError: broker unreachable or refused
-    │   └── ConnectionLost     the connection dropped while the call was pending
+    │   ├── ConnectionLost     the connection dropped while the call was pending
+    │   └── BrokerBlocked      the broker blocks publishing (a resource alarm)
+    ├── Refused                the broker nacked the request (publisher confirms)
     ├── RPCTimeout             also builtins.TimeoutError: no reply within the call's timeout
     ├── UnknownServer          the broker returned the request: no queue for that server_id
     ├── RemoteError            the remote side raised a type this side will not rebuild
@@ -41,6 +43,14 @@ class ConnectionError(RPCError, builtins.ConnectionError):  # noqa: A001 - the p
 
 class ConnectionLost(ConnectionError):
     """The connection dropped while the call was pending; its reply can never arrive."""
+
+
+class BrokerBlocked(ConnectionError):
+    """The broker has blocked publishing (a memory or disk alarm); the request was not sent."""
+
+
+class Refused(RPCError):
+    """The broker did not accept the request (a negative publisher confirm)."""
 
 
 class RPCTimeout(RPCError, TimeoutError):
@@ -103,6 +113,8 @@ _FRAMEWORK_ERRORS: dict[str, type[BaseException]] = {
         RPCError,
         ConnectionError,
         ConnectionLost,
+        BrokerBlocked,
+        Refused,
         RPCTimeout,
         UnknownServer,
         MethodNotFound,

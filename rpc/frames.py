@@ -190,6 +190,12 @@ def parse_return(payload: bytes) -> tuple[int, str, str, str]:
     return code, text, exchange, routing_key
 
 
+def parse_confirm(payload: bytes) -> tuple[int, bool]:
+    """``basic.ack`` / ``basic.nack`` arguments: delivery tag and the multiple flag."""
+    delivery_tag, bits = _DELIVERY_TAG.unpack_from(payload, 4)
+    return delivery_tag, bool(bits & 1)
+
+
 def parse_close(payload: bytes) -> tuple[int, str]:
     """``channel.close`` / ``connection.close`` arguments: reply code and text."""
     (code,) = _SHORT.unpack_from(payload, 4)

@@ -16,6 +16,7 @@ import logging
 import select
 import socket
 import ssl
+import struct
 import threading
 import time
 from collections.abc import Callable
@@ -26,10 +27,13 @@ from kombu.entity import Exchange, Queue
 from kombu.messaging import Consumer, Producer
 
 from . import frames
-from .errors import ConnectionLost
+from .errors import BrokerBlocked, ConnectionLost
 from .protocol import DIRECT_REPLY_TO
 
 logger = logging.getLogger(__name__)
+
+#: Seconds a write may wait for the broker to read before the connection counts as dead.
+SEND_TIMEOUT = 10.0
 
 
 class Incoming:
@@ -121,9 +125,21 @@ class Link:
     def publish(
         self, routing_key: str, body: bytes, props: dict[str, Any], *,
         mandatory: bool = False, ack: int | None = None, exchange: str = "",
+        track: Any = None,
     ) -> None:
-        """Publish a message; ``ack`` acknowledges that delivery in the same write."""
+        """Publish a message; ``ack`` acknowledges that delivery in the same write.
+
+        ``track`` names the publish to the ``on_nack`` callback when confirms are on.
+
+        Raises:
+            BrokerBlocked: the broker has blocked publishing (a resource alarm).
+            ConnectionLost: the connection failed.
+        """
         raise NotImplementedError
+
+    def enable_confirms(self, on_nack: Callable[[Any], None]) -> None:
+        """Track publishes with publisher confirms where the transport has them."""
+        return None
 
     def ack(self, delivery_tag: int) -> None:
         raise NotImplementedError
@@ -176,10 +192,22 @@ class AMQPLink(Link):
         self._channel = self._amqp.channel()
         self._ch = self._channel.channel_id
         self._sock: socket.socket = self._amqp.transport.sock
+        # OpenSSL forbids reading and writing one TLS connection from two threads at once: a TLS
+        # socket is non-blocking and every read and write holds _wlock (a plain socket is safe).
         self._ssl = isinstance(self._sock, ssl.SSLSocket)
+        if self._ssl:
+            self._sock.setblocking(False)
+        else:
+            self._sock.setsockopt(socket.SOL_SOCKET, socket.SO_SNDTIMEO,
+                                  struct.pack("ll", int(SEND_TIMEOUT), 0))
         self._frame_max = int(self._amqp.frame_max)
         self.heartbeat = float(self._amqp.heartbeat or 0)
         self._wlock = threading.Lock()
+        # Publisher confirms: sequence number of each tracked publish -> its key.
+        self.on_nack: Callable[[Any], None] | None = None
+        self._confirming = False
+        self._seq = 0
+        self._unconfirmed: dict[int, Any] = {}
         self._poller = select.poll()
         self._poller.register(self._sock, select.POLLIN | select.POLLERR | select.POLLHUP)
         self._chunk = bytearray(self._CHUNK)
@@ -208,6 +236,15 @@ class AMQPLink(Link):
             DIRECT_REPLY_TO, no_ack=True, callback=self._from_amqp,
         )
         return DIRECT_REPLY_TO
+
+    def enable_confirms(self, on_nack: Callable[[Any], None]) -> None:
+        """Put the channel in confirm mode; ``on_nack(key)`` hears of each refused publish.
+
+        Nothing waits for a confirm: acks just retire the tracking entries.
+        """
+        self._channel.confirm_select()
+        self._confirming = True
+        self.on_nack = on_nack
 
     def consume(self, queue: str, *, prefetch: int) -> str:
         self._channel.basic_qos(0, prefetch, False)
@@ -240,14 +277,17 @@ class AMQPLink(Link):
     def publish(
         self, routing_key: str, body: bytes, props: dict[str, Any], *,
         mandatory: bool = False, ack: int | None = None, exchange: str = "",
+        track: Any = None,
     ) -> None:
+        if self.blocked is not None:
+            raise BrokerBlocked(f"the broker blocks publishing: {self.blocked}")
         data = frames.publish_frames(
             self._ch, routing_key, body, props, mandatory=mandatory, frame_max=self._frame_max,
             exchange=exchange,
         )
         if ack is not None:
             data += frames.ack_frame(self._ch, ack)
-        self._send(data)
+        self._send(data, track, publishes=1)
 
     def ack(self, delivery_tag: int) -> None:
         self._send(frames.ack_frame(self._ch, delivery_tag))
@@ -255,16 +295,49 @@ class AMQPLink(Link):
     def reject(self, delivery_tag: int, *, requeue: bool) -> None:
         self._send(frames.reject_frame(self._ch, delivery_tag, requeue))
 
-    def _send(self, data: bytes) -> None:
+    def _send(self, data: bytes, track: Any = None, publishes: int = 0) -> None:
         with self._wlock:
             if self.closed:
                 raise ConnectionLost("the connection is closed")
             try:
-                self._sock.sendall(data)
+                if self._ssl:
+                    self._send_tls(data)
+                else:
+                    self._sock.sendall(data)
             except OSError as exc:
                 self._fail()
+                if isinstance(exc, (BlockingIOError, TimeoutError)):
+                    raise ConnectionLost(f"the broker read nothing for {SEND_TIMEOUT:g} s "
+                                         f"(blocked or stalled)") from exc
                 raise ConnectionLost(f"cannot write to the broker: {exc}") from exc
             self.last_sent = time.monotonic()
+            if publishes and self._confirming:
+                self._seq += publishes
+                if track is not None:
+                    self._unconfirmed[self._seq] = track
+
+    def _send_tls(self, data: bytes) -> None:
+        view = memoryview(data)
+        deadline = time.monotonic() + SEND_TIMEOUT
+        while view:
+            try:
+                view = view[self._sock.send(view):]
+            except (ssl.SSLWantWriteError, ssl.SSLWantReadError, BlockingIOError):
+                if time.monotonic() > deadline:
+                    raise TimeoutError("TLS write timed out") from None
+                select.select([], [self._sock], [], 0.05)
+
+    def _confirmed(self, payload: bytes, ok: bool) -> None:
+        delivery_tag, multiple = frames.parse_confirm(payload)
+        with self._wlock:
+            if multiple:
+                done = [seq for seq in self._unconfirmed if seq <= delivery_tag]
+            else:
+                done = [delivery_tag] if delivery_tag in self._unconfirmed else []
+            keys = [self._unconfirmed.pop(seq) for seq in done]
+        if not ok and self.on_nack is not None:
+            for key in keys:
+                self.on_nack(key)
 
     def tick(self) -> None:
         if not self.heartbeat or self.closed:
@@ -284,16 +357,35 @@ class AMQPLink(Link):
     def read(self, timeout: float | None) -> bool:
         if self.closed:
             raise ConnectionLost("the connection is closed")
-        if timeout is not None and not (self._ssl and self._sock.pending()):  # type: ignore[attr-defined]
-            if not self._poller.poll(max(0, int(timeout * 1000 + 0.999))):
-                return False
+        if self._ssl:
+            return self._read_tls(timeout)
+        if timeout is not None and not self._poller.poll(max(0, int(timeout * 1000 + 0.999))):
+            return False
         try:
             count = self._sock.recv_into(self._chunk)
-        except (BlockingIOError, InterruptedError, ssl.SSLWantReadError):
+        except (BlockingIOError, InterruptedError):
             return False
         except OSError as exc:
             self._fail()
             raise ConnectionLost(f"connection to the broker failed: {exc}") from exc
+        return self._received(count)
+
+    def _read_tls(self, timeout: float | None) -> bool:
+        if not self._sock.pending():  # type: ignore[attr-defined]
+            wait = -1 if timeout is None else max(0, int(timeout * 1000 + 0.999))
+            if not self._poller.poll(wait):
+                return False
+        with self._wlock:
+            try:
+                count = self._sock.recv_into(self._chunk)
+            except (ssl.SSLWantReadError, ssl.SSLWantWriteError, BlockingIOError):
+                return False  # a partial TLS record: poll again
+            except OSError as exc:
+                self._fail()
+                raise ConnectionLost(f"connection to the broker failed: {exc}") from exc
+        return self._received(count)
+
+    def _received(self, count: int) -> bool:
         if not count:
             self._fail()
             raise ConnectionLost("the broker closed the connection")
@@ -368,6 +460,10 @@ class AMQPLink(Link):
             elif method_id == frames.BASIC_RETURN:
                 code, text, _, routing_key = frames.parse_return(payload)
                 self._method = (frames.BASIC_RETURN, code, text, routing_key)
+            elif method_id == frames.BASIC_ACK:
+                self._confirmed(payload, True)
+            elif method_id == frames.BASIC_NACK:
+                self._confirmed(payload, False)
             elif method_id == frames.BASIC_CANCEL:
                 tag, offset = frames.read_shortstr(payload, 4)
                 if not payload[offset] & 1:  # the broker waits for cancel-ok
@@ -521,6 +617,7 @@ class KombuLink(Link):
     def publish(
         self, routing_key: str, body: bytes, props: dict[str, Any], *,
         mandatory: bool = False, ack: int | None = None, exchange: str = "",
+        track: Any = None,
     ) -> None:
         with self._lock:
             if self.closed:

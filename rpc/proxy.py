@@ -39,7 +39,14 @@ from .config import mask_url, resolve_url
 from .connection import DEFAULT_CONNECT_RETRY, DEFAULT_HEARTBEAT, open_connection
 from .limits import DEFAULT_MAX_MESSAGE_SIZE
 from .context import outgoing_headers
-from .errors import ConnectionLost, RPCError, RPCTimeout, UnknownServer, rebuild_exception
+from .errors import (
+    ConnectionLost,
+    Refused,
+    RPCError,
+    RPCTimeout,
+    UnknownServer,
+    rebuild_exception,
+)
 from .link import Incoming, Link, open_link
 from .views import CallOptions, CallView, OnError, OnSuccess, RemoteMethod, check_timeout
 
@@ -82,6 +89,8 @@ class Proxy:
         heartbeat: AMQP heartbeat interval in seconds (0 turns heartbeats off).
         connect_retry: seconds to keep retrying an unreachable broker before ConnectionError.
         max_message_size: largest reply body in bytes; a call whose reply is larger fails.
+        ssl: py-amqp TLS options; ``amqps://`` verifies certificate and hostname by default
+            (``ssl={"context": {"cafile": "ca.pem"}}`` trusts a private CA).
         hostname, port, username, password, vhost: the URL in pieces, instead of ``url``.
     """
 
@@ -95,6 +104,7 @@ class Proxy:
         heartbeat: float = DEFAULT_HEARTBEAT,
         connect_retry: float = DEFAULT_CONNECT_RETRY,
         max_message_size: int = DEFAULT_MAX_MESSAGE_SIZE,
+        ssl: dict[str, Any] | None = None,
         hostname: str | None = None,
         port: int | None = None,
         username: str | None = None,
@@ -111,6 +121,7 @@ class Proxy:
         self._heartbeat = heartbeat
         self._connect_retry = connect_retry
         self.max_message_size = max_message_size
+        self._ssl = ssl
         self._prefix = secrets.token_hex(8) + "."
         self._counter = itertools.count(1)
 
@@ -269,11 +280,12 @@ class Proxy:
     def _connect(self) -> Link:
         conn = open_connection(
             self._url, heartbeat=self._heartbeat, retry_for=self._connect_retry,
-            name=f"rpc-proxy {self.server_id}",
+            name=f"rpc-proxy {self.server_id}", ssl=self._ssl,
         )
         try:
             link = open_link(conn, self._on_reply, self._on_return, max_body=self.max_message_size)
             self._reply_to = link.reply_queue()
+            link.enable_confirms(self._on_nack)
         except Exception:
             conn.release()
             raise
@@ -385,7 +397,7 @@ class Proxy:
                 self._declared.add(exchange)
         try:
             link.publish(self.server_id if not exchange else "", body, props, mandatory=True,
-                         exchange=exchange)
+                         exchange=exchange, track=cid if kind != CAST else None)
         except Exception:
             self._forget(pending)
             if kind == CALLBACK:
@@ -515,6 +527,15 @@ class Proxy:
                 f"no server is serving {msg.routing_key!r}: the broker returned the request "
                 f"({code} {text})"
             ))
+
+    def _on_nack(self, cid: str) -> None:
+        with self._lock:
+            pending = self._pending.pop(cid, None)
+            if pending is not None and pending.kind in _ASYNC:
+                self._async_count -= 1
+        if pending is not None:
+            self._complete(pending, False, Refused(
+                f"the broker did not accept the request to {pending.method}() (basic.nack)"))
 
     def _complete(self, pending: Pending, ok: bool, value: Any) -> None:
         pending.ok, pending.value = ok, value

@@ -69,6 +69,10 @@ class Server:
             without being buffered or decoded.
         on_error: ``on_error(exc, call)`` sees every exception a handler raises (for reporting);
             ``call`` is the :class:`rpc.CallInfo` of the failed call.
+        queue_arguments: arguments of the request queue, such as
+            ``{"x-queue-type": "quorum", "x-delivery-limit": 5}`` so that a request that keeps
+            killing its server is dropped (or dead-lettered) after five deliveries.
+        ssl: py-amqp TLS options; ``amqps://`` verifies certificate and hostname by default.
         hostname, port, username, password, vhost: the URL in pieces, instead of ``url``.
     """
 
@@ -87,6 +91,8 @@ class Server:
         introspection: bool = True,
         max_message_size: int = DEFAULT_MAX_MESSAGE_SIZE,
         on_error: Callable[[BaseException, CallInfo], Any] | None = None,
+        queue_arguments: dict[str, Any] | None = None,
+        ssl: dict[str, Any] | None = None,
         hostname: str | None = None,
         port: int | None = None,
         username: str | None = None,
@@ -114,6 +120,8 @@ class Server:
         self.connect_retry = connect_retry
         self.max_message_size = max_message_size
         self.on_error = on_error
+        self.queue_arguments = queue_arguments
+        self._ssl = ssl
         self.registry = Registry()
         if introspection:
             self.registry.add_instance(SystemMethods(self), "system")
@@ -281,12 +289,12 @@ class Server:
     def _open(self, retry_for: float) -> Link:
         conn = open_connection(
             self._url, heartbeat=self.heartbeat, retry_for=retry_for,
-            name=f"rpc-server {self.server_id}",
+            name=f"rpc-server {self.server_id}", ssl=self._ssl,
         )
         try:
             link = open_link(conn, self._on_message, on_cancel=self._on_cancel,
                              max_body=self.max_message_size)
-            link.declare_queue(self.server_id, durable=True)
+            link.declare_queue(self.server_id, durable=True, arguments=self.queue_arguments)
             broadcasts = link.broadcast_queue(protocol.broadcast_exchange(self.server_id))
             self._broadcast_tag = link.consume(broadcasts, prefetch=self.prefetch)
             self._consumer_tag = link.consume(self.server_id, prefetch=self.prefetch)
