@@ -3,7 +3,8 @@
 It wraps a synchronous proxy and starts each call as one of its futures: the proxy's own I/O
 thread reads the reply and hands it to the event loop with ``call_soon_threadsafe``, so no call
 takes a thread of its own and no call blocks the loop. Publishing a request is one socket write
-on the loop's thread; connecting, reconnecting and closing run in the loop's default executor.
+on the loop's thread; connecting, reconnecting, closing and broadcasts (which wait out their
+timeout) run on the loop's default executor.
 """
 
 from __future__ import annotations
@@ -11,18 +12,26 @@ from __future__ import annotations
 import asyncio
 import concurrent.futures
 import inspect
-from collections.abc import Callable
+from collections import deque
+from collections.abc import AsyncIterator, Callable, Iterable, Iterator, Sequence
 from typing import Any
 
 from .errors import RPCError
 from .proxy import Proxy
+from .views import check_timeout
 
 #: Turns the synchronous proxy into the view one call is made through (its timeout, ...).
 _View = Callable[[Any], Any]
+#: One call of a batch: method, positional and keyword arguments.
+_Request = tuple[str, tuple[Any, ...], dict[str, Any]]
 
 
 def _plain(proxy: Proxy) -> Any:
     return proxy
+
+
+def _broadcast(proxy: Proxy) -> Any:
+    return proxy.broadcast
 
 
 class AsyncProxy:
@@ -101,7 +110,7 @@ class AsyncProxy:
             except Exception:
                 return
         if self._sync is not None:
-            await asyncio.get_running_loop().run_in_executor(None, self._sync.close)
+            await asyncio.to_thread(self._sync.close)
 
     async def __aenter__(self) -> AsyncProxy:
         return await self.connect()
@@ -114,15 +123,83 @@ class AsyncProxy:
     def __getattr__(self, name: str) -> _AsyncMethod:
         if name.startswith("_"):
             raise AttributeError(name)
-        return _AsyncMethod(_AsyncCall(self, _plain), name)
+        return _AsyncMethod(self._view(), name)
+
+    def _view(self) -> _AsyncCall:
+        return _AsyncCall(self, _plain)
 
     async def call(self, method: str, /, *args: Any, **kwargs: Any) -> Any:
         """Call ``method`` by name: for names that clash with the proxy's own attributes."""
-        return await _AsyncCall(self, _plain).call(method, *args, **kwargs)
+        return await self._view().call(method, *args, **kwargs)
 
     def set_timeout(self, timeout: float | None) -> _AsyncCall:
         """A one-call view with this timeout: ``await proxy.set_timeout(10).add(2, 3)``."""
-        return _AsyncCall(self, _plain).set_timeout(timeout)
+        return self._view().set_timeout(timeout)
+
+    @property
+    def cast(self) -> _AsyncCall:
+        """A one-call view that publishes without a reply: ``await`` returns None at once."""
+        return self._view().cast
+
+    @property
+    def broadcast(self) -> _AsyncCall:
+        """A view that calls every running server of this ``server_id``.
+
+        ``await proxy.broadcast(timeout=2).reload()`` returns a :class:`~rpc.BroadcastReply`
+        per answer within 2 s (default 1 s); ``await proxy.broadcast.cast.reload()`` returns
+        None at once. A broadcast waits out its timeout on the loop's default executor.
+        """
+        return _AsyncCall(self, _broadcast, broadcast=True)
+
+    def with_context(self, **context: Any) -> _AsyncCall:
+        """A one-call view sending ``context`` (small values) for ``rpc.current_call()``."""
+        return self._view().with_context(**context)
+
+    async def gather(
+        self, calls: Iterable[Sequence[Any]], *, concurrency: int = 50,
+        timeout: float | None = None,
+    ) -> list[Any]:
+        """Run ``(method, args[, kwargs])`` calls with at most ``concurrency`` in flight.
+
+        Returns the results in order, with each failed call's exception in its place (as
+        ``asyncio.gather(return_exceptions=True)`` does); ``timeout`` applies to each call.
+        """
+        requests = ((c[0], tuple(c[1]) if len(c) > 1 else (), dict(c[2]) if len(c) > 2 else {})
+                    for c in calls)
+        return [r async for r in self._stream(requests, concurrency, timeout, raise_errors=False)]
+
+    def map(
+        self, method: str, iterable: Iterable[Any], *, concurrency: int = 50,
+        timeout: float | None = None,
+    ) -> AsyncIterator[Any]:
+        """Yield ``await method(*args)`` for each ``args`` tuple (or single argument), in order.
+
+        At most ``concurrency`` calls are in flight; the first failure is raised where its
+        result would have been yielded. Leaving the loop early cancels the calls in flight once
+        the generator is closed (at once with ``contextlib.aclosing``).
+        """
+        requests: Iterator[_Request] = (
+            (method, args if isinstance(args, tuple) else (args,), {}) for args in iterable)
+        return self._stream(requests, concurrency, timeout, raise_errors=True)
+
+    async def _stream(
+        self, requests: Iterable[_Request], concurrency: int,
+        timeout: float | None, *, raise_errors: bool,
+    ) -> AsyncIterator[Any]:
+        if concurrency < 1:
+            raise ValueError("concurrency must be at least 1")
+        view = self.set_timeout(timeout) if timeout is not None else self._view()
+        window: deque[concurrent.futures.Future[Any]] = deque()
+        try:
+            for method, args, kwargs in requests:
+                if len(window) >= concurrency:
+                    yield await _outcome(window.popleft(), raise_errors)
+                window.append(await view.start(method, args, kwargs))
+            while window:
+                yield await _outcome(window.popleft(), raise_errors)
+        finally:
+            for future in window:
+                future.cancel()
 
     @property
     def pending_calls(self) -> int:
@@ -140,17 +217,39 @@ class AsyncProxy:
 
 
 class _AsyncCall:
-    """The modifiers of one call; each returns a new view."""
+    """The modifiers of one call, kept as the steps that build the synchronous proxy's view."""
 
-    __slots__ = ("_proxy", "_view")
+    __slots__ = ("_proxy", "_view", "_broadcast", "_cast")
 
-    def __init__(self, proxy: AsyncProxy, view: _View) -> None:
+    def __init__(
+        self, proxy: AsyncProxy, view: _View, *, broadcast: bool = False, cast: bool = False,
+    ) -> None:
         self._proxy = proxy
         self._view = view
+        self._broadcast = broadcast
+        self._cast = cast
+
+    def _then(self, step: _View, *, cast: bool = False) -> _AsyncCall:
+        view = self._view
+        return _AsyncCall(self._proxy, lambda sync: step(view(sync)),
+                          broadcast=self._broadcast, cast=self._cast or cast)
 
     def set_timeout(self, timeout: float | None) -> _AsyncCall:
-        view = self._view
-        return _AsyncCall(self._proxy, lambda sync: view(sync).set_timeout(timeout))
+        check_timeout(timeout)
+        return self._then(lambda view: view.set_timeout(timeout))
+
+    @property
+    def cast(self) -> _AsyncCall:
+        return self._then(lambda view: view.cast, cast=True)
+
+    def with_context(self, **context: Any) -> _AsyncCall:
+        return self._then(lambda view: view.with_context(**context))
+
+    def __call__(self, *, timeout: float | None) -> _AsyncCall:
+        """``proxy.broadcast(timeout=2)``: how long to collect replies."""
+        if not self._broadcast:
+            raise TypeError("only a broadcast view takes a timeout this way: use set_timeout()")
+        return self.set_timeout(timeout)
 
     def __getattr__(self, name: str) -> _AsyncMethod:
         if name.startswith("_"):
@@ -158,14 +257,22 @@ class _AsyncCall:
         return _AsyncMethod(self, name)
 
     async def call(self, method: str, /, *args: Any, **kwargs: Any) -> Any:
+        if self._broadcast:  # it waits out its timeout: not on the loop
+            view = self._view(await self._proxy._ready())
+            return await asyncio.to_thread(view.call, method, *args, **kwargs)
+        if self._cast:
+            sync = await self._proxy._ready()
+            return await _publish(sync, self._view(sync).call, method, args, kwargs)
+        return await _result(await self.start(method, args, kwargs))
+
+    async def start(
+        self, method: str, args: tuple[Any, ...], kwargs: dict[str, Any],
+    ) -> concurrent.futures.Future[Any]:
+        """Publish the request; the future it returns is resolved by the proxy's I/O thread."""
         sync = await self._proxy._ready()
-        start = self._view(sync).future.call
-        if _link_down(sync):  # reconnecting may take seconds: not on the loop
-            loop = asyncio.get_running_loop()
-            future = await loop.run_in_executor(None, lambda: start(method, *args, **kwargs))
-        else:
-            future = start(method, *args, **kwargs)
-        return await _result(future)
+        future: concurrent.futures.Future[Any] = await _publish(
+            sync, self._view(sync).future.call, method, args, kwargs)
+        return future
 
 
 class _AsyncMethod:
@@ -189,8 +296,15 @@ class _AsyncMethod:
         return f"<remote coroutine {self._name!r}>"
 
 
-def _link_down(proxy: Proxy) -> bool:
-    return proxy._link.closed
+async def _publish(
+    sync: Proxy, start: Callable[..., Any], method: str, args: tuple[Any, ...],
+    kwargs: dict[str, Any],
+) -> Any:
+    """``start(method, *args, **kwargs)``: one socket write, made on the loop's thread unless
+    the connection is down, when the reconnect it implies runs on the default executor."""
+    if sync._link.closed:
+        return await asyncio.to_thread(start, method, *args, **kwargs)
+    return start(method, *args, **kwargs)
 
 
 async def _result(future: concurrent.futures.Future[Any]) -> Any:
@@ -212,6 +326,15 @@ async def _result(future: concurrent.futures.Future[Any]) -> Any:
     except asyncio.CancelledError:
         future.cancel()
         raise
+
+
+async def _outcome(future: concurrent.futures.Future[Any], raise_errors: bool) -> Any:
+    try:
+        return await _result(future)
+    except Exception as exc:
+        if raise_errors:
+            raise
+        return exc
 
 
 def _copy(source: concurrent.futures.Future[Any], waiter: asyncio.Future[Any]) -> None:
