@@ -11,6 +11,7 @@ import logging
 from .calls import CallbackState
 from .context import CallInfo, current_call
 from .errors import (
+    AccessRefused,
     BadRequest,
     BrokerBlocked,
     ConnectionError,
@@ -32,6 +33,7 @@ from .server import Server
 __version__ = "0.1.0"
 
 __all__ = [
+    "AccessRefused",
     "BadRequest",
     "BroadcastReply",
     "BrokerBlocked",

@@ -15,7 +15,7 @@ import tenacity
 from kombu.connection import Connection
 
 from .config import mask_url, scrub
-from .errors import ConnectionError
+from .errors import AccessRefused, ConnectionError
 
 logger = logging.getLogger(__name__)
 
@@ -119,7 +119,7 @@ def open_connection(
         return retrying(attempt)
     except _Refused as refused:
         cause = refused.__cause__ or refused
-        raise ConnectionError(
+        raise AccessRefused(
             f"broker at {masked} refused the connection: {scrub(str(cause), url)}"
         ) from None
     except Exception as exc:

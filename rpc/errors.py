@@ -4,6 +4,7 @@
 
     RPCError
     ├── ConnectionError        also builtins.ConnectionError: broker unreachable or refused
+    │   ├── AccessRefused      refused credentials, vhost or permission
     │   ├── ConnectionLost     the connection dropped while the call was pending
     │   └── BrokerBlocked      the broker blocks publishing (a resource alarm)
     ├── Refused                the broker nacked the request (publisher confirms)
@@ -39,6 +40,10 @@ class RPCError(Exception):
 
 class ConnectionError(RPCError, builtins.ConnectionError):  # noqa: A001 - the public name is deliberate
     """The broker could not be reached, refused the credentials, or the connection failed."""
+
+
+class AccessRefused(ConnectionError):
+    """The broker refused the credentials, the vhost or a permission: retrying will not help."""
 
 
 class ConnectionLost(ConnectionError):
@@ -112,6 +117,7 @@ _FRAMEWORK_ERRORS: dict[str, type[BaseException]] = {
     for cls in (
         RPCError,
         ConnectionError,
+        AccessRefused,
         ConnectionLost,
         BrokerBlocked,
         Refused,

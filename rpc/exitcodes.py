@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from enum import IntEnum
 
-import amqp.exceptions
+from .errors import AccessRefused
 
 
 class ExitCode(IntEnum):
@@ -59,18 +59,5 @@ def table() -> str:
 
 
 def for_connection_error(exc: BaseException) -> ExitCode:
-    """REFUSED when the broker turned the login or vhost down, else UNREACHABLE.
-
-    ``rpc.ConnectionError`` carries both cases; the broker's own refusal is still on the
-    exception's context chain, where this looks for it.
-    """
-    seen: set[int] = set()
-    current: BaseException | None = exc
-    while current is not None and id(current) not in seen:
-        seen.add(id(current))
-        if isinstance(current, (amqp.exceptions.AccessRefused, amqp.exceptions.NotAllowed)):
-            return ExitCode.REFUSED
-        if isinstance(current, amqp.exceptions.ConnectionError) and current.code in (403, 530):
-            return ExitCode.REFUSED
-        current = current.__cause__ or current.__context__
-    return ExitCode.UNREACHABLE
+    """REFUSED when the broker turned the login, vhost or a permission down, else UNREACHABLE."""
+    return ExitCode.REFUSED if isinstance(exc, AccessRefused) else ExitCode.UNREACHABLE

@@ -19,6 +19,7 @@ import ssl
 import struct
 import threading
 import time
+import uuid
 from collections.abc import Callable
 from typing import Any
 
@@ -111,7 +112,11 @@ class Link:
         raise NotImplementedError
 
     def broadcast_queue(self, exchange: str) -> str:
-        """Declare the fanout ``exchange`` and an exclusive queue bound to it; returns its name."""
+        """Declare the fanout ``exchange`` and an exclusive queue bound to it; returns its name.
+
+        The queue is named ``<exchange>.<uuid>`` so that a server user's permissions on ``rpc.*``
+        names cover it.
+        """
         raise NotImplementedError
 
     def declare_fanout(self, exchange: str) -> None:
@@ -192,12 +197,11 @@ class AMQPLink(Link):
         self._channel = self._amqp.channel()
         self._ch = self._channel.channel_id
         self._sock: socket.socket = self._amqp.transport.sock
-        # OpenSSL forbids reading and writing one TLS connection from two threads at once: a TLS
-        # socket is non-blocking and every read and write holds _wlock (a plain socket is safe).
+        # OpenSSL forbids reading and writing one TLS connection from two threads at once: once
+        # our reader takes over from py-amqp, a TLS socket is non-blocking and every read and
+        # write holds _wlock (a plain socket is safe to read and write at once).
         self._ssl = isinstance(self._sock, ssl.SSLSocket)
-        if self._ssl:
-            self._sock.setblocking(False)
-        else:
+        if not self._ssl:
             self._sock.setsockopt(socket.SOL_SOCKET, socket.SO_SNDTIMEO,
                                   struct.pack("ll", int(SEND_TIMEOUT), 0))
         self._frame_max = int(self._amqp.frame_max)
@@ -251,8 +255,9 @@ class AMQPLink(Link):
         return str(self._channel.basic_consume(queue, no_ack=False, callback=self._from_amqp))
 
     def broadcast_queue(self, exchange: str) -> str:
+        name = f"{exchange}.{uuid.uuid4().hex}"
         self._channel.exchange_declare(exchange, "fanout", durable=True, auto_delete=False)
-        name = str(self._channel.queue_declare("", exclusive=True).queue)
+        self._channel.queue_declare(name, exclusive=True, auto_delete=True)
         self._channel.queue_bind(name, exchange)
         return name
 
@@ -371,6 +376,9 @@ class AMQPLink(Link):
         return self._received(count)
 
     def _read_tls(self, timeout: float | None) -> bool:
+        if self._sock.getblocking():
+            with self._wlock:
+                self._sock.setblocking(False)
         if not self._sock.pending():  # type: ignore[attr-defined]
             wait = -1 if timeout is None else max(0, int(timeout * 1000 + 0.999))
             if not self._poller.poll(wait):
@@ -578,7 +586,8 @@ class KombuLink(Link):
     def broadcast_queue(self, exchange: str) -> str:
         with self._lock:
             fanout = Exchange(exchange, "fanout", durable=True, auto_delete=False)
-            queue = Queue("", fanout, exclusive=True, auto_delete=True, channel=self._channel)
+            queue = Queue(f"{exchange}.{uuid.uuid4().hex}", fanout, exclusive=True,
+                          auto_delete=True, channel=self._channel)
             queue.declare()
             return str(queue.name)
 

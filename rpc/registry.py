@@ -66,7 +66,9 @@ def _positional_range(sig: inspect.Signature) -> tuple[int, int] | None:
 
 def _describe(name: str, func: Callable[..., Any], at_most_once: bool = False) -> Method:
     try:
-        sig: inspect.Signature | None = inspect.signature(func)
+        sig: inspect.Signature | None = inspect.signature(func, eval_str=True)
+    except NameError:  # an annotation names something only a type checker imports
+        sig = inspect.signature(func)
     except (TypeError, ValueError):  # some builtins have no introspectable signature
         sig = None
     return Method(name, func, sig, _positional_range(sig) if sig is not None else None,

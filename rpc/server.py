@@ -21,11 +21,13 @@ import time
 from collections.abc import Callable, Iterable
 from typing import Any, TypeVar, overload
 
+import amqp.exceptions
+
 from . import context, protocol, serialization
 from .config import mask_url, resolve_url
 from .connection import DEFAULT_HEARTBEAT, open_connection
 from .context import CallInfo
-from .errors import BadRequest, ConnectionLost, SerializationError, error_payload, safe_args
+from .errors import AccessRefused, BadRequest, ConnectionError, ConnectionLost, SerializationError, error_payload, safe_args
 from .link import Incoming, Link, open_link
 from .introspection import SystemMethods
 from .limits import DEFAULT_MAX_MESSAGE_SIZE
@@ -99,7 +101,8 @@ class Server:
         password: str | None = None,
         vhost: str | None = None,
     ) -> None:
-        self._url = resolve_url(
+        #: The broker URL (resolved); may be changed before start().
+        self.url = resolve_url(
             url, hostname=hostname, port=port, username=username, password=password, vhost=vhost,
         )
         if not server_id or len(server_id.encode()) > 255:
@@ -112,9 +115,10 @@ class Server:
             names.add(serializer)
         self.accept = serialization.accept_set(names)
         self.concurrency = concurrency
-        self.prefetch = prefetch if prefetch is not None else PREFETCH_PER_WORKER * concurrency
-        if self.prefetch < 1:
+        if prefetch is not None and prefetch < 1:
             raise ValueError("prefetch must be at least 1")
+        #: Requests the broker may send ahead; None: ``PREFETCH_PER_WORKER * concurrency``.
+        self.prefetch = prefetch
         self.heartbeat = heartbeat
         self.send_tracebacks = send_tracebacks
         self.connect_retry = connect_retry
@@ -129,8 +133,6 @@ class Server:
         self._link: Link | None = None
         self._consumer_tag: str | None = None
         self._broadcast_tag: str | None = None
-        #: How this server names itself in replies (the ``app_id`` property).
-        self.identity = f"{server_id}@{socket.gethostname()}:{os.getpid()}"
         self._work: queue.SimpleQueue[Incoming | None] = queue.SimpleQueue()
         self._loop: asyncio.AbstractEventLoop | None = None
         self._loop_thread: threading.Thread | None = None
@@ -190,6 +192,11 @@ class Server:
     # -- running ---------------------------------------------------------------------------------
 
     @property
+    def identity(self) -> str:
+        """How this server names itself in replies (their ``app_id``): id, host and pid."""
+        return f"{self.server_id}@{socket.gethostname()}:{os.getpid()}"
+
+    @property
     def running(self) -> bool:
         """Whether the server is consuming."""
         return not self._stopped.is_set()
@@ -225,8 +232,8 @@ class Server:
         self._io_thread.start()
         logger.info(
             "serving %r from %s (pid %d, %d methods, concurrency %d, prefetch %d)",
-            self.server_id, mask_url(self._url), os.getpid(), len(self.registry),
-            self.concurrency, self.prefetch,
+            self.server_id, mask_url(self.url), os.getpid(), len(self.registry),
+            self.concurrency, self.prefetch_count,
         )
 
     def serve(self) -> None:
@@ -244,13 +251,14 @@ class Server:
             for sig, handler in previous.items():
                 signal.signal(sig, handler)
 
-    def stop(self, grace: float | None = 30.0) -> None:
+    def stop(self, grace: float | None = 30.0) -> int:
         """Stop consuming, finish the calls in flight (up to ``grace`` s), then disconnect.
 
-        Requests prefetched but not started are requeued for another server.
+        Requests prefetched but not started are requeued for another server. Returns how many
+        calls were still running when the grace ran out: the broker redelivers those.
         """
         if self._stopped.is_set():
-            return
+            return 0
         self._stopping.set()
         self._accepting = False
         link = self._link
@@ -266,6 +274,11 @@ class Server:
         deadline = None if grace is None else time.monotonic() + grace
         for worker in self._workers:
             worker.join(None if deadline is None else max(deadline - time.monotonic(), 0))
+        with self._busy_lock:
+            abandoned = self._busy
+        if abandoned:
+            logger.warning("stopping %r with %d call(s) still running after the %s s grace: the "
+                           "broker will redeliver them", self.server_id, abandoned, grace)
         if self._link is not None:
             self._link.close()  # also wakes the I/O thread; unacked deliveries go back to the queue
         if self._io_thread is not None:
@@ -279,6 +292,12 @@ class Server:
         self._stopped.set()
         self._hooks("on_tear_down")
         logger.info("stopped serving %r", self.server_id)
+        return abandoned
+
+    @property
+    def prefetch_count(self) -> int:
+        """The prefetch start() uses: ``prefetch``, or ``PREFETCH_PER_WORKER * concurrency``."""
+        return self.prefetch if self.prefetch is not None else PREFETCH_PER_WORKER * self.concurrency
 
     def _hooks(self, name: str) -> None:
         for obj in self._instances:
@@ -288,19 +307,30 @@ class Server:
 
     def _open(self, retry_for: float) -> Link:
         conn = open_connection(
-            self._url, heartbeat=self.heartbeat, retry_for=retry_for,
+            self.url, heartbeat=self.heartbeat, retry_for=retry_for,
             name=f"rpc-server {self.server_id}", ssl=self._ssl,
         )
         try:
-            link = open_link(conn, self._on_message, on_cancel=self._on_cancel,
-                             max_body=self.max_message_size)
-            link.declare_queue(self.server_id, durable=True, arguments=self.queue_arguments)
-            broadcasts = link.broadcast_queue(protocol.broadcast_exchange(self.server_id))
-            self._broadcast_tag = link.consume(broadcasts, prefetch=self.prefetch)
-            self._consumer_tag = link.consume(self.server_id, prefetch=self.prefetch)
+            link = self._setup(conn)
+        except amqp.exceptions.AccessRefused as exc:
+            conn.release()
+            raise AccessRefused(f"the broker refused {self.server_id!r} its queue: {exc}") from None
+        except amqp.exceptions.AMQPError as exc:
+            conn.release()
+            raise ConnectionError(f"cannot set up {self.server_id!r}: {exc}") from None
         except Exception:
             conn.release()
             raise
+        return link
+
+    def _setup(self, conn: Any) -> Link:
+        """Declare, bind and consume: the request queue's consumer comes last, once all is set."""
+        link = open_link(conn, self._on_message, on_cancel=self._on_cancel,
+                         max_body=self.max_message_size)
+        link.declare_queue(self.server_id, durable=True, arguments=self.queue_arguments)
+        broadcasts = link.broadcast_queue(protocol.broadcast_exchange(self.server_id))
+        self._broadcast_tag = link.consume(broadcasts, prefetch=self.prefetch_count)
+        self._consumer_tag = link.consume(self.server_id, prefetch=self.prefetch_count)
         return link
 
     def _on_cancel(self, tag: str) -> None:
@@ -330,7 +360,7 @@ class Server:
         while not self._stopping.is_set():
             try:
                 self._link = self._open(retry_for=30.0)
-                logger.info("server %r reconnected to %s", self.server_id, mask_url(self._url))
+                logger.info("server %r reconnected to %s", self.server_id, mask_url(self.url))
                 return
             except Exception as exc:
                 logger.error("server %r cannot reconnect: %s", self.server_id, exc)
@@ -530,4 +560,4 @@ class Server:
 
     def __repr__(self) -> str:
         state = "running" if self.running else "stopped"
-        return f"<Server server_id={self.server_id!r} {mask_url(self._url)} {state}>"
+        return f"<Server server_id={self.server_id!r} {mask_url(self.url)} {state}>"

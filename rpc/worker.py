@@ -23,7 +23,7 @@ from . import logconfig
 from .config import URL_ENV
 from .errors import ConnectionError
 from .exitcodes import ExitCode, for_connection_error
-from .server import PREFETCH_PER_WORKER, Server
+from .server import Server
 
 logger = logging.getLogger("rpc.worker")  # not __name__: that is "__main__" under python -m
 
@@ -111,14 +111,12 @@ def load_server(target: str, app_dir: str = ".") -> Server:
 def apply_overrides(server: Server, spec: WorkerSpec) -> None:
     """Apply ``--server-id``, ``--concurrency`` and ``--connect-retry`` to a loaded server.
 
-    A default prefetch (a multiple of the concurrency) follows the new concurrency; a prefetch the
-    module chose itself is kept.
+    A default prefetch (None: a multiple of the concurrency) follows the new concurrency; a
+    prefetch the module chose itself is kept.
     """
     if spec.server_id is not None:
         server.server_id = spec.server_id
     if spec.concurrency is not None:
-        if server.prefetch == PREFETCH_PER_WORKER * server.concurrency:
-            server.prefetch = PREFETCH_PER_WORKER * spec.concurrency
         server.concurrency = spec.concurrency
     server.connect_retry = spec.connect_retry
 

@@ -7,6 +7,7 @@ with anything else on the broker.
 from __future__ import annotations
 
 import os
+import socket
 import tempfile
 import uuid
 from collections.abc import Callable, Iterator
@@ -17,14 +18,32 @@ import pytest
 
 from rpc import Proxy, Server
 
+from tls_certificates import make_certificates
+
 # The test broker listens on loopback only, on pytest-rabbitmq's port (it passes the environment
 # through). A config file of its own keeps a machine-wide /etc/rabbitmq/rabbitmq.conf, which may
 # pin listeners to 5672, away from it.
+# The node also gets a TLS listener with a certificate of a throwaway CA, for the TLS tests.
 os.environ.setdefault("RABBITMQ_NODE_IP_ADDRESS", "127.0.0.1")
+TLS: dict[str, Any] | None = None
 if "RABBITMQ_CONFIG_FILE" not in os.environ:
-    _config = Path(tempfile.mkdtemp(prefix="rpc-tests-rabbitmq-")) / "rabbitmq.conf"
-    _config.write_text("loopback_users.guest = true\n")
-    os.environ["RABBITMQ_CONFIG_FILE"] = str(_config)
+    _dir = Path(tempfile.mkdtemp(prefix="rpc-tests-rabbitmq-"))
+    _dir.chmod(0o755)
+    _certs = make_certificates(_dir)
+    with socket.socket() as _sock:
+        _sock.bind(("127.0.0.1", 0))
+        _tls_port = _sock.getsockname()[1]
+    TLS = {"port": _tls_port, "ca": str(_certs["ca"])}
+    (_dir / "rabbitmq.conf").write_text(
+        "loopback_users.guest = true\n"
+        f"listeners.ssl.default = 127.0.0.1:{_tls_port}\n"
+        f"ssl_options.cacertfile = {_certs['ca']}\n"
+        f"ssl_options.certfile = {_certs['cert']}\n"
+        f"ssl_options.keyfile = {_certs['key']}\n"
+        "ssl_options.verify = verify_none\n"
+        "ssl_options.fail_if_no_peer_cert = false\n"
+    )
+    os.environ["RABBITMQ_CONFIG_FILE"] = str(_dir / "rabbitmq.conf")
 
 RABBITMQ_SERVER = Path("/usr/lib/rabbitmq/bin/rabbitmq-server")
 
@@ -43,6 +62,14 @@ def broker_url(request: pytest.FixtureRequest) -> Iterator[str]:
         pytest.skip(message)
     proc = request.getfixturevalue("rabbitmq_proc")
     yield f"amqp://guest:guest@{proc.host}:{proc.port}//"
+
+
+@pytest.fixture(scope="session")
+def tls_broker(broker_url: str) -> dict[str, Any]:
+    """The session node's TLS listener: ``url`` (amqps://, localhost) and the CA file."""
+    if TLS is None:
+        pytest.skip("TLS is tested only on a broker node of the session's own")
+    return {"url": f"amqps://guest:guest@localhost:{TLS['port']}//", "ca": TLS["ca"]}
 
 
 @pytest.fixture(params=["amqp", "memory"])

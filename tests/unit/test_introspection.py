@@ -271,13 +271,13 @@ def test_concurrency_below_one_is_a_value_error() -> None:
 
 
 def test_prefetch_defaults_to_a_multiple_of_concurrency() -> None:
-    one, four = Server(UNREACHABLE).prefetch, Server(UNREACHABLE, concurrency=4).prefetch
+    one, four = Server(UNREACHABLE).prefetch_count, Server(UNREACHABLE, concurrency=4).prefetch_count
     assert one >= 1
     assert four == 4 * one
 
 
 def test_an_explicit_prefetch_is_kept() -> None:
-    assert Server(UNREACHABLE, concurrency=4, prefetch=3).prefetch == 3
+    assert Server(UNREACHABLE, concurrency=4, prefetch=3).prefetch_count == 3
 
 
 def test_prefetch_below_one_is_a_value_error() -> None:
