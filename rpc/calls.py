@@ -134,4 +134,11 @@ class CallFuture(Future[Any]):
         return cancelled
 
     def add_done_callback(self, fn: Callable[[Future[Any]], object]) -> None:
-        super().add_done_callback(lambda fut: self._dispatch(lambda: fn(fut)))
+        def run(fut: Future[Any]) -> None:
+            self._dispatch(lambda: _call(fn, fut))
+
+        super().add_done_callback(run)
+
+
+def _call(fn: Callable[[Future[Any]], object], fut: Future[Any]) -> None:
+    fn(fut)

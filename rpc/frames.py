@@ -165,7 +165,7 @@ def method_frame(channel: int, class_id: int, method_id: int, args: bytes = b"")
     return _frame(FRAME_METHOD, channel, _METHOD_ID.pack(class_id, method_id) + args)
 
 
-def readshortstr(buf: bytes, offset: int) -> tuple[str, int]:
+def read_shortstr(buf: bytes, offset: int) -> tuple[str, int]:
     """A short string at ``offset`` and the offset after it."""
     length = buf[offset]
     end = offset + 1 + length
@@ -174,19 +174,19 @@ def readshortstr(buf: bytes, offset: int) -> tuple[str, int]:
 
 def parse_deliver(payload: bytes) -> tuple[str, int, bool, str, str]:
     """``basic.deliver`` arguments: consumer tag, delivery tag, redelivered, exchange, key."""
-    tag, offset = readshortstr(payload, 4)
+    tag, offset = read_shortstr(payload, 4)
     delivery_tag, bits = _DELIVERY_TAG.unpack_from(payload, offset)
-    exchange, offset = readshortstr(payload, offset + 9)
-    routing_key, _ = readshortstr(payload, offset)
+    exchange, offset = read_shortstr(payload, offset + 9)
+    routing_key, _ = read_shortstr(payload, offset)
     return tag, delivery_tag, bool(bits & 1), exchange, routing_key
 
 
 def parse_return(payload: bytes) -> tuple[int, str, str, str]:
     """``basic.return`` arguments: reply code, reply text, exchange, routing key."""
     (code,) = _SHORT.unpack_from(payload, 4)
-    text, offset = readshortstr(payload, 6)
-    exchange, offset = readshortstr(payload, offset)
-    routing_key, _ = readshortstr(payload, offset)
+    text, offset = read_shortstr(payload, 6)
+    exchange, offset = read_shortstr(payload, offset)
+    routing_key, _ = read_shortstr(payload, offset)
     return code, text, exchange, routing_key
 
 
@@ -199,7 +199,7 @@ def parse_confirm(payload: bytes) -> tuple[int, bool]:
 def parse_close(payload: bytes) -> tuple[int, str]:
     """``channel.close`` / ``connection.close`` arguments: reply code and text."""
     (code,) = _SHORT.unpack_from(payload, 4)
-    text, _ = readshortstr(payload, 6)
+    text, _ = read_shortstr(payload, 6)
     return code, text
 
 
@@ -214,4 +214,4 @@ def parse_content_header(payload: bytes) -> tuple[int, dict[str, Any]]:
 
 def method_id(payload: bytes) -> tuple[int, int]:
     """The class and method ids that open a method frame's payload."""
-    return _METHOD_ID.unpack_from(payload, 0)  # type: ignore[return-value]
+    return _METHOD_ID.unpack_from(payload, 0)

@@ -473,11 +473,11 @@ class AMQPLink(Link):
             elif method_id == frames.BASIC_NACK:
                 self._confirmed(payload, False)
             elif method_id == frames.BASIC_CANCEL:
-                tag, offset = frames.read_shortstr(payload, 4)
+                consumer, offset = frames.read_shortstr(payload, 4)
                 if not payload[offset] & 1:  # the broker waits for cancel-ok
                     self._send(frames.method_frame(
-                        self._ch, frames.BASIC, frames.BASIC_CANCEL_OK, frames.shortstr(tag)))
-                self.on_cancel(tag)
+                        self._ch, frames.BASIC, frames.BASIC_CANCEL_OK, frames.shortstr(consumer)))
+                self.on_cancel(consumer)
         elif class_id == frames.CHANNEL and method_id == frames.CHANNEL_CLOSE:
             code, text = frames.parse_close(payload)
             self._send(frames.method_frame(self._ch, frames.CHANNEL, frames.CHANNEL_CLOSE_OK))
@@ -529,7 +529,7 @@ def _no_inflate(message_class: type) -> type:
     reaches the server as it came and fails to decode like any other malformed one.
     """
 
-    class NoInflateMessage(message_class):  # type: ignore[misc, valid-type]
+    class NoInflateMessage(message_class):  # type: ignore[misc]
         def __init__(self, *args: Any, **kwargs: Any) -> None:
             headers = kwargs.get("headers")
             if headers and "compression" in headers:
@@ -675,7 +675,7 @@ class KombuLink(Link):
                 try:
                     self._conn.drain_events(timeout=max(remaining, 0))
                     return True
-                except socket.timeout:
+                except TimeoutError:
                     pass
                 except self._conn.connection_errors as exc:
                     self.closed = True

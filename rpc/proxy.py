@@ -18,7 +18,7 @@ import secrets
 import threading
 import time
 from collections import deque
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from concurrent.futures import Future
 from dataclasses import dataclass
 from typing import Any
@@ -37,7 +37,6 @@ from .calls import (
 )
 from .config import mask_url, resolve_url
 from .connection import DEFAULT_CONNECT_RETRY, DEFAULT_HEARTBEAT, open_connection
-from .limits import DEFAULT_MAX_MESSAGE_SIZE
 from .context import outgoing_headers
 from .errors import (
     ConnectionLost,
@@ -47,6 +46,7 @@ from .errors import (
     UnknownServer,
     rebuild_exception,
 )
+from .limits import DEFAULT_MAX_MESSAGE_SIZE
 from .link import Incoming, Link, open_link
 from .views import CallOptions, CallView, OnError, OnSuccess, RemoteMethod, check_timeout
 
@@ -477,7 +477,7 @@ class Proxy:
             if pending is None:
                 self.replies_dropped += 1
             elif pending.kind != BROADCAST:
-                del self._pending[cid]
+                del self._pending[pending.cid]
                 if pending.kind in _ASYNC:
                     self._async_count -= 1
         if pending is None:

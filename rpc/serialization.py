@@ -11,8 +11,8 @@ from __future__ import annotations
 from collections.abc import Callable, Iterable
 from typing import Any
 
-from kombu.exceptions import ContentDisallowed, DecodeError, EncodeError, SerializerNotInstalled
 import msgpack
+from kombu.exceptions import ContentDisallowed, DecodeError, EncodeError, SerializerNotInstalled
 from kombu.serialization import registry
 
 from .errors import BadRequest, SerializationError

@@ -27,10 +27,18 @@ from . import context, protocol, serialization
 from .config import mask_url, resolve_url
 from .connection import DEFAULT_HEARTBEAT, open_connection
 from .context import CallInfo
-from .errors import AccessRefused, BadRequest, ConnectionError, ConnectionLost, SerializationError, error_payload, safe_args
-from .link import Incoming, Link, open_link
+from .errors import (
+    AccessRefused,
+    BadRequest,
+    ConnectionError,
+    ConnectionLost,
+    SerializationError,
+    error_payload,
+    safe_args,
+)
 from .introspection import SystemMethods
 from .limits import DEFAULT_MAX_MESSAGE_SIZE
+from .link import Incoming, Link, open_link
 from .registry import Registry
 
 logger = logging.getLogger(__name__)
@@ -183,7 +191,7 @@ class Server:
     def expose(self, name: str | None = None, /, *, at_most_once: bool = False) -> Callable[[_F], _F]: ...
 
     def expose(self, func_or_name: Any = None, /, *, at_most_once: bool = False) -> Any:
-        """Decorator: ``@server.expose``, ``@server.expose("name")``, ``@server.expose(at_most_once=True)``."""
+        """Decorator: ``@server.expose``, ``@server.expose("name")`` or with ``at_most_once=True``."""
         if func_or_name is None or isinstance(func_or_name, str):
             name = func_or_name
             return lambda func: self.register_function(func, name, at_most_once=at_most_once)
@@ -238,7 +246,7 @@ class Server:
 
     def serve(self) -> None:
         """Run until :meth:`stop`, SIGINT or SIGTERM; the signals stop gracefully."""
-        previous: dict[int, Any] = {}
+        previous: dict[signal.Signals, Any] = {}
         if threading.current_thread() is threading.main_thread():
             for sig in (signal.SIGINT, signal.SIGTERM):
                 previous[sig] = signal.signal(sig, lambda *_: self._stopping.set())
@@ -547,8 +555,8 @@ class Server:
             return serialization.encode(body, reply_type), reply_type
         except SerializationError as exc:
             if ok:
-                error = SerializationError(f"cannot encode the result: {exc}")
-                return self._encode_reply(self._error_body(error, reply_type), reply_type, False)
+                failure = SerializationError(f"cannot encode the result: {exc}")
+                return self._encode_reply(self._error_body(failure, reply_type), reply_type, False)
         error = dict(body["error"])
         error.pop("instance", None)
         error["args"] = safe_args(error["args"])

@@ -15,10 +15,9 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from tls_certificates import make_certificates
 
 from rpc import Proxy, Server
-
-from tls_certificates import make_certificates
 
 # The test broker listens on loopback only, on pytest-rabbitmq's port (it passes the environment
 # through). A config file of its own keeps a machine-wide /etc/rabbitmq/rabbitmq.conf, which may

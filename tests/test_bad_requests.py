@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import json
 import pickle
-import socket
 import time
 import uuid
 import zlib
@@ -47,7 +46,7 @@ class RawClient:
             assert time.monotonic() < deadline, "no reply"
             try:
                 self.conn.drain_events(timeout=0.1)
-            except socket.timeout:
+            except TimeoutError:
                 pass
         return self.replies.pop(cid)
 
@@ -56,7 +55,7 @@ class RawClient:
         while time.monotonic() < deadline:
             try:
                 self.conn.drain_events(timeout=0.05)
-            except socket.timeout:
+            except TimeoutError:
                 pass
         return cid not in self.replies
 

@@ -110,3 +110,22 @@ def test_server_reconnects_after_its_connection_is_closed(started, broker_url, s
             except Exception:
                 assert time.monotonic() < deadline
                 time.sleep(0.1)
+
+
+def test_server_redeclares_its_queue_after_it_is_deleted(started, broker_url, server_id):
+    from kombu.connection import Connection
+
+    server = started()
+    server.register_function(lambda: "ok", "ping")
+    server.start()
+    with Connection(broker_url) as admin:
+        admin.default_channel.queue_delete(server_id)
+    with Proxy(broker_url, server_id=server_id) as proxy:
+        deadline = time.monotonic() + WAIT
+        while True:
+            try:
+                if proxy.set_timeout(1).ping() == "ok":
+                    break
+            except Exception:
+                assert time.monotonic() < deadline, "the server never came back"
+                time.sleep(0.1)

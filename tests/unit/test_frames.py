@@ -29,7 +29,7 @@ from rpc.frames import (
     parse_deliver,
     parse_return,
     publish_frames,
-    readshortstr,
+    read_shortstr,
     reject_frame,
     shortstr,
 )
@@ -358,13 +358,13 @@ def test_shortstr_matches_py_amqps() -> None:
         assert shortstr(value) == dumps("s", (value,))
 
 
-def test_readshortstr_returns_the_string_and_the_next_offset() -> None:
+def test_read_shortstr_returns_the_string_and_the_next_offset() -> None:
     buf = b"xx" + shortstr("calc") + b"rest"
-    assert readshortstr(buf, 2) == ("calc", 7)
+    assert read_shortstr(buf, 2) == ("calc", 7)
 
 
-def test_readshortstr_replaces_invalid_utf8() -> None:
-    assert readshortstr(b"\x02\xff\xfe", 0) == ("\ufffd\ufffd", 3)
+def test_read_shortstr_replaces_invalid_utf8() -> None:
+    assert read_shortstr(b"\x02\xff\xfe", 0) == ("\ufffd\ufffd", 3)
 
 
 def test_frame_constants_match_the_amqp_spec() -> None:
