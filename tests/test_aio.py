@@ -199,7 +199,7 @@ def test_the_event_loop_keeps_running_while_a_call_is_pending(connect):
             task.cancel()
             return ticks
 
-    assert run(scenario()) >= 20  # 50 if nothing blocked the loop at all
+    assert run(scenario()) >= 10  # about 50 when nothing blocks the loop; 0 or 1 when the call does
 
 
 def test_calls_in_flight_take_no_thread_each(connect, gates):
