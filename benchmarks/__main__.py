@@ -10,6 +10,7 @@ import logging
 import os
 import platform
 import shlex
+import subprocess
 import sys
 import time
 from datetime import UTC, datetime
@@ -55,6 +56,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     options.seconds = options.seconds or (1.0 if options.quick else 2.5)
     if options.retries is None:
         options.retries = 1 if options.quick else 2
+    options.budget = 100.0 if options.quick else 780.0
     return options
 
 
@@ -79,7 +81,21 @@ def environment(url: str) -> dict[str, Any]:
         except importlib.metadata.PackageNotFoundError:
             pass
     env["broker"] = broker_version(url) or "unknown"
+    env["commit"] = _commit()
     return env
+
+
+def _commit() -> str:
+    """The git commit measured, marked dirty when rpc/ has uncommitted changes."""
+    root = Path(__file__).resolve().parent.parent
+    try:
+        head = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=root, check=True,
+                              capture_output=True, text=True, timeout=10).stdout.strip()
+        dirty = subprocess.run(["git", "status", "--porcelain", "--", "rpc"], cwd=root,
+                               check=True, capture_output=True, text=True, timeout=10).stdout
+    except (OSError, subprocess.SubprocessError):
+        return "unknown"
+    return head + ("-dirty" if dirty.strip() else "")
 
 
 def _line(run: dict[str, Any]) -> str:
@@ -109,6 +125,7 @@ def main(argv: list[str] | None = None) -> int:
     clock = time.monotonic()
     runs = run_matrix(cases, options.url, reps=options.reps, seconds=options.seconds,
                       total=options.total, warmup=options.warmup, retries=options.retries,
+                      budget=options.budget,
                       on_run=lambda run: print(_line(run), flush=True))
     add_ratios(runs)
     result = {

@@ -16,32 +16,51 @@ def _colour(name: str) -> str:
 
 
 def write_plots(result: dict[str, Any], stem: Path) -> list[Path]:
-    """Write ``<stem>-ratios.png``, ``-latency.png`` and ``-cpu.png``; returns their paths."""
-    return [_ratios(result, Path(f"{stem}-ratios.png")),
+    """Write ``<stem>-headlines.png``, ``-ratios.png``, ``-latency.png`` and ``-cpu.png``."""
+    return [_headlines(result, Path(f"{stem}-headlines.png")),
+            _ratios(result, Path(f"{stem}-ratios.png")),
             _latency(result, Path(f"{stem}-latency.png")),
             _cpu(result, Path(f"{stem}-cpu.png"))]
 
 
-def _ratios(result: dict[str, Any], path: Path) -> Path:
-    """calls/s of every case as a ratio to its same-run baseline (the README plot)."""
+def _bars(result: dict[str, Any], path: Path, labels: list[str], values: list[float],
+          colours: list[str], title: str, xlabel: str) -> Path:
     plt = pyplot()
-    rows = [r for r in result["summary"] if r["ratio"] is not None and r["baseline"]]
-    fig, ax = plt.subplots(figsize=(10, 0.32 * len(rows) + 1.6))
+    fig, ax = plt.subplots(figsize=(10, 0.34 * len(labels) + 1.4))
     try:
-        names = [f"{r['name']}  (vs {r['baseline']})" for r in rows]
-        ax.barh(names, [r["ratio"] for r in rows], color=[_colour(r["name"]) for r in rows])
+        ax.barh(labels, values, color=colours)
         ax.axvline(1.0, color="k", linewidth=1)
         ax.invert_yaxis()
-        ax.set_xlabel("calls/s ÷ same-run baseline (×)")
-        ax.tick_params(axis="y", labelsize=7)
-        for i, row in enumerate(rows):
-            ax.text(row["ratio"], i, f" {row['ratio']:.2f}×", va="center", fontsize=7)
-        ax.set_title(f"Throughput relative to the raw pika baseline ({result['started']})")
+        ax.set_xlabel(xlabel)
+        ax.tick_params(axis="y", labelsize=8)
+        for i, value in enumerate(values):
+            ax.text(value, i, f" {value:.2f}×", va="center", fontsize=8)
+        ax.set_xlim(0, max(values, default=1) * 1.15)
+        ax.set_title(f"{title}\n{result['command']}, {result['started'][:10]}", fontsize=10)
         fig.tight_layout()
         fig.savefig(path, dpi=100)
     finally:
         plt.close(fig)
     return path
+
+
+def _headlines(result: dict[str, Any], path: Path) -> Path:
+    """The tracked same-run ratios (the README plot): above 1 is better, except for CPU."""
+    rows = result["headlines"]
+    return _bars(result, path, [h["label"] for h in rows], [h["ratio"] for h in rows],
+                 ["tab:purple" if h["figure"] == "client_server" else "tab:blue" for h in rows],
+                 "rpc against raw pika and its peers, same-run ratios (CPU: lower is better)",
+                 "ratio (×)")
+
+
+def _ratios(result: dict[str, Any], path: Path) -> Path:
+    """calls/s of every case against its same-run baseline (prefetch cases have their table)."""
+    rows = [r for r in result["summary"] if r["ratio"] is not None and r["baseline"]
+            and r["group"] not in ("prefetch", "fairness")]
+    return _bars(result, path, [r["name"] for r in rows], [r["ratio"] for r in rows],
+                 [_colour(r["name"]) for r in rows],
+                 "calls/s ÷ same-run baseline (pika sequential, or pika with 100 in flight)",
+                 "ratio (×)")
 
 
 def _latency(result: dict[str, Any], path: Path) -> Path:

@@ -101,13 +101,17 @@ def _snapshot(pids: dict[str, list[int]], broker: int | None) -> dict[str, float
 
 
 def run_matrix(cases: list[Case], url: str, *, reps: int, seconds: float, total: int, warmup: int,
-               retries: int = 1, on_run: Callable[[dict[str, Any]], None] | None = None,
+               retries: int = 1, budget: float = 840.0,
+               on_run: Callable[[dict[str, Any]], None] | None = None,
                ) -> list[dict[str, Any]]:
     """Every case, ``reps`` times over; a case that fails is recorded with its error, not fatal.
 
     A phase during which other processes used over :data:`NOISE_LIMIT` of the machine is
-    measured again, up to ``retries`` times; the last attempt is kept, with its noise share.
+    measured again, up to ``retries`` times, while the run keeps within its time ``budget``
+    (pro rata); the last attempt is kept, with its noise share.
     """
+    clock = time.monotonic()
+    planned = len(cases) * reps
     broker = broker_pid(url)
     if broker is None:
         logger.warning("broker pid not found: broker CPU will not be reported")
@@ -122,7 +126,9 @@ def run_matrix(cases: list[Case], url: str, *, reps: int, seconds: float, total:
                         run = run_case(case, servers, seconds=seconds, total=total,
                                        warmup=warmup, broker=broker)
                         run["attempts"] = attempt + 1
-                        if run["other_share"] <= NOISE_LIMIT:
+                        allowed = budget * (len(runs) + 1) / planned
+                        if run["other_share"] <= NOISE_LIMIT or (
+                                time.monotonic() - clock > allowed):
                             break
                 except Exception as exc:
                     servers.stop()
