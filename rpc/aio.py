@@ -302,7 +302,7 @@ async def _publish(
 ) -> Any:
     """``start(method, *args, **kwargs)``: one socket write, made on the loop's thread unless
     the connection is down, when the reconnect it implies runs on the default executor."""
-    if sync._link.closed:
+    if not sync.connected:
         return await asyncio.to_thread(start, method, *args, **kwargs)
     return start(method, *args, **kwargs)
 

@@ -247,6 +247,11 @@ class Proxy:
         return self._states.waiting()
 
     @property
+    def connected(self) -> bool:
+        """Whether the connection is up (the next call reconnects if it is not)."""
+        return not self._link.closed
+
+    @property
     def pending_calls(self) -> int:
         """Calls awaiting their reply."""
         return len(self._pending)
@@ -364,7 +369,9 @@ class Proxy:
         if extra:
             headers = {**(headers or {}), **extra}
         body = serialization.encode(protocol.request_body(method, args, kwargs), self.content_type)
-        props: dict[str, Any] = {"content_type": self.content_type, "correlation_id": cid}
+        props: dict[str, Any] = {
+            "content_type": self.content_type, "correlation_id": cid, "message_id": cid,
+        }
         if kind != CAST:
             props["reply_to"] = self._reply_to
         if headers:

@@ -11,7 +11,7 @@ from rpc import RPCError, Server, testing
 
 # Loaded here until the package's pytest11 entry point loads it for every suite; the plugin is
 # registered under its module name either way, so the two never clash.
-pytest_plugins = ["rpc.pytest_plugin", "pytester"]
+pytest_plugins = ["pytester"]
 
 DOC = Path(__file__).parent.parent / "docs" / "testing.md"
 
