@@ -110,6 +110,7 @@ def _line(run: dict[str, Any]) -> str:
 def main(argv: list[str] | None = None) -> int:
     options = parse_args(argv)
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
+    logging.getLogger("pika").setLevel(logging.ERROR)  # its channel-close chatter while polling
     peers, skipped = installed_peers(options.no_peers)
     cases = build_matrix(options.quick, peers)
     if options.only:

@@ -131,7 +131,7 @@ def build_matrix(quick: bool, peers: frozenset[str] = frozenset()) -> list[Case]
     for n in (1, 2):
         cases.append(Case(
             f"rpc {n} server process{'es' if n > 1 else ''} burn, 16 in flight", "processes",
-            "rpc", ServerSetup("rpc", processes=n), method="burn", args=(BURN_N,),
+            "rpc", ServerSetup("rpc-serve", processes=n), method="burn", args=(BURN_N,),
             mode="futures", concurrency=16, baseline=None if n == 1 else one, calls_scale=0.05,
         ))
 

@@ -19,11 +19,11 @@ ROOT = Path(__file__).resolve().parent.parent
 
 
 class Child:
-    """A ``python -m benchmarks.<module>`` process whose stdout lines are read on a thread."""
+    """A ``python -m <module>`` process whose stdout lines are read on a thread."""
 
     def __init__(self, module: str, *args: str) -> None:
         self.proc = subprocess.Popen(
-            [sys.executable, "-m", f"benchmarks.{module}", *args],
+            [sys.executable, "-m", module, *args],
             cwd=ROOT, stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
             text=True, bufsize=1, start_new_session=True,
         )
@@ -85,15 +85,22 @@ class Child:
                 stream.close()
 
 
-def cpu_seconds(pids: list[int]) -> float:
-    """User plus system CPU seconds used so far by ``pids`` (and their children)."""
+def cpu_seconds(pids: list[int], *, tree: bool = False) -> float:
+    """User plus system CPU seconds used so far by ``pids`` and their reaped children, and with
+    ``tree`` by their live descendants too (the workers of a supervisor)."""
     total = 0.0
     for pid in pids:
         try:
-            times = psutil.Process(pid).cpu_times()
+            proc = psutil.Process(pid)
+            procs = [proc, *proc.children(recursive=True)] if tree else [proc]
         except psutil.Error:
             continue
-        total += times.user + times.system + times.children_user + times.children_system
+        for member in procs:
+            try:
+                times = member.cpu_times()
+            except psutil.Error:
+                continue
+            total += times.user + times.system + times.children_user + times.children_system
     return total
 
 

@@ -14,7 +14,7 @@ import psutil
 
 from .amqp_url import pika_url
 from .matrix import Case, ServerSetup
-from .procs import Child, broker_pid, cpu_seconds, machine_cpu_seconds
+from .procs import ROOT, Child, broker_pid, cpu_seconds, machine_cpu_seconds
 
 logger = logging.getLogger(__name__)
 
@@ -39,8 +39,15 @@ class Servers:
         if setup.kind == "nameko":
             self.queues.add(f"rpc-{self.server_id}")
         self.setup = setup
+        if setup.kind == "rpc-serve":
+            self.children.append(Child(
+                "rpc", "serve", "benchmarks.serve_target:server", "--url", self.url,
+                "--server-id", self.server_id, "--processes", str(setup.processes),
+                "--app-dir", str(ROOT), "--log-level", "WARNING", *setup.argv(0)))
+            wait_for_consumers(self.url, self.server_id, setup.processes, timeout=60)
+            return
         for index in range(setup.processes):
-            self.children.append(Child("servers", setup.kind, "--url", self.url,
+            self.children.append(Child("benchmarks.servers", setup.kind, "--url", self.url,
                                        "--server-id", self.server_id, *setup.argv(index)))
         for child in self.children:
             child.expect("READY", timeout=60)
@@ -65,14 +72,14 @@ def run_case(case: Case, servers: Servers, *, seconds: float, total: int, warmup
     """Measure ``case`` once; the run record of :mod:`benchmarks.analysis`."""
     servers.use(case.server)
     spec = case.client_spec(servers.url, servers.server_id, seconds, total, warmup)
-    client = Child("clients", json.dumps(spec))
+    client = Child("benchmarks.clients", json.dumps(spec))
     try:
         client.expect("WARM", timeout=60 + warmup * 0.05)
-        pids = {"server": servers.pids, "client": [client.pid], "driver": [os.getpid()]}
-        before = _snapshot(pids, broker)
+        pids = {"client": [client.pid], "driver": [os.getpid()]}
+        before = _snapshot(servers.pids, pids, broker)
         client.send("GO")
         report = json.loads(client.expect("RESULT", timeout=seconds + 60))
-        after = _snapshot(pids, broker)
+        after = _snapshot(servers.pids, pids, broker)
         client.send("BYE")
         client.proc.wait(timeout=30)
     finally:
@@ -92,8 +99,10 @@ def _delta(before: float | None, after: float | None) -> float | None:
     return None if before is None or after is None else after - before
 
 
-def _snapshot(pids: dict[str, list[int]], broker: int | None) -> dict[str, float | None]:
+def _snapshot(server_pids: list[int], pids: dict[str, list[int]],
+              broker: int | None) -> dict[str, float | None]:
     snap: dict[str, float | None] = {key: cpu_seconds(group) for key, group in pids.items()}
+    snap["server"] = cpu_seconds(server_pids, tree=True)
     snap["broker"] = None if broker is None else cpu_seconds([broker])
     snap["machine"] = machine_cpu_seconds()
     snap["wall"] = time.monotonic()
@@ -143,6 +152,29 @@ def run_matrix(cases: list[Case], url: str, *, reps: int, seconds: float, total:
         servers.stop()
         delete_queues(url, servers.queues)
     return runs
+
+
+def wait_for_consumers(url: str, queue: str, count: int, timeout: float) -> None:
+    """Wait until ``queue`` exists with ``count`` consumers (the workers of ``rpc serve``)."""
+    import pika
+    import pika.exceptions
+
+    deadline = time.monotonic() + timeout
+    conn = pika.BlockingConnection(pika.URLParameters(pika_url(url)))
+    try:
+        while time.monotonic() < deadline:
+            channel = conn.channel()
+            try:
+                found = channel.queue_declare(queue, passive=True).method.consumer_count
+                channel.close()
+            except pika.exceptions.ChannelClosedByBroker:  # not declared yet
+                found = 0
+            if found >= count:
+                return
+            time.sleep(0.1)
+    finally:
+        conn.close()
+    raise RuntimeError(f"{queue!r} did not get {count} consumer(s) within {timeout:g} s")
 
 
 def delete_queues(url: str, names: set[str]) -> None:
