@@ -23,7 +23,7 @@ def _key_pem(key: ec.EllipticCurvePrivateKey) -> bytes:
 
 def make_certificates(directory: Path) -> dict[str, Path]:
     """Write ca.pem, server.pem and server.key (valid for localhost and 127.0.0.1)."""
-    now = datetime.datetime.now(datetime.timezone.utc)
+    now = datetime.datetime.now(datetime.UTC)
     ca_key = ec.generate_private_key(ec.SECP256R1())
     ca = (
         x509.CertificateBuilder()
