@@ -42,7 +42,8 @@ def test_server_connection_closed_by_the_broker_mid_call_reruns_the_call_and_the
         assert future.result(WAIT) == 42  # from the second run, after the server reconnected
     finally:
         gate.set()  # the first run ends; its reply has no connection to go out on
-    wait_for(lambda: server.stats["calls"] + server.stats["requeued"] >= 1, message="first run")
+    # Both runs have ended: the second replied, the first found its connection gone.
+    wait_for(lambda: server.stats["calls"] + server.stats["requeued"] == 2, message="both runs")
     time.sleep(0.3)
     assert len(calls) == 2
     assert proxy.replies_dropped == 0
