@@ -224,3 +224,33 @@ def test_request_enqueued_after_its_deadline_by_an_unblocked_broker_is_never_run
     time.sleep(0.5)
     assert runs == []
     assert server.stats["calls"] == 0
+
+
+def test_request_the_broker_refuses_fails_at_once_with_refused_not_at_its_timeout(
+        servers, proxies, broker_url, server_id):
+    """Publisher confirms, tracked without waiting: a nack (here: a full queue that rejects
+    publishes) fails its call as soon as it arrives."""
+    gate = threading.Event()
+    started: list[int] = []
+
+    def hold(n: int) -> int:
+        started.append(n)
+        gate.wait(WAIT)
+        return n
+
+    servers(broker_url, server_id, register=lambda s: s.register_function(hold), prefetch=1,
+            queue_arguments={"x-max-length": 1, "x-overflow": "reject-publish"})
+    proxy = proxies(broker_url, server_id)
+    try:
+        running = proxy.set_timeout(LONG).future.hold(1)  # taken by the server
+        wait_for(lambda: started, message="the first call to run")
+        waiting = proxy.set_timeout(LONG).future.hold(2)  # fills the queue
+        begun = time.monotonic()
+        refused = proxy.set_timeout(LONG).future.hold(3)  # finds it full
+        assert isinstance(refused.exception(WAIT), rpc.Refused)
+        assert time.monotonic() - begun < 2.0
+    finally:
+        gate.set()
+    assert running.result(WAIT) == 1
+    assert waiting.result(WAIT) == 2
+    assert started == [1, 2]
