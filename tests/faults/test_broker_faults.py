@@ -203,6 +203,33 @@ def test_call_to_a_blocked_broker_fails_within_a_bound_instead_of_hanging(
 
 
 @pytest.mark.slow
+def test_once_the_broker_says_it_is_blocked_calls_fail_at_once_until_it_unblocks(
+        servers, proxies, fault_node, alarm, server_id):
+    url = fault_node.url()
+    servers(url, server_id, register=lambda s: s.register_function(lambda: "ok", "ping"))
+    proxy = proxies(url, server_id)
+    assert proxy.ping() == "ok"
+    alarm()
+    with pytest.raises(rpc.RPCError):  # its publish makes the broker block the connection
+        proxy.set_timeout(1).ping()
+
+    begun = time.monotonic()
+    with pytest.raises(rpc.BrokerBlocked):
+        proxy.set_timeout(LONG).ping()
+    assert time.monotonic() - begun < 0.5
+
+    fault_node.clear_memory_alarm()
+
+    def served() -> bool:
+        try:
+            return bool(proxy.set_timeout(2).ping() == "ok")
+        except rpc.RPCError:
+            return False
+
+    wait_for(served, timeout=10, interval=0.2, message="calls to work again")
+
+
+@pytest.mark.slow
 def test_request_enqueued_after_its_deadline_by_an_unblocked_broker_is_never_run(
         servers, proxies, fault_node, alarm, server_id):
     url = fault_node.url()

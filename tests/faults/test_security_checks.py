@@ -45,18 +45,22 @@ def test_error_replies_carry_no_traceback_unless_the_server_enables_it(broker_ur
     def boom() -> None:
         raise RuntimeError("secret dsn postgres://u:p@db")
 
-    server = rpc.Server(broker_url, server_id=server_id, heartbeat=1)  # the default settings
-    server.register_function(boom)
-    server.start()
-    client = RawClient(broker_url)
-    try:
-        cid = client.publish(server_id, msgpack.packb({"method": "boom", "args": [], "kwargs": {}}))
-        error = client.body_of(cid)["error"]
-    finally:
-        client.close()
-        server.stop(grace=2)
-    assert error["type"] == "RuntimeError"
-    assert error["traceback"] == ""
+    def error_from(**options: Any) -> dict[str, Any]:
+        server = rpc.Server(broker_url, server_id=server_id, heartbeat=1, **options)
+        server.register_function(boom)
+        server.start()
+        client = RawClient(broker_url)
+        try:
+            body = msgpack.packb({"method": "boom", "args": [], "kwargs": {}})
+            return dict(client.body_of(client.publish(server_id, body))["error"])
+        finally:
+            client.close()
+            server.stop(grace=2)
+
+    by_default = error_from()
+    assert by_default["type"] == "RuntimeError"
+    assert by_default["traceback"] == ""
+    assert "in boom" in error_from(send_tracebacks=True)["traceback"]
 
 
 def test_connections_have_heartbeats_on_by_default_and_carry_their_role_server_id_and_pid(
