@@ -260,9 +260,9 @@ def test_keyboard_interrupt_during_a_wait_leaves_the_proxy_usable_and_nothing_pe
 
 
 @pytest.mark.xfail(strict=True, reason=(
-    "bug: Proxy._call_sync does not forget its pending entry when the wait is interrupted "
-    "(KeyboardInterrupt or any BaseException out of _wait), so a call that never gets its reply "
-    "stays in the pending map for ever (sync calls have no timer)"))
+    "bug: Proxy._invoke (sync and broadcast paths) does not forget its pending entry when "
+    "self._wait(pending) is interrupted (KeyboardInterrupt or any BaseException), so a call that "
+    "never gets its reply stays in the pending map for ever (sync calls have no timer)"))
 def test_keyboard_interrupted_call_whose_reply_never_comes_is_not_left_pending(
         servers, proxies, broker_url, server_id):
     stop = servers(broker_url, server_id)
