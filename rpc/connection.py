@@ -8,6 +8,7 @@ from __future__ import annotations
 import logging
 import os
 import socket
+import threading
 from typing import Any
 
 import amqp.exceptions
@@ -68,11 +69,13 @@ def open_connection(
     name: str = "rpc",
     transport_options: dict[str, Any] | None = None,
     ssl: dict[str, Any] | None = None,
+    cancel: threading.Event | None = None,
 ) -> Connection:
     """Connect to ``url``, retrying recoverable failures for up to ``retry_for`` seconds.
 
     ``amqps://`` URLs verify the broker's certificate and hostname unless ``ssl`` (py-amqp's TLS
-    options, merged over those defaults) says otherwise; see :func:`tls_options`.
+    options, merged over those defaults) says otherwise; see :func:`tls_options`. Setting
+    ``cancel`` stops the retries.
 
     Raises:
         rpc.ConnectionError: the broker stayed unreachable, or refused the login or vhost. Its
@@ -106,7 +109,8 @@ def open_connection(
 
     retrying = tenacity.Retrying(
         retry=tenacity.retry_if_exception(is_recoverable),
-        stop=tenacity.stop_after_delay(retry_for),
+        stop=tenacity.stop_after_delay(retry_for) | (
+            tenacity.stop_when_event_set(cancel) if cancel is not None else tenacity.stop_never),
         wait=tenacity.wait_exponential(multiplier=0.1, max=1.0) + tenacity.wait_random(0, 0.1),
         before_sleep=lambda state: logger.warning(
             "cannot connect to %s (attempt %d): %s; retrying",

@@ -224,7 +224,7 @@ def rebuild_exception(error: Any) -> Exception:
         exc = RemoteError(name, message, args, tb)
     else:
         try:
-            built = cls(*args)
+            built = cls(*(_clip(a, MAX_MESSAGE_CHARS) if isinstance(a, str) else a for a in args))
         except Exception:
             built = RemoteError(name, message, args, tb)
         exc = built if isinstance(built, Exception) else RemoteError(name, message, args, tb)

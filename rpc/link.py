@@ -142,8 +142,16 @@ class Link:
         """
         raise NotImplementedError
 
-    def enable_confirms(self, on_nack: Callable[[Any], None]) -> None:
-        """Track publishes with publisher confirms where the transport has them."""
+    def enable_confirms(
+        self, on_nack: Callable[[Any], None],
+        on_blocked: Callable[[list[Any], str], None] | None = None,
+    ) -> None:
+        """Track publishes with publisher confirms where the transport has them.
+
+        Nothing waits for a confirm: acks retire the tracking entries, ``on_nack(key)`` hears
+        of each refused publish, and ``on_blocked(keys, reason)`` of those still unconfirmed
+        when the broker blocks publishing (it sends ``connection.blocked`` only after a publish).
+        """
         return None
 
     def ack(self, delivery_tag: int) -> None:
@@ -209,6 +217,7 @@ class AMQPLink(Link):
         self._wlock = threading.Lock()
         # Publisher confirms: sequence number of each tracked publish -> its key.
         self.on_nack: Callable[[Any], None] | None = None
+        self.on_blocked: Callable[[list[Any], str], None] | None = None
         self._confirming = False
         self._seq = 0
         self._unconfirmed: dict[int, Any] = {}
@@ -241,14 +250,14 @@ class AMQPLink(Link):
         )
         return DIRECT_REPLY_TO
 
-    def enable_confirms(self, on_nack: Callable[[Any], None]) -> None:
-        """Put the channel in confirm mode; ``on_nack(key)`` hears of each refused publish.
-
-        Nothing waits for a confirm: acks just retire the tracking entries.
-        """
+    def enable_confirms(
+        self, on_nack: Callable[[Any], None],
+        on_blocked: Callable[[list[Any], str], None] | None = None,
+    ) -> None:
         self._channel.confirm_select()
         self._confirming = True
         self.on_nack = on_nack
+        self.on_blocked = on_blocked
 
     def consume(self, queue: str, *, prefetch: int) -> str:
         self._channel.basic_qos(0, prefetch, False)
@@ -492,6 +501,11 @@ class AMQPLink(Link):
             if method_id == frames.CONNECTION_BLOCKED:
                 self.blocked, _ = frames.read_shortstr(payload, 4)
                 logger.warning("broker blocked publishing: %s", self.blocked)
+                with self._wlock:
+                    keys = list(self._unconfirmed.values())
+                    self._unconfirmed.clear()
+                if keys and self.on_blocked is not None:
+                    self.on_blocked(keys, self.blocked)
             elif method_id == frames.CONNECTION_UNBLOCKED:
                 self.blocked = None
                 logger.warning("broker unblocked publishing")

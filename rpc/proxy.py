@@ -39,6 +39,7 @@ from .config import mask_url, resolve_url
 from .connection import DEFAULT_CONNECT_RETRY, DEFAULT_HEARTBEAT, open_connection
 from .context import outgoing_headers
 from .errors import (
+    BrokerBlocked,
     ConnectionLost,
     Refused,
     RPCError,
@@ -290,7 +291,7 @@ class Proxy:
         try:
             link = open_link(conn, self._on_reply, self._on_return, max_body=self.max_message_size)
             self._reply_to = link.reply_queue()
-            link.enable_confirms(self._on_nack)
+            link.enable_confirms(self._on_nack, self._on_blocked)
         except Exception:
             conn.release()
             raise
@@ -330,7 +331,7 @@ class Proxy:
             if timeout is None:
                 raise ValueError("a broadcast needs a timeout: how long to collect replies")
             pending = self._start(method, args, kwargs, timeout, BROADCAST, options)
-            self._wait(pending)
+            self._wait_or_forget(pending)
             return pending.value
         if options.future:
             fut = CallFuture(self._jobs.put)
@@ -345,10 +346,17 @@ class Proxy:
             self._kick_pump()
             return pending.cid
         pending = self._start(method, args, kwargs, timeout, SYNC, options)
-        self._wait(pending)
+        self._wait_or_forget(pending)
         if pending.ok:
             return pending.value
         raise pending.value
+
+    def _wait_or_forget(self, pending: Pending) -> None:
+        try:
+            self._wait(pending)
+        except BaseException:  # KeyboardInterrupt while waiting: nobody will collect the reply
+            self._forget(pending)
+            raise
 
     def _kick_pump(self) -> None:
         with self._lock:
@@ -396,21 +404,34 @@ class Proxy:
                     self._async_count += 1
                     if deadline is not None:
                         heapq.heappush(self._timers, (deadline, cid))
-        exchange = ""
-        if options.broadcast:
-            exchange = protocol.broadcast_exchange(self.server_id)
-            if exchange not in self._declared:
-                link.declare_fanout(exchange)
-                self._declared.add(exchange)
         try:
-            link.publish(self.server_id if not exchange else "", body, props, mandatory=True,
-                         exchange=exchange, track=cid if kind != CAST else None)
+            try:
+                self._publish(link, body, props, options.broadcast, cid if kind != CAST else None)
+            except ConnectionLost:
+                # The write failed, so the broker has not got the request: send it once more
+                # on a new connection (whose reply address differs).
+                link = self._live_link()
+                if kind != CAST:
+                    props["reply_to"] = self._reply_to
+                self._publish(link, body, props, options.broadcast, cid if kind != CAST else None)
         except Exception:
             self._forget(pending)
             if kind == CALLBACK:
                 self._states.finish(cid)
             raise
         return pending
+
+    def _publish(
+        self, link: Link, body: bytes, props: dict[str, Any], broadcast: bool, track: str | None,
+    ) -> None:
+        exchange = ""
+        if broadcast:
+            exchange = protocol.broadcast_exchange(self.server_id)
+            if exchange not in self._declared:
+                link.declare_fanout(exchange)
+                self._declared.add(exchange)
+        link.publish(self.server_id if not exchange else "", body, props, mandatory=True,
+                     exchange=exchange, track=track)
 
     def _forget(self, pending: Pending) -> None:
         """Drop a call nobody waits for any more; a reply to it will be dropped and counted."""
@@ -534,6 +555,18 @@ class Proxy:
                 f"no server is serving {msg.routing_key!r}: the broker returned the request "
                 f"({code} {text})"
             ))
+
+    def _on_blocked(self, cids: list[str], reason: str) -> None:
+        """The broker blocked publishing: requests not yet confirmed will not be answered soon."""
+        for cid in cids:
+            with self._lock:
+                pending = self._pending.pop(cid, None)
+                if pending is not None and pending.kind in _ASYNC:
+                    self._async_count -= 1
+            if pending is not None:
+                self._complete(pending, False, BrokerBlocked(
+                    f"the broker blocked publishing ({reason}) before accepting the request to "
+                    f"{pending.method}(); it may still run later, within its deadline"))
 
     def _on_nack(self, cid: str) -> None:
         with self._lock:

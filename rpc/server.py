@@ -316,7 +316,7 @@ class Server:
     def _open(self, retry_for: float) -> Link:
         conn = open_connection(
             self.url, heartbeat=self.heartbeat, retry_for=retry_for,
-            name=f"rpc-server {self.server_id}", ssl=self._ssl,
+            name=f"rpc-server {self.server_id}", ssl=self._ssl, cancel=self._stopping,
         )
         try:
             link = self._setup(conn)
@@ -367,7 +367,11 @@ class Server:
     def _reconnect(self) -> None:
         while not self._stopping.is_set():
             try:
-                self._link = self._open(retry_for=30.0)
+                link = self._open(retry_for=30.0)
+                if self._stopping.is_set():  # stop() came while connecting: serve nothing more
+                    link.close()
+                    return
+                self._link = link
                 logger.info("server %r reconnected to %s", self.server_id, mask_url(self.url))
                 return
             except Exception as exc:

@@ -168,10 +168,6 @@ def alarm(fault_node: Any) -> Any:
 
 
 @pytest.mark.slow
-@pytest.mark.xfail(strict=True, reason=(
-    "not implemented yet: a call published just after a resource alarm began waits for its "
-    "timeout (for ever without one); connection.blocked should fail the calls whose publishes are "
-    "unconfirmed with BrokerBlocked, and later calls at once until connection.unblocked"))
 def test_call_to_a_blocked_broker_fails_within_a_bound_instead_of_hanging(
         servers, proxies, fault_node, alarm, server_id):
     url = fault_node.url()

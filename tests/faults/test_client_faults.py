@@ -127,9 +127,6 @@ def test_error_reply_with_a_huge_message_and_traceback_is_cut_to_the_caps(
     assert len(error.remote_traceback) < MAX_TRACEBACK_CHARS + 200
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "bug: rpc.errors.rebuild_exception rebuilds an allowed type as cls(*args) with the args "
-    "uncut, so the message cap does not apply to builtin or registered exceptions"))
 def test_builtin_exception_rebuilt_from_a_reply_has_its_message_capped(
         fake, proxies, broker_url, server_id):
     proxy = proxies(broker_url, server_id)
@@ -259,10 +256,6 @@ def test_keyboard_interrupt_during_a_wait_leaves_the_proxy_usable_and_nothing_pe
     wait_for(lambda: proxy.pending_calls == 0, message="the interrupted call to be forgotten")
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "bug: Proxy._invoke (sync and broadcast paths) does not forget its pending entry when "
-    "self._wait(pending) is interrupted (KeyboardInterrupt or any BaseException), so a call that "
-    "never gets its reply stays in the pending map for ever (sync calls have no timer)"))
 def test_keyboard_interrupted_call_whose_reply_never_comes_is_not_left_pending(
         servers, proxies, broker_url, server_id):
     stop = servers(broker_url, server_id)

@@ -85,10 +85,6 @@ def test_proxy_reconnects_for_the_next_call_after_its_connection_resets(
     assert tcp.accepted == 2
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "bug: Proxy._start publishes on the stale link and raises the ConnectionLost of the failed "
-    "write; a request whose write failed never reached the broker, so it can be republished once "
-    "on a new connection"))
 def test_call_on_a_connection_reset_a_moment_ago_succeeds_on_a_new_connection(
         tcp, tcp_url, servers, proxies, broker_url, server_id):
     servers(broker_url, server_id, register=lambda s: s.register_function(lambda: "ok", "ping"))
@@ -250,10 +246,7 @@ def test_reconnect_storm_leaves_exactly_one_connection_per_component(
     for _ in range(10):
         tcp.reset_all()
         time.sleep(0.2)
-        try:
-            proxy.set_timeout(10).future.ping()  # keep the proxy reconnecting too
-        except rpc.ConnectionLost:
-            pass  # published on the connection just reset (see the xfail above)
+        proxy.set_timeout(10).future.ping()  # keep the proxy reconnecting too
     time.sleep(2 * HB)
     assert proxy.set_timeout(10).ping() == "ok"
 
@@ -265,10 +258,6 @@ def test_reconnect_storm_leaves_exactly_one_connection_per_component(
     assert len(tcp.pairs) == 2
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "bug: Server.stop() does not interrupt the reconnect loop: open_connection's tenacity retry "
-    "(retry_for=30 in Server._reconnect) ignores _stopping, so the I/O thread keeps dialling "
-    "after stop() returned and may connect and consume again"))
 def test_server_stopped_while_reconnecting_stops_dialling_the_broker(
         tcp, tcp_url, servers, server_id):
     server = servers(tcp_url, server_id,
