@@ -31,6 +31,7 @@ from .errors import (
     type_name,
 )
 from .exitcodes import ExitCode, for_connection_error, table
+from .loadgen import bench
 from .proxy import Proxy
 from .serialization import content_type_of
 from .supervisor import Supervisor
@@ -263,6 +264,9 @@ def ping(server_id: str, timeout: float, url: str | None, connect_retry: float) 
         elapsed = (time.perf_counter() - started) * 1000
     click.echo(f"{info['server_id']} answered from {info['host']} pid {info['pid']} "
                f"(up {info['uptime']:.0f} s) in {elapsed:.1f} ms")
+
+
+cli.add_command(bench)
 
 
 @cli.command(short_help="Every calling style on memory://, no broker needed.")

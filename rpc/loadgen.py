@@ -503,36 +503,52 @@ def _progress_bar(spec: LoadSpec, enabled: bool) -> Iterator[Progress | None]:
 @click.argument("server_id")
 @click.argument("method")
 @click.argument("args", nargs=-1)
-@click.option("--url", default=None, help="Broker URL (default: $RPC_BROKER_URL, then localhost).")
+@click.option("--url", default=None, help="Broker URL (default: $RPC_BROKER_URL, then localhost).",
+              envvar="RPC_BROKER_URL", show_envvar=True)
 @click.option("--mode", type=click.Choice(MODES), default="futures", show_default=True,
-              help="How calls are kept in flight.")
+              help="How calls are kept in flight.",
+              envvar="RPC_BENCH_MODE", show_envvar=True)
 @click.option("-c", "--concurrency", type=click.IntRange(min=1), default=1, show_default=True,
-              help="Calls in flight at once (in all processes together).")
+              help="Calls in flight at once (in all processes together).",
+              envvar="RPC_BENCH_CONCURRENCY", show_envvar=True)
 @click.option("-n", "--total", type=click.IntRange(min=1), default=None,
-              help=f"Calls to make (default {DEFAULT_TOTAL} when no --duration).")
+              help=f"Calls to make (default {DEFAULT_TOTAL} when no --duration).",
+              envvar="RPC_BENCH_TOTAL", show_envvar=True)
 @click.option("-d", "--duration", type=click.FloatRange(min=0, min_open=True), default=None,
-              help="Seconds to keep calling; with --total, whichever ends first.")
+              help="Seconds to keep calling; with --total, whichever ends first.",
+              envvar="RPC_BENCH_DURATION", show_envvar=True)
 @click.option("-r", "--rate", type=click.FloatRange(min=0, min_open=True), default=None,
-              help="Open loop: start this many calls per second, latency from the due time.")
+              help="Open loop: start this many calls per second, latency from the due time.",
+              envvar="RPC_BENCH_RATE", show_envvar=True)
 @click.option("--warmup", type=click.IntRange(min=0), default=100, show_default=True,
-              help="Calls made first and left out of the figures.")
+              help="Calls made first and left out of the figures.",
+              envvar="RPC_BENCH_WARMUP", show_envvar=True)
 @click.option("--timeout", type=click.FloatRange(min=0, min_open=True), default=10.0,
-              show_default=True, help="Seconds per call before it counts as a timeout.")
+              show_default=True, help="Seconds per call before it counts as a timeout.",
+              envvar="RPC_BENCH_TIMEOUT", show_envvar=True)
 @click.option("--serializer", default="msgpack", show_default=True,
-              help="msgpack, json, pickle or a registered serializer.")
+              help="msgpack, json, pickle or a registered serializer.",
+              envvar="RPC_BENCH_SERIALIZER", show_envvar=True)
 @click.option("--payload-size", type=click.IntRange(min=0), default=None,
-              help="Append a bytes (str under JSON) argument of this many bytes.")
+              help="Append a bytes (str under JSON) argument of this many bytes.",
+              envvar="RPC_BENCH_PAYLOAD_SIZE", show_envvar=True)
 @click.option("-p", "--processes", type=click.IntRange(min=1), default=1, show_default=True,
-              help="Client processes sharing the load.")
+              help="Client processes sharing the load.",
+              envvar="RPC_BENCH_PROCESSES", show_envvar=True)
 @click.option("--count-results", is_flag=True,
-              help="Count calls by returned value (to see how servers share the load).")
+              help="Count calls by returned value (to see how servers share the load).",
+              envvar="RPC_BENCH_COUNT_RESULTS", show_envvar=True)
 @click.option("--format", "fmt", type=click.Choice(["text", "json", "csv"]), default="text",
-              show_default=True, help="Report format.")
+              show_default=True, help="Report format.",
+              envvar="RPC_BENCH_FORMAT", show_envvar=True)
 @click.option("-o", "--output", type=click.Path(dir_okay=False, path_type=Path), default=None,
-              help="Write the report to this file instead of standard output.")
+              help="Write the report to this file instead of standard output.",
+              envvar="RPC_BENCH_OUTPUT", show_envvar=True)
 @click.option("--plot", type=click.Path(dir_okay=False, path_type=Path), default=None,
-              help="Write a PNG: latency distribution (log axis) and throughput over time.")
-@click.option("--quiet", "-q", is_flag=True, help="No progress bar.")
+              help="Write a PNG: latency distribution (log axis) and throughput over time.",
+              envvar="RPC_BENCH_PLOT", show_envvar=True)
+@click.option("--quiet", "-q", is_flag=True, help="No progress bar.",
+              envvar="RPC_BENCH_QUIET", show_envvar=True)
 def bench(server_id: str, method: str, args: tuple[str, ...], url: str | None, mode: str,
           concurrency: int, total: int | None, duration: float | None, rate: float | None,
           warmup: int, timeout: float, serializer: str, payload_size: int | None, processes: int,
