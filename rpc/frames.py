@@ -69,7 +69,7 @@ def encode_properties(props: dict[str, Any]) -> bytes:
     value = props.get("headers")
     if value:
         flags |= _F_HEADERS
-        parts.append(dumps("F", [value]))
+        parts.append(encode_table(value))
     value = props.get("delivery_mode")
     if value is not None:
         flags |= _F_DELIVERY_MODE
@@ -103,6 +103,26 @@ def encode_properties(props: dict[str, Any]) -> bytes:
         flags |= _F_APP_ID
         parts.append(shortstr(value))
     return _SHORT.pack(flags) + b"".join(parts)
+
+
+_DOUBLE = Struct(">d")
+_LONG = Struct(">I")
+
+
+def encode_table(table: dict[str, Any]) -> bytes:
+    """An AMQP field table; string keys with float or string values are encoded here directly
+    (the deadline header of every call), anything else by py-amqp."""
+    parts = []
+    for key, value in table.items():
+        if type(value) is float:
+            parts.append(shortstr(key) + b"d" + _DOUBLE.pack(value))
+        elif type(value) is str:
+            raw = value.encode()
+            parts.append(shortstr(key) + b"S" + _LONG.pack(len(raw)) + raw)
+        else:
+            return bytes(dumps("F", [table]))
+    body = b"".join(parts)
+    return _LONG.pack(len(body)) + body
 
 
 def _frame(kind: int, channel: int, payload: bytes) -> bytes:

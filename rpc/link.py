@@ -12,6 +12,7 @@ A link publishes (from any thread), acknowledges, and reads and dispatches incom
 
 from __future__ import annotations
 
+import itertools
 import logging
 import select
 import socket
@@ -344,8 +345,8 @@ class AMQPLink(Link):
     def _confirmed(self, payload: bytes, ok: bool) -> None:
         delivery_tag, multiple = frames.parse_confirm(payload)
         with self._wlock:
-            if multiple:
-                done = [seq for seq in self._unconfirmed if seq <= delivery_tag]
+            if multiple:  # sequence numbers were inserted in increasing order: stop at the first
+                done = list(itertools.takewhile(delivery_tag.__ge__, self._unconfirmed))
             else:
                 done = [delivery_tag] if delivery_tag in self._unconfirmed else []
             keys = [self._unconfirmed.pop(seq) for seq in done]

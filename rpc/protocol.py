@@ -5,6 +5,7 @@ docs/protocol.md is the normative description; this module is its executable for
 
 from __future__ import annotations
 
+import functools
 import math
 import re
 from dataclasses import dataclass
@@ -86,7 +87,13 @@ def deadline_headers(timeout: float | None, now: float) -> tuple[dict[str, Any] 
     """Headers and ``expiration`` property for a call with ``timeout`` seconds, made at ``now``."""
     if timeout is None:
         return None, None
-    return {DEADLINE_HEADER: now + timeout}, str(max(1, math.ceil(round(timeout * 1000, 6))))
+    return {DEADLINE_HEADER: now + timeout}, expiration(timeout)
+
+
+@functools.lru_cache(maxsize=64)
+def expiration(timeout: float) -> str:
+    """The ``expiration`` property for a timeout: milliseconds, rounded up, at least 1."""
+    return str(max(1, math.ceil(round(timeout * 1000, 6))))
 
 
 def deadline_of(headers: dict[str, Any] | None) -> float | None:

@@ -57,6 +57,8 @@ logger = logging.getLogger(__name__)
 BROADCAST_TIMEOUT = 1.0
 _PLAIN = CallOptions()
 _BROADCAST = CallOptions(broadcast=True)
+_FUTURE = CallOptions(future=True)
+_CAST = CallOptions(cast=True)
 _ASYNC = frozenset({FUTURE, CALLBACK})
 
 
@@ -173,12 +175,12 @@ class Proxy:
     @property
     def future(self) -> CallView:
         """A one-call view that returns a ``concurrent.futures.Future``."""
-        return CallView(self, _PLAIN).future
+        return CallView(self, _FUTURE)
 
     @property
     def cast(self) -> CallView:
         """A one-call view that publishes without a reply and returns None at once."""
-        return CallView(self, _PLAIN).cast
+        return CallView(self, _CAST)
 
     @property
     def broadcast(self) -> CallView:
