@@ -13,7 +13,7 @@ from .workloads import BURN_N
 
 PAYLOADS_FULL = (64, 1024, 65536, 1048576)
 PAYLOADS_QUICK = (1024, 65536)
-PREFETCH_FACTORS = (1, 2, 8, 32)
+PREFETCH_FACTORS = (1, 2, 4, 8, 32)
 #: Server-side delays (ms) of the fast and the slow server in the fairness cases.
 FAIR_DELAYS = (1.0, 10.0)
 

@@ -45,9 +45,9 @@ logger = logging.getLogger(__name__)
 
 _F = TypeVar("_F", bound=Callable[..., Any])
 
-#: Requests prefetched per concurrent call unless ``prefetch`` is given (see docs/protocol.md):
-#: 2 kept a busy server fed while a slow competing server took its fair share (benchmarks/).
-PREFETCH_PER_WORKER = 2
+#: Requests prefetched per concurrent call unless ``prefetch`` is given: the smallest multiple
+#: that kept 100 pipelined calls at the raw pika loop's pace (docs/protocol.md, benchmarks/).
+PREFETCH_PER_WORKER = 4
 
 
 class Server:
@@ -70,7 +70,7 @@ class Server:
         serializer: ``"pickle"`` (or another registered name) to accept it besides the defaults.
         accept: serializer names or content types to accept instead of msgpack and JSON.
         concurrency: calls run at once, each on its own worker thread.
-        prefetch: requests the broker may send ahead; default ``2 * concurrency``.
+        prefetch: requests the broker may send ahead; default ``4 * concurrency``.
         heartbeat: AMQP heartbeat interval in seconds (0 turns heartbeats off).
         send_tracebacks: include the server's traceback in error replies (off in production).
         connect_retry: seconds start() keeps retrying an unreachable broker.

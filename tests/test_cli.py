@@ -228,7 +228,7 @@ def test_serve_logs_json_lines_with_the_password_masked(served: Served) -> None:
 def test_serve_concurrency_overrides_the_servers_and_scales_its_default_prefetch(
     served: Served,
 ) -> None:
-    assert "concurrency 3, prefetch 6)" in served.serve.output
+    assert "concurrency 3, prefetch 12)" in served.serve.output
 
 
 def test_serve_of_a_missing_module_exits_3(served: Served) -> None:
