@@ -31,6 +31,8 @@ class CallInfo:
     user_id: str | None
     context: dict[str, Any] = field(default_factory=dict)
     call_stack: tuple[str, ...] = ()
+    #: Every header of the request (trace context, the caller's own headers).
+    headers: dict[str, Any] = field(default_factory=dict)
 
     @property
     def call_id(self) -> str:

@@ -23,7 +23,7 @@ from concurrent.futures import Future
 from dataclasses import dataclass
 from typing import Any
 
-from . import protocol, serialization
+from . import protocol, serialization, tracing
 from .calls import (
     BROADCAST,
     CALLBACK,
@@ -376,6 +376,7 @@ class Proxy:
         cid = self._prefix + format(next(self._counter), "x")
         headers, expiration = protocol.deadline_headers(timeout, time.time())
         extra = outgoing_headers(dict(options.context))
+        tracing.inject(extra)
         if extra:
             headers = {**(headers or {}), **extra}
         body = serialization.encode(protocol.request_body(method, args, kwargs), self.content_type)

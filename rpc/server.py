@@ -23,7 +23,7 @@ from typing import Any, TypeVar, overload
 
 import amqp.exceptions
 
-from . import context, protocol, serialization
+from . import context, protocol, serialization, tracing
 from .config import mask_url, resolve_url
 from .connection import DEFAULT_HEARTBEAT, open_connection
 from .context import CallInfo
@@ -501,18 +501,19 @@ class Server:
             server_id=self.server_id, method=method,
             correlation_id=props.get("correlation_id"), message_id=props.get("message_id"),
             deadline=protocol.deadline_of(headers), redelivered=msg.redelivered,
-            user_id=props.get("user_id"), context=ctx, call_stack=stack,
+            user_id=props.get("user_id"), context=ctx, call_stack=stack, headers=headers or {},
         )
 
     def _run(self, func: Callable[..., Any], request: protocol.Request, info: CallInfo) -> Any:
         """Run a handler with ``current_call()`` set; coroutines run on the server's loop."""
         token = context.enter(info)
         try:
-            result = func(*request.args, **request.kwargs)
+            with tracing.server_span(info.headers, self.server_id, info.method):
+                result = func(*request.args, **request.kwargs)
+                if inspect.isawaitable(result):
+                    result = self._await(result, info)
         finally:
             context.leave(token)
-        if inspect.isawaitable(result):
-            return self._await(result, info)
         return result
 
     def _await(self, awaitable: Any, info: CallInfo) -> Any:

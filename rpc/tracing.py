@@ -1,0 +1,45 @@
+"""OpenTelemetry trace context across calls, when ``opentelemetry-api`` is installed.
+
+The proxy injects the caller's context into the request headers (W3C ``traceparent`` and
+``baggage`` by default); the server extracts it and runs the handler in a ``SERVER`` span that is
+its child. Without the package both steps are no-ops.
+"""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import Iterator
+from typing import Any
+
+try:
+    from opentelemetry import context as otel_context
+    from opentelemetry import propagate, trace
+
+    AVAILABLE = True
+except ImportError:  # the integration is optional
+    AVAILABLE = False
+
+
+def inject(headers: dict[str, Any]) -> None:
+    """Add the current trace context to a request's headers."""
+    if AVAILABLE:
+        propagate.inject(headers)
+
+
+@contextlib.contextmanager
+def server_span(headers: dict[str, Any] | None, server_id: str, method: str) -> Iterator[None]:
+    """Run a handler in a span continuing the caller's trace (no-op without OpenTelemetry)."""
+    if not AVAILABLE:
+        yield
+        return
+    parent = propagate.extract(headers or {})
+    token = otel_context.attach(parent)
+    try:
+        tracer = trace.get_tracer("rpc")
+        with tracer.start_as_current_span(
+            f"{server_id}/{method}", kind=trace.SpanKind.SERVER,
+            attributes={"rpc.system": "amqp-rpc", "rpc.service": server_id, "rpc.method": method},
+        ):
+            yield
+    finally:
+        otel_context.detach(token)
