@@ -28,9 +28,12 @@ def inject(headers: dict[str, Any]) -> None:
 
 @contextlib.contextmanager
 def server_span(headers: dict[str, Any] | None, server_id: str, method: str) -> Iterator[None]:
-    """Run a handler in a span continuing the caller's trace (no-op without OpenTelemetry)."""
-    if not AVAILABLE:
-        yield
+    """Run a handler in a span continuing the caller's trace.
+
+    A no-op without OpenTelemetry, or until the application sets a tracer provider.
+    """
+    if not AVAILABLE or isinstance(trace.get_tracer_provider(), trace.ProxyTracerProvider):
+        yield  # no tracer provider is set up: no span would be recorded
         return
     parent = propagate.extract(headers or {})
     token = otel_context.attach(parent)
