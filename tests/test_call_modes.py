@@ -275,3 +275,33 @@ def test_expired_request_is_not_run_by_the_server(make_server, make_proxy, serve
         assert time.monotonic() < deadline
         time.sleep(0.01)
     assert len(runs) == 1
+
+
+# -- every serializer in every mode --------------------------------------------------------------
+
+@pytest.mark.parametrize("serializer", ["msgpack", "json", "pickle"])
+def test_every_mode_works_in_every_serializer(make_server, make_proxy, serializer):
+    make_server(register=services, serializer="pickle", concurrency=2)
+    proxy = make_proxy(serializer=serializer)
+
+    assert proxy.add(2, 3) == 5
+    with pytest.raises(ValueError, match="sync"):
+        proxy.fail("sync")
+
+    assert proxy.future.add(3, 4).result(WAIT) == 7
+    with pytest.raises(ValueError, match="future"):
+        proxy.future.fail("future").result(WAIT)
+
+    ok, bad = Recorder(), Recorder()
+    proxy.callback(ok.ok, ok.err).add(4, 5)
+    proxy.callback(bad.ok, bad.err).fail("callback")
+    assert ok.called.wait(WAIT) and bad.called.wait(WAIT)
+    assert ok.results == [9] and isinstance(bad.errors[0], ValueError)
+
+    with pytest.raises(RPCTimeout):
+        proxy.set_timeout(0.1).sleep(0.5)
+    late = Recorder()
+    proxy.callback(late.ok, late.err).set_timeout(0.1).sleep(0.5)
+    assert late.called.wait(WAIT) and isinstance(late.errors[0], RPCTimeout)
+    with pytest.raises(RPCTimeout):
+        proxy.set_timeout(0.1).future.sleep(0.5).result(WAIT)
