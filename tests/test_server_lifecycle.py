@@ -102,14 +102,7 @@ def test_server_reconnects_after_its_connection_is_closed(started, broker_url, s
     with Proxy(broker_url, server_id=server_id) as proxy:
         assert proxy.ping() == "ok"
         server._link.close()  # what a broker-side close_connection looks like to the server
-        deadline = time.monotonic() + WAIT
-        while True:
-            try:
-                if proxy.set_timeout(1).ping() == "ok":
-                    break
-            except Exception:
-                assert time.monotonic() < deadline
-                time.sleep(0.1)
+        assert_serves_again(proxy)
 
 
 def test_server_redeclares_its_queue_after_it_is_deleted(started, broker_url, server_id):
@@ -121,11 +114,16 @@ def test_server_redeclares_its_queue_after_it_is_deleted(started, broker_url, se
     with Connection(broker_url) as admin:
         admin.default_channel.queue_delete(server_id)
     with Proxy(broker_url, server_id=server_id) as proxy:
-        deadline = time.monotonic() + WAIT
-        while True:
-            try:
-                if proxy.set_timeout(1).ping() == "ok":
-                    break
-            except Exception:
-                assert time.monotonic() < deadline, "the server never came back"
-                time.sleep(0.1)
+        assert_serves_again(proxy)
+
+
+def assert_serves_again(proxy: Proxy) -> None:
+    """Call ``ping`` until the server answers again, within WAIT seconds."""
+    deadline = time.monotonic() + WAIT
+    while True:
+        try:
+            if proxy.set_timeout(1).ping() == "ok":
+                return
+        except Exception:
+            assert time.monotonic() < deadline, "the server never came back"
+            time.sleep(0.1)
