@@ -438,9 +438,7 @@ class Proxy:
 
     def _forget(self, pending: Pending) -> None:
         """Drop a call nobody waits for any more; a reply to it will be dropped and counted."""
-        with self._lock:
-            if self._pending.pop(pending.cid, None) is not None and pending.kind in _ASYNC:
-                self._async_count -= 1
+        self._take(pending.cid)
 
     def _wait(self, pending: Pending) -> None:
         deadline = pending.deadline
@@ -544,10 +542,7 @@ class Proxy:
 
     def _on_return(self, msg: Incoming, code: int, text: str) -> None:
         cid = msg.props.get("correlation_id")
-        with self._lock:
-            pending = self._pending.pop(cid, None) if isinstance(cid, str) else None
-            if pending is not None and pending.kind in _ASYNC:
-                self._async_count -= 1
+        pending = self._take(cid) if isinstance(cid, str) else None
         if pending is None:
             logger.warning("request to %r returned by the broker (%s %s): no server is serving it",
                            msg.routing_key or self.server_id, code, text)
@@ -559,23 +554,25 @@ class Proxy:
                 f"({code} {text})"
             ))
 
+    def _take(self, cid: str) -> Pending | None:
+        """Remove a pending call to complete it (None if it is already gone)."""
+        with self._lock:
+            pending = self._pending.pop(cid, None)
+            if pending is not None and pending.kind in _ASYNC:
+                self._async_count -= 1
+        return pending
+
     def _on_blocked(self, cids: list[str], reason: str) -> None:
         """The broker blocked publishing: requests not yet confirmed will not be answered soon."""
         for cid in cids:
-            with self._lock:
-                pending = self._pending.pop(cid, None)
-                if pending is not None and pending.kind in _ASYNC:
-                    self._async_count -= 1
+            pending = self._take(cid)
             if pending is not None:
                 self._complete(pending, False, BrokerBlocked(
                     f"the broker blocked publishing ({reason}) before accepting the request to "
                     f"{pending.method}(); it may still run later, within its deadline"))
 
     def _on_nack(self, cid: str) -> None:
-        with self._lock:
-            pending = self._pending.pop(cid, None)
-            if pending is not None and pending.kind in _ASYNC:
-                self._async_count -= 1
+        pending = self._take(cid)
         if pending is not None:
             self._complete(pending, False, Refused(
                 f"the broker did not accept the request to {pending.method}() (basic.nack)"))
