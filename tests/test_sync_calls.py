@@ -194,3 +194,75 @@ def test_url_pieces_work_instead_of_a_url(broker_url, server_id):
             assert proxy.add(1, 1) == 2
     finally:
         server.stop()
+
+
+# -- remote exceptions ---------------------------------------------------------------------------
+
+class AccountError(Exception):
+    pass
+
+
+class Overdrawn(AccountError):
+    pass
+
+
+@rpc.register_exception
+class Frozen(Exception):
+    pass
+
+
+def raising(server: Server) -> None:
+    @server.expose
+    def overdraw(amount):
+        raise Overdrawn("overdrawn by", amount)
+
+    @server.expose
+    def freeze(reason):
+        raise Frozen(reason)
+
+    @server.expose
+    def divide(a, b):
+        return a / b
+
+
+@pytest.mark.parametrize("serializer", ["msgpack", "json"])
+def test_unregistered_exception_comes_back_as_remote_error(make_server, make_proxy, serializer):
+    make_server(register=raising)
+    with pytest.raises(rpc.RemoteError) as info:
+        make_proxy(serializer=serializer).overdraw(5)
+    assert info.value.remote_type.endswith("test_sync_calls.Overdrawn")
+    assert list(info.value.remote_args) == ["overdrawn by", 5]
+    assert "raise Overdrawn" in info.value.remote_traceback
+
+
+@pytest.mark.parametrize("serializer", ["msgpack", "json"])
+def test_registered_exception_comes_back_as_itself(make_server, make_proxy, serializer):
+    make_server(register=raising)
+    with pytest.raises(Frozen) as info:
+        make_proxy(serializer=serializer).freeze("audit")
+    assert info.value.args == ("audit",)
+    assert "raise Frozen" in info.value.remote_traceback
+
+
+def test_under_pickle_the_exception_object_itself_comes_back(make_server, make_proxy):
+    make_server(register=raising, serializer="pickle")
+    with pytest.raises(AccountError) as info:  # its base class catches it: inheritance works
+        make_proxy(serializer="pickle").overdraw(5)
+    assert type(info.value) is Overdrawn and info.value.args == ("overdrawn by", 5)
+    assert "raise Overdrawn" in info.value.remote_traceback
+
+
+def test_builtin_exception_keeps_type_args_and_the_remote_traceback(make_server, make_proxy):
+    make_server(register=raising)
+    with pytest.raises(ZeroDivisionError) as info:
+        make_proxy().divide(1, 0)
+    assert info.value.args == ("division by zero",)
+    assert "return a / b" in info.value.remote_traceback
+    assert any("Remote traceback" in note for note in info.value.__notes__)
+
+
+def test_tracebacks_stay_on_the_server_unless_it_sends_them(make_server, make_proxy):
+    make_server(register=raising, send_tracebacks=False)
+    with pytest.raises(ZeroDivisionError) as info:
+        make_proxy().divide(1, 0)
+    assert info.value.remote_traceback == ""
