@@ -188,14 +188,7 @@ def test_call_to_a_blocked_broker_fails_within_a_bound_instead_of_hanging(
     assert proxy.pending_calls == 0
 
     fault_node.clear_memory_alarm()
-
-    def served() -> bool:
-        try:
-            return bool(proxy.set_timeout(2).ping() == "ok")
-        except rpc.RPCError:
-            return False
-
-    wait_for(served, timeout=10, interval=0.2, message="calls to work again")
+    wait_until_served(proxy)
 
 
 @pytest.mark.slow
@@ -215,14 +208,7 @@ def test_once_the_broker_says_it_is_blocked_calls_fail_at_once_until_it_unblocks
     assert time.monotonic() - begun < 0.5
 
     fault_node.clear_memory_alarm()
-
-    def served() -> bool:
-        try:
-            return bool(proxy.set_timeout(2).ping() == "ok")
-        except rpc.RPCError:
-            return False
-
-    wait_for(served, timeout=10, interval=0.2, message="calls to work again")
+    wait_until_served(proxy)
 
 
 @pytest.mark.slow
@@ -277,3 +263,14 @@ def test_request_the_broker_refuses_fails_at_once_with_refused_not_at_its_timeou
     assert running.result(WAIT) == 1
     assert waiting.result(WAIT) == 2
     assert started == [1, 2]
+
+
+def wait_until_served(proxy: rpc.Proxy) -> None:
+    """Call ``ping`` until the server answers again (the alarm has cleared)."""
+    def served() -> bool:
+        try:
+            return bool(proxy.set_timeout(2).ping() == "ok")
+        except rpc.RPCError:
+            return False
+
+    wait_for(served, timeout=10, interval=0.2, message="calls to work again")
