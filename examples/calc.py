@@ -1,11 +1,18 @@
-"""A calculator server: functions and an instance, the README's and docker-compose's example.
+"""A calculator server: functions and instances, the README's and docker-compose's example.
 
 Run it with ``rpc serve examples.calc:server`` (add ``--processes 2`` for two workers), then
-``rpc call calc add 2 3`` or ``python examples/client.py``.
+``rpc call calc add 2 3`` or ``python examples/client.py``. It serves every call the README and
+docs/ make (tests/test_docs_blocks.py runs them against it): ``add``, ``math.mul``, ``div`` and
+``divide``, ``echo``, ``log_event`` (for casts) and ``reload`` (for broadcasts), among others.
 """
 
+import logging
 import math
+import os
+import threading
 import time
+from collections import deque
+from typing import Any
 
 from rpc import Server
 
@@ -34,6 +41,42 @@ def mul(a: float, b: float) -> float:
 def div(a: float, b: float) -> float:
     """Divide a by b; b=0 raises ZeroDivisionError on the caller's side."""
     return a / b
+
+
+server.register_function(div, "divide")
+
+
+@server.expose
+def echo(value: Any) -> Any:
+    """Return value unchanged (rpc bench's payload target)."""
+    return value
+
+
+_events: deque[dict[str, Any]] = deque(maxlen=100)
+_reloads = 0
+_lock = threading.Lock()
+
+
+@server.expose
+def log_event(message: str, **fields: Any) -> None:
+    """Log an event (a target for proxy.cast: nobody waits for a reply)."""
+    logging.getLogger("examples.calc").info("event: %s %s", message, fields or "")
+    _events.append({"message": message, "time": time.time(), **fields})
+
+
+@server.expose
+def events() -> list[dict[str, Any]]:
+    """The last 100 events logged by this process, oldest first."""
+    return list(_events)
+
+
+@server.expose
+def reload() -> dict[str, Any]:
+    """Pretend to reload configuration (a target for proxy.broadcast): which process, how often."""
+    global _reloads
+    with _lock:
+        _reloads += 1
+        return {"pid": os.getpid(), "reloads": _reloads}
 
 
 @server.expose
@@ -70,4 +113,17 @@ class Stats:
         }
 
 
+class Math:
+    """Arithmetic as an instance, served as ``math.<method>`` (the README's example)."""
+
+    def mul(self, a: float, b: float) -> float:
+        """Multiply two numbers."""
+        return a * b
+
+    def hypot(self, a: float, b: float) -> float:
+        """The length of the hypotenuse of a right triangle with sides a and b."""
+        return math.hypot(a, b)
+
+
 server.register_instance(Stats(), "stats")
+server.register_instance(Math(), "math")

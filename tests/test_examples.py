@@ -8,7 +8,7 @@ import sys
 from collections.abc import Iterator
 
 import pytest
-from cli_support import REPO, Serve, environment, new_server_id, run_rpc, wait_serving
+from cli_support import REPO, Serve, environment, new_server_id, run_rpc, wait_for, wait_serving
 
 from rpc import Proxy
 
@@ -44,9 +44,43 @@ def test_calculator_lists_its_functions_and_instance_methods(calc: str, broker_u
     done = run_rpc("methods", calc, env=environment(broker_url))
     names = [line.split("(")[0] for line in done.stdout.splitlines() if "(" in line]
     assert {"add", "sub", "mul", "div", "power", "slow_add", "stats.mean", "stats.stdev",
-            "stats.describe"} <= set(names)
+            "stats.describe", "divide", "echo", "log_event", "events", "reload", "math.mul",
+            "math.hypot"} <= set(names)
     assert re.search(r"^power\(base: float, exp: float = 2\) -> float +Raise base to exp",
                      done.stdout, re.MULTILINE)
+
+
+def test_calculator_serves_the_readmes_math_instance(calc: str, broker_url: str) -> None:
+    with Proxy(broker_url, server_id=calc, timeout=10) as proxy:
+        assert proxy.math.mul(2, 4) == 8
+
+
+def test_calculator_logs_cast_events_it_can_list(calc: str, broker_url: str) -> None:
+    with Proxy(broker_url, server_id=calc, timeout=10) as proxy:
+        marker = f"started-{calc}"
+        proxy.cast.log_event(marker, user="ann")
+        # two workers: poll both through broadcasts until one has the event
+        wait_for(lambda: any(e.get("message") == marker and e.get("user") == "ann"
+                             for r in proxy.broadcast(timeout=0.5).events() for e in r.result),
+                 10, "the cast event to be logged")
+
+
+def test_calculator_answers_a_broadcast_reload_from_every_worker(calc: str, broker_url: str) -> None:
+    with Proxy(broker_url, server_id=calc, timeout=10) as proxy:
+        replies = proxy.broadcast(timeout=2).reload()
+    assert len({r.result["pid"] for r in replies}) == 2
+    assert all(r.error is None and r.result["reloads"] >= 1 for r in replies)
+
+
+def test_calculator_echoes_bytes_unchanged(calc: str, broker_url: str) -> None:
+    with Proxy(broker_url, server_id=calc, timeout=10) as proxy:
+        assert proxy.echo(b"\x00raw") == b"\x00raw"
+
+
+def test_calculator_divide_raises_zero_division_on_the_caller(calc: str, broker_url: str) -> None:
+    with Proxy(broker_url, server_id=calc, timeout=10) as proxy:
+        with pytest.raises(ZeroDivisionError):
+            proxy.divide(1, 0)
 
 
 def test_client_script_shows_every_calling_style(calc: str, broker_url: str) -> None:
