@@ -44,8 +44,12 @@ SERVER_OUTCOMES = frozenset({"ok", "error", "expected_error", "bad_request", "ex
 #: Outcomes of a call on a proxy; :func:`proxy_outcome` maps an exception to one.
 PROXY_OUTCOMES = frozenset({"ok", "error", "timeout", "unknown_server", "connection_error", "refused"})
 
-#: Distinct method labels one instance keeps before counting further names as OTHER_METHOD:
-#: method names come off the wire, and every label value is a time series kept for ever.
+#: The method label of a request whose method is not a registered one, or was never decoded
+#: (expired or refused before decoding): names off the wire must not become label values.
+UNKNOWN_METHOD = "<unknown>"
+
+#: Distinct method labels one instance keeps before counting further names as OTHER_METHOD: a
+#: safety net should unchecked names reach call(), as every label value is a series kept for ever.
 MAX_METHODS = 1000
 OTHER_METHOD = "<other>"
 
