@@ -1,0 +1,218 @@
+"""Metrics end to end on the real broker: a Server's /metrics and probes, and a Proxy's metrics.
+
+The contract tested here: ``Server(..., metrics_port=P, metrics_host=H)`` serves a
+:class:`rpc.metrics.MetricsServer` from start() until stop(), its bound address in
+``server.metrics_address``; /readyz is 200 while consuming and 503 while the broker connection is
+down. ``Proxy(..., metrics=True)`` records its calls in prometheus_client's default registry.
+"""
+
+from __future__ import annotations
+
+import socket
+import time
+import urllib.error
+import urllib.request
+from collections.abc import Callable, Iterator
+from typing import Any
+from urllib.parse import urlsplit
+
+import pytest
+from faults.tcpproxy import TCPProxy
+from prometheus_client import REGISTRY
+from prometheus_client.parser import text_string_to_metric_families
+
+from rpc import MethodNotFound, Proxy, RPCTimeout, Server, UnknownServer
+
+pytestmark = pytest.mark.integration
+
+WAIT = 20.0
+
+
+def wait_for(predicate: Callable[[], Any], timeout: float = WAIT, message: str = "condition") -> Any:
+    deadline = time.monotonic() + timeout
+    while not (value := predicate()):
+        if time.monotonic() > deadline:
+            pytest.fail(f"timed out after {timeout} s waiting for {message}")
+        time.sleep(0.05)
+    return value
+
+
+def get(address: tuple[str, int], path: str) -> tuple[int, str]:
+    host, port = address
+    try:
+        with urllib.request.urlopen(f"http://{host}:{port}{path}", timeout=10) as response:
+            return response.status, response.read().decode()
+    except urllib.error.HTTPError as exc:
+        with exc:
+            return exc.code, exc.read().decode()
+
+
+def sample(address: tuple[str, int], name: str, **labels: str) -> float:
+    """The sum of the scraped samples ``name`` whose labels include ``labels`` (0 if none)."""
+    status, body = get(address, "/metrics")
+    assert status == 200
+    return sum(s.value for family in text_string_to_metric_families(body) for s in family.samples
+               if s.name == name and labels.items() <= s.labels.items())
+
+
+def register(server: Server) -> None:
+    @server.expose
+    def add(a: int, b: int) -> int:
+        return a + b
+
+    @server.expose
+    def div(a: int, b: int) -> float:
+        return a / b
+
+    @server.expose
+    def slow(seconds: float) -> float:
+        time.sleep(seconds)
+        return seconds
+
+
+@pytest.fixture
+def servers() -> Iterator[Callable[..., Server]]:
+    """Start servers with a metrics endpoint on a free loopback port; each stops after the test."""
+    started: list[Server] = []
+
+    def start(url: str, server_id: str, **options: Any) -> Server:
+        options.setdefault("heartbeat", 1.0)
+        server = Server(url, server_id=server_id, metrics_port=0, metrics_host="127.0.0.1", **options)
+        register(server)
+        server.start()
+        started.append(server)
+        return server
+
+    yield start
+    for server in started:
+        server.stop(grace=2)
+
+
+@pytest.fixture
+def proxies() -> Iterator[Callable[..., Proxy]]:
+    opened: list[Proxy] = []
+
+    def open_proxy(url: str, server_id: str, **options: Any) -> Proxy:
+        proxy = Proxy(url, server_id=server_id, **options)
+        opened.append(proxy)
+        return proxy
+
+    yield open_proxy
+    for proxy in opened:
+        proxy.close()
+
+
+def test_scraped_counters_follow_the_calls_and_their_outcomes(servers, proxies, broker_url, server_id):
+    server = servers(broker_url, server_id)
+    proxy = proxies(broker_url, server_id)
+    address = server.metrics_address
+    assert address[0] == "127.0.0.1" and address[1] != 0
+
+    assert proxy.add(2, 3) == 5
+    assert proxy.add(1, 1) == 2
+    with pytest.raises(ZeroDivisionError):
+        proxy.div(1, 0)
+    with pytest.raises(MethodNotFound):
+        proxy.call("no_such_method")
+
+    def calls(**labels: str) -> float:
+        return sample(address, "rpc_server_calls_total", server_id=server_id, **labels)
+
+    wait_for(lambda: calls() == 4, message="four calls counted")
+    assert calls(method="add", outcome="ok") == 2
+    assert calls(method="div", outcome="error") == 1
+    assert calls(outcome="bad_request") == 1  # whatever method label an unknown name gets
+    assert sample(address, "rpc_server_handler_seconds_count", server_id=server_id, method="add") == 2
+    assert sample(address, "rpc_server_handler_seconds_count", server_id=server_id, method="div") == 1
+    assert sample(address, "rpc_server_queued_seconds_count", server_id=server_id) >= 3
+    assert sample(address, "rpc_server_calls_in_flight", server_id=server_id) == 0
+    assert sample(address, "rpc_server_reconnects_total", server_id=server_id) == 0
+
+
+def test_calls_in_flight_counts_a_running_handler(servers, proxies, broker_url, server_id):
+    server = servers(broker_url, server_id)
+    future = proxies(broker_url, server_id).future.slow(1.0)
+    wait_for(lambda: sample(server.metrics_address, "rpc_server_calls_in_flight", server_id=server_id) == 1,
+             message="one call in flight")
+    assert future.result(WAIT) == 1.0
+    wait_for(lambda: sample(server.metrics_address, "rpc_server_calls_in_flight", server_id=server_id) == 0,
+             message="no call in flight")
+
+
+def test_probes_are_up_while_serving_and_the_endpoint_closes_with_the_server(servers, broker_url, server_id):
+    server = servers(broker_url, server_id)
+    address = server.metrics_address
+    assert get(address, "/healthz") == (200, "ok\n")
+    assert get(address, "/readyz")[0] == 200
+    assert get(address, "/nope")[0] == 404
+
+    server.stop(grace=2)
+    with pytest.raises(ConnectionRefusedError):
+        socket.create_connection(address, timeout=5).close()
+
+
+def test_readiness_follows_the_broker_connection(servers, proxies, broker_url, server_id):
+    parts = urlsplit(broker_url)
+    with TCPProxy((parts.hostname or "127.0.0.1", parts.port or 5672)) as tcp:
+        server = servers(tcp.url(parts.username or "guest", parts.password or "guest"), server_id)
+        address = server.metrics_address
+        assert get(address, "/readyz")[0] == 200
+        assert get(address, "/healthz")[0] == 200
+
+        tcp.refuse()  # reconnecting fails until set_pass(): the server stays disconnected
+        assert tcp.reset_all() >= 1
+        wait_for(lambda: get(address, "/readyz")[0] == 503, timeout=10, message="/readyz to fail")
+
+        tcp.set_pass()
+        wait_for(lambda: get(address, "/readyz")[0] == 200, message="/readyz to recover")
+        assert sample(address, "rpc_server_reconnects_total", server_id=server_id) == 1
+        assert proxies(broker_url, server_id).add(2, 2) == 4
+        assert get(address, "/healthz")[0] == 200
+
+
+def test_two_servers_in_one_process_serve_their_own_ports(servers, proxies, broker_url, server_id):
+    first = servers(broker_url, server_id)
+    second = servers(broker_url, f"{server_id}-2")
+    assert first.metrics_address != second.metrics_address
+    assert proxies(broker_url, f"{server_id}-2").add(1, 2) == 3
+
+    wait_for(lambda: sample(second.metrics_address, "rpc_server_calls_total",
+                            server_id=f"{server_id}-2", outcome="ok") == 1, message="the call counted")
+    assert sample(second.metrics_address, "rpc_server_calls_total", server_id=server_id) == 0
+
+
+def client(name: str, **labels: str) -> float:
+    return REGISTRY.get_sample_value(name, labels) or 0.0
+
+
+def test_a_proxy_with_metrics_records_calls_latency_timeouts_and_dropped_replies(
+        servers, proxies, broker_url, server_id):
+    servers(broker_url, server_id, concurrency=2)
+    proxy = proxies(broker_url, server_id, metrics=True)
+
+    assert proxy.add(2, 3) == 5
+    with pytest.raises(ZeroDivisionError):
+        proxy.div(1, 0)
+    with pytest.raises(RPCTimeout):
+        proxy.set_timeout(0.2).slow(0.6)
+
+    assert client("rpc_client_calls_total", server_id=server_id, method="add", outcome="ok") == 1
+    assert client("rpc_client_calls_total", server_id=server_id, method="div", outcome="error") == 1
+    assert client("rpc_client_calls_total", server_id=server_id, method="slow", outcome="timeout") == 1
+    assert client("rpc_client_call_seconds_count", server_id=server_id, method="add") == 1
+    assert 0 < client("rpc_client_call_seconds_sum", server_id=server_id, method="add") < 5
+    assert client("rpc_client_timeouts_total", server_id=server_id) == 1
+
+    # The late reply is read (and dropped) by the next calls.
+    wait_for(lambda: proxy.add(0, 0) == 0 and client("rpc_client_dropped_replies_total",
+                                                   server_id=server_id) == 1,
+             message="the late reply dropped and counted")
+    assert proxy.replies_dropped == 1
+
+
+def test_a_proxy_with_metrics_counts_an_unknown_server(proxies, broker_url, server_id):
+    proxy = proxies(broker_url, f"{server_id}-nobody", metrics=True)
+    with pytest.raises(UnknownServer):
+        proxy.add(1, 2)
+    assert client("rpc_client_calls_total", server_id=f"{server_id}-nobody", method="add",
+                  outcome="unknown_server") == 1
