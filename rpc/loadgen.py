@@ -21,6 +21,7 @@ import json
 import multiprocessing
 import platform
 import queue
+import sys
 import threading
 import time
 from collections import deque
@@ -35,6 +36,8 @@ from typing import Any
 import click
 
 from .config import mask_url, resolve_url
+from .errors import ConnectionError, RPCTimeout, UnknownServer, type_name
+from .exitcodes import ExitCode, for_connection_error
 from .loadgen_stats import Tally, build_report, error_name, scheduled_time, split_evenly
 from .proxy import Proxy
 
@@ -464,6 +467,38 @@ def broker_version(url: str | None) -> str | None:
         conn.release()
 
 
+class PreflightError(Exception):
+    """The call before the load failed: no load is worth running. ``code`` is the exit code."""
+
+    def __init__(self, code: int, message: str) -> None:
+        super().__init__(message)
+        self.code = code
+
+
+def preflight(spec: LoadSpec) -> Any:
+    """Make one call as the load would, and return its result.
+
+    Raises:
+        PreflightError: no broker (exit 4 or 5), no server (7), no reply in time (6), or the
+            method failed (1); its message says which.
+    """
+    args = call_args(spec)
+    shown = f"{spec.method}({', '.join(repr(_describe(a)) for a in args)})"
+    try:
+        with _open_proxy(spec) as proxy:
+            return proxy.call(spec.method, *args)
+    except ConnectionError as exc:
+        raise PreflightError(for_connection_error(exc), str(exc)) from None
+    except UnknownServer as exc:
+        raise PreflightError(ExitCode.NO_SERVER, str(exc)) from None
+    except RPCTimeout:
+        raise PreflightError(ExitCode.TIMEOUT, f"the first call, {shown}, got no reply from "
+                                               f"{spec.server_id!r} within {spec.timeout:g} s") from None
+    except Exception as exc:
+        raise PreflightError(ExitCode.ERROR, f"the first call, {shown}, failed: "
+                                             f"{type_name(type(exc))}: {exc}") from None
+
+
 def _require_extra() -> None:
     try:
         import hdrh  # noqa: F401
@@ -475,28 +510,57 @@ def _require_extra() -> None:
         ) from None
 
 
-@contextmanager
-def _progress_bar(spec: LoadSpec, enabled: bool) -> Iterator[Progress | None]:
-    """A rich progress bar on stderr (so stdout stays clean for the report)."""
-    if not enabled:
-        yield None
-        return
-    from rich.console import Console
-    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+#: Steps of the progress bar: it shows the fraction of the run done, by calls or by time.
+PROGRESS_STEPS = 1000
 
-    columns = [TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(),
-               TextColumn("{task.fields[rate]:>8.0f} calls/s  errors {task.fields[errors]}"),
-               TimeElapsedColumn()]
-    total = spec.total if spec.duration is None else None
-    with Progress(*columns, console=Console(stderr=True), transient=False) as bar:
-        task = bar.add_task(f"{spec.server_id}.{spec.method}", total=total, rate=0.0, errors=0)
-        started = time.monotonic()
 
-        def update(completed: int, errors: int) -> None:
-            elapsed = max(time.monotonic() - started, 1e-6)
-            bar.update(task, completed=completed, errors=errors, rate=completed / elapsed)
+def progress_fraction(spec: LoadSpec, completed: int, elapsed: float) -> float:
+    """How much of the run is done: calls out of ``--total``, or time out of ``--duration``.
 
-        yield update
+    With both, whichever is further (the run ends at the first limit reached).
+    """
+    fractions = [0.0]
+    if spec.total:
+        fractions.append(completed / spec.total)
+    if spec.duration:
+        fractions.append(elapsed / spec.duration)
+    return min(max(fractions), 1.0)
+
+
+class _ProgressBar:
+    """A determinate rich progress bar on stderr (so stdout stays clean for the report)."""
+
+    def __init__(self, spec: LoadSpec) -> None:
+        from rich.console import Console
+        from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
+
+        self.spec = spec
+        columns = [TextColumn("[bold]{task.description}"), BarColumn(),
+                   TextColumn("{task.percentage:>3.0f}%  {task.fields[calls]:>8} calls"),
+                   TextColumn("{task.fields[rate]:>8.0f} calls/s  errors {task.fields[errors]}"),
+                   TimeElapsedColumn()]
+        self._bar = Progress(*columns, console=Console(stderr=True), transient=False)
+        self._task = self._bar.add_task(f"{spec.server_id}.{spec.method}", total=PROGRESS_STEPS,
+                                        rate=0.0, errors=0, calls=0)
+        self._started: float | None = None
+
+    def start_measuring(self) -> None:
+        self._started = time.monotonic()
+
+    def update(self, completed: int, errors: int) -> None:
+        if self._started is None:
+            self._started = time.monotonic()
+        elapsed = max(time.monotonic() - self._started, 1e-6)
+        done = progress_fraction(self.spec, completed, elapsed) * PROGRESS_STEPS
+        self._bar.update(self._task, completed=done, errors=errors, calls=completed,
+                         rate=completed / elapsed)
+
+    def __enter__(self) -> _ProgressBar:
+        self._bar.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._bar.stop()
 
 
 @click.command("bench")
@@ -557,6 +621,10 @@ def bench(server_id: str, method: str, args: tuple[str, ...], url: str | None, m
     """Load-test METHOD of the server SERVER_ID with ARGS (JSON literals, else strings).
 
     Example: rpc bench calc add 1 2 --concurrency 100 --duration 10
+
+    One call is made first: if it fails, no load runs and the command exits
+    with 7 (no server), 6 (no reply), 4 or 5 (broker) or 1 (the method
+    raised), the reason on stderr.
     """
     from .loadgen_format import plot as write_plot
     from .loadgen_format import render
@@ -571,11 +639,19 @@ def bench(server_id: str, method: str, args: tuple[str, ...], url: str | None, m
         ).check()
     except ValueError as exc:
         raise click.BadParameter(str(exc)) from None
-    with _progress_bar(spec, not quiet) as progress:
-        try:
-            report = run_load(spec, progress)
-        except (RuntimeError, OSError) as exc:
-            raise click.ClickException(str(exc)) from None
+    try:
+        preflight(spec)
+    except PreflightError as exc:
+        click.echo(f"Error: {exc} (no load was run)", err=True)
+        sys.exit(exc.code)
+    try:
+        if quiet:
+            report = run_load(spec)
+        else:
+            with _ProgressBar(spec) as bar:
+                report = run_load(spec, bar.update, ready=bar.start_measuring)
+    except (RuntimeError, OSError) as exc:
+        raise click.ClickException(str(exc)) from None
     text = render(report, fmt)
     if output is None:
         click.echo(text, nl=False)
@@ -588,4 +664,5 @@ def bench(server_id: str, method: str, args: tuple[str, ...], url: str | None, m
         raise click.ClickException("no call succeeded")
 
 
-__all__ = ["MODES", "LoadSpec", "Plan", "bench", "call_args", "parse_arg", "run_load"]
+__all__ = ["MODES", "LoadSpec", "Plan", "PreflightError", "bench", "call_args", "parse_arg",
+           "preflight", "progress_fraction", "run_load"]

@@ -110,9 +110,7 @@ def plot(report: dict[str, Any], path: str | Path) -> Path:
         ax_lat.set_title("Latency distribution")
         if latency["p50"]:
             ax_lat.legend()
-        interval = report["throughput"]["interval_s"]
-        counts = report["throughput"]["counts"]
-        ax_tp.plot([i * interval for i in range(len(counts))], [c / interval for c in counts])
+        ax_tp.plot(*throughput_series(report))
         ax_tp.set_xlabel("time (s)")
         ax_tp.set_ylabel("calls/s")
         ax_tp.set_title(f"Throughput (mean {report['calls_per_s']:.0f} calls/s)")
@@ -126,6 +124,19 @@ def plot(report: dict[str, Any], path: str | Path) -> Path:
     finally:
         plt.close(fig)
     return out
+
+
+def throughput_series(report: dict[str, Any]) -> tuple[list[float], list[float]]:
+    """Throughput over time for the plot: bin midpoints (s) and calls/s in each bin.
+
+    The last bin ends when the run did, part way through it, so its rate would be a cliff to
+    near zero that never happened: it is left out (unless it is the only one).
+    """
+    interval = report["throughput"]["interval_s"]
+    counts = list(report["throughput"]["counts"])
+    if len(counts) > 1:
+        counts.pop()
+    return [(i + 0.5) * interval for i in range(len(counts))], [c / interval for c in counts]
 
 
 def pyplot() -> Any:

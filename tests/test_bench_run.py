@@ -14,9 +14,11 @@ import pytest
 pytest.importorskip("hdrh", reason="the bench extra is not installed")
 pytest.importorskip("rich", reason="the bench extra is not installed")
 
+from cli_support import environment, new_server_id, run_rpc  # noqa: E402
 from click.testing import CliRunner  # noqa: E402
 
 from rpc import Server  # noqa: E402
+from rpc.exitcodes import ExitCode  # noqa: E402
 from rpc.loadgen import MODES, LoadSpec, bench, run_load  # noqa: E402
 from rpc.loadgen_stats import schema_problems  # noqa: E402
 
@@ -109,14 +111,35 @@ def test_the_bench_command_writes_json_csv_and_a_plot(broker_url: str, served: s
     assert row.count(",") == header.count(",")
 
 
-def test_the_bench_command_prints_a_text_report_and_fails_when_no_call_succeeds(
-        broker_url: str, served: str) -> None:
-    runner = CliRunner()
-    ok = runner.invoke(bench, [served, "add", "1", "2", "--url", broker_url, "-n", "30",
-                               "--mode", "threads", "-c", "3"])
+def test_the_bench_command_prints_a_text_report(broker_url: str, served: str) -> None:
+    ok = CliRunner().invoke(bench, [served, "add", "1", "2", "--url", broker_url, "-n", "30",
+                                    "--mode", "threads", "-c", "3"])
     assert ok.exit_code == 0, ok.output
     for needle in ("calls/s", "p99.9", "Histogram", "amqp://guest:**@"):
         assert needle in ok.stdout
-    failed = runner.invoke(bench, [served, "nope", "--url", broker_url, "-n", "5", "-q"])
-    assert failed.exit_code == 1
-    assert "MethodNotFound: 5" in failed.stdout
+
+
+def test_bench_of_a_failing_method_stops_after_its_first_call_with_exit_1(
+        broker_url: str, served: str) -> None:
+    failed = run_rpc("bench", served, "nope", "1", "-n", "5", "-q", env=environment(broker_url))
+    assert failed.returncode == ExitCode.ERROR
+    assert failed.stdout == ""  # no report
+    assert failed.stderr.startswith("Error: the first call, nope(1), failed: "
+                                    "rpc.MethodNotFound: no method 'nope'")
+    assert failed.stderr.rstrip().endswith("(no load was run)")
+
+
+def test_bench_of_a_server_id_nobody_serves_exits_7_without_a_report(broker_url: str) -> None:
+    failed = run_rpc("bench", new_server_id(), "add", "1", "2", "-q",
+                     env=environment(broker_url))
+    assert failed.returncode == ExitCode.NO_SERVER
+    assert failed.stdout == ""
+    assert "no server" in failed.stderr and "(no load was run)" in failed.stderr
+
+
+def test_bench_draws_a_determinate_progress_bar_for_a_duration(broker_url: str,
+                                                               served: str) -> None:
+    done = run_rpc("bench", served, "add", "1", "2", "-d", "0.5", "--warmup", "0",
+                   env=environment(broker_url, COLUMNS="120"))
+    assert done.returncode == 0, done.stderr
+    assert "100%" in done.stderr  # a bar without a known end shows no percentage

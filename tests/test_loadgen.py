@@ -292,3 +292,44 @@ def test_the_payload_is_bytes_except_under_json() -> None:
 def test_command_line_arguments_are_json_literals_or_strings() -> None:
     assert [parse_arg(a) for a in ("1", "2.5", "[1, 2]", '"7"', "hello", "null")] == [
         1, 2.5, [1, 2], "7", "hello", None]
+
+
+# -- progress and the throughput plot --------------------------------------------------------------
+
+def test_progress_follows_the_call_count_when_only_a_total_is_given() -> None:
+    from rpc.loadgen import progress_fraction
+
+    spec = LoadSpec("calc", "add", total=200).check()
+    assert progress_fraction(spec, 50, elapsed=100.0) == 0.25
+
+
+def test_progress_follows_the_clock_when_only_a_duration_is_given() -> None:
+    from rpc.loadgen import progress_fraction
+
+    spec = LoadSpec("calc", "add", duration=10).check()
+    assert progress_fraction(spec, 123456, elapsed=2.5) == 0.25
+
+
+def test_progress_with_a_total_and_a_duration_follows_whichever_ends_the_run_first() -> None:
+    from rpc.loadgen import progress_fraction
+
+    spec = LoadSpec("calc", "add", total=1000, duration=10).check()
+    assert progress_fraction(spec, 100, elapsed=5.0) == 0.5
+    assert progress_fraction(spec, 900, elapsed=5.0) == 0.9
+    assert progress_fraction(spec, 2000, elapsed=50.0) == 1.0
+
+
+def test_the_throughput_plot_leaves_out_the_last_partial_bin() -> None:
+    from rpc.loadgen_format import throughput_series
+
+    report = {"throughput": {"interval_s": 0.1, "counts": [100, 100, 100, 7]}}
+    times, rates = throughput_series(report)
+    assert rates == pytest.approx([1000.0, 1000.0, 1000.0])
+    assert times == pytest.approx([0.05, 0.15, 0.25])
+
+
+def test_the_throughput_plot_of_a_one_bin_run_keeps_that_bin() -> None:
+    from rpc.loadgen_format import throughput_series
+
+    assert throughput_series({"throughput": {"interval_s": 0.1, "counts": [5]}})[1] == \
+        pytest.approx([50.0])
