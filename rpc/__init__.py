@@ -23,6 +23,7 @@ from .errors import (
     RPCError,
     RPCTimeout,
     SerializationError,
+    ServerUnavailable,
     UnknownServer,
     register_exception,
 )
@@ -50,6 +51,7 @@ __all__ = [
     "RemoteError",
     "SerializationError",
     "Server",
+    "ServerUnavailable",
     "UnknownServer",
     "__version__",
     "current_call",

@@ -1,4 +1,5 @@
-"""Opening kombu connections: bounded retries with tenacity, heartbeats on, passwords masked.
+"""Opening kombu connections: failover across a cluster's nodes, bounded retries with tenacity,
+heartbeats on, passwords masked.
 
 This is the only module that knows which broker errors are worth retrying.
 """
@@ -7,15 +8,16 @@ from __future__ import annotations
 
 import logging
 import os
+import random
 import socket
 import threading
-from typing import Any
+from typing import Any, Literal
 
 import amqp.exceptions
 import tenacity
 from kombu.connection import Connection
 
-from .config import mask_url, scrub
+from .config import BrokerURL, mask_url, scrub, split_urls
 from .errors import AccessRefused, ConnectionError
 
 logger = logging.getLogger(__name__)
@@ -24,6 +26,51 @@ logger = logging.getLogger(__name__)
 DEFAULT_HEARTBEAT = 10.0
 #: Retry window for a proxy's connection: short, so a wrong URL fails fast.
 DEFAULT_CONNECT_RETRY = 3.0
+#: Retry window for a server's first connection (``rpc serve`` waits for a broker to come up).
+SERVER_CONNECT_RETRY = 10.0
+#: Seconds a broker may take to answer the AMQP handshake: a frozen node accepts TCP
+#: connections but never answers, and this moves on to the next one.
+HANDSHAKE_TIMEOUT = 5.0
+
+FailoverStrategy = Literal["round-robin", "shuffle"]
+
+
+class Failover:
+    """The order in which a client tries a cluster's nodes, remembered across reconnects.
+
+    Connecting tries every URL in turn; a reconnect starts with the node after the one last
+    connected to, so a client never insists on the node it just lost. ``"shuffle"`` starts each
+    client at a random node of a random order, which spreads many clients across the cluster.
+    """
+
+    def __init__(self, url: BrokerURL, strategy: FailoverStrategy = "round-robin") -> None:
+        if strategy not in ("round-robin", "shuffle"):
+            raise ValueError(f"failover must be 'round-robin' or 'shuffle', not {strategy!r}")
+        self.urls = split_urls(url)
+        self.strategy = strategy
+        if strategy == "shuffle":
+            random.shuffle(self.urls)
+        self._next = 0
+        #: The URL of the node last connected to (None before the first connection).
+        self.current: str | None = None
+
+    def take(self) -> str:
+        """The URL to try next."""
+        url = self.urls[self._next % len(self.urls)]
+        self._next = (self._next + 1) % len(self.urls)
+        return url
+
+    def connected(self, url: str) -> None:
+        """Record a successful connection: the next reconnect starts after this node."""
+        self.current = url
+        self._next = (self.urls.index(url) + 1) % len(self.urls)
+
+    def node(self) -> str | None:
+        """``host:port`` of the node last connected to, for status lines."""
+        if self.current is None or "://" not in self.current:
+            return None
+        rest = self.current.split("://", 1)[1].rsplit("@", 1)[-1]
+        return rest.split("/", 1)[0] or None
 
 #: Refusals that no retry will fix: bad credentials, a vhost without access.
 _IRRECOVERABLE = (amqp.exceptions.AccessRefused, amqp.exceptions.NotAllowed)
@@ -61,7 +108,7 @@ def tls_options(url: str, ssl: dict[str, Any] | None) -> dict[str, Any] | bool:
 
 
 def open_connection(
-    url: str,
+    url: BrokerURL | Failover,
     *,
     heartbeat: float | None = DEFAULT_HEARTBEAT,
     connect_timeout: float = 2.0,
@@ -71,30 +118,34 @@ def open_connection(
     ssl: dict[str, Any] | None = None,
     cancel: threading.Event | None = None,
 ) -> Connection:
-    """Connect to ``url``, retrying recoverable failures for up to ``retry_for`` seconds.
+    """Connect to a broker, retrying recoverable failures for up to ``retry_for`` seconds.
 
-    ``amqps://`` URLs verify the broker's certificate and hostname unless ``ssl`` (py-amqp's TLS
-    options, merged over those defaults) says otherwise; see :func:`tls_options`. Setting
-    ``cancel`` stops the retries.
+    ``url`` is one or several URLs, or a :class:`Failover` that remembers across calls which
+    node comes next; each attempt tries the next node, and the first round tries every one
+    before any backoff. ``amqps://`` URLs verify the broker's certificate and hostname unless
+    ``ssl`` (py-amqp's TLS options, merged over those defaults) says otherwise; see
+    :func:`tls_options`. Setting ``cancel`` stops the retries.
 
     Raises:
-        rpc.ConnectionError: the broker stayed unreachable, or refused the login or vhost. Its
-            message names the URL with the password masked.
+        rpc.ConnectionError: every broker stayed unreachable, or one refused the login or vhost.
+            Its message names the URLs with the passwords masked.
     """
-    masked = mask_url(url)
-    options = dict(transport_options or {})
+    failover = url if isinstance(url, Failover) else Failover(url)
+    joined = ";".join(failover.urls)
+    masked = mask_url(joined)
     client_properties = {"connection_name": f"{name} pid={os.getpid()}"}
-    if url.startswith(("amqp", "pyamqp")):
-        options.setdefault("client_properties", client_properties)
-    if url.startswith("memory"):
-        options.setdefault("polling_interval", 0.002)
-
-    tls = tls_options(url, ssl)
 
     def attempt() -> Connection:
+        one = failover.take()
+        options = dict(transport_options or {})
+        if one.startswith(("amqp", "pyamqp")):
+            options.setdefault("client_properties", client_properties)
+            options.setdefault("read_timeout", HANDSHAKE_TIMEOUT)
+        if one.startswith("memory"):
+            options.setdefault("polling_interval", 0.002)
         conn = Connection(
-            url, heartbeat=heartbeat or 0, connect_timeout=connect_timeout,
-            transport_options=options, ssl=tls,
+            one, heartbeat=heartbeat or 0, connect_timeout=connect_timeout,
+            transport_options=options, ssl=tls_options(one, ssl),
         )
         try:
             conn.ensure_connection(max_retries=0, reraise_as_library_errors=False)  # tenacity retries
@@ -103,30 +154,41 @@ def open_connection(
             if isinstance(exc, _IRRECOVERABLE) or (
                 isinstance(exc, amqp.exceptions.ConnectionError) and not is_recoverable(exc)
             ):
-                raise _Refused(exc) from exc
+                raise _Refused(one, exc) from exc
+            logger.info("cannot connect to %s: %s", mask_url(one),
+                        scrub(str(exc), joined) or type(exc).__name__)
             raise
+        failover.connected(one)
         return conn
+
+    nodes = len(failover.urls)
+
+    def backoff(state: tenacity.RetryCallState) -> float:
+        if state.attempt_number % nodes:  # more nodes to try in this round: no wait
+            return 0.0
+        rounds = state.attempt_number // nodes
+        return float(min(0.1 * 2 ** (rounds - 1), 1.0) + random.uniform(0, 0.1))
 
     retrying = tenacity.Retrying(
         retry=tenacity.retry_if_exception(is_recoverable),
         stop=tenacity.stop_after_delay(retry_for) | (
             tenacity.stop_when_event_set(cancel) if cancel is not None else tenacity.stop_never),
-        wait=tenacity.wait_exponential(multiplier=0.1, max=1.0) + tenacity.wait_random(0, 0.1),
+        wait=backoff,
         before_sleep=lambda state: logger.warning(
             "cannot connect to %s (attempt %d): %s; retrying",
             masked, state.attempt_number,
-            scrub(str(state.outcome.exception() if state.outcome else ""), url),
-        ),
+            scrub(str(state.outcome.exception() if state.outcome else ""), joined),
+        ) if not state.attempt_number % nodes else None,
         reraise=True,
     )
     try:
         return retrying(attempt)
     except _Refused as refused:
-        cause = refused.__cause__ or refused
+        where, cause = refused.args
         raise AccessRefused(
-            f"broker at {masked} refused the connection: {scrub(str(cause), url)}"
+            f"broker at {mask_url(where)} refused the connection: {scrub(str(cause), joined)}"
         ) from None
     except Exception as exc:
         raise ConnectionError(
-            f"cannot connect to broker at {masked}: {scrub(str(exc), url) or type(exc).__name__}"
+            f"cannot connect to broker at {masked}: {scrub(str(exc), joined) or type(exc).__name__}"
         ) from None

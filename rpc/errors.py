@@ -10,6 +10,7 @@
     ├── Refused                the broker nacked the request (publisher confirms)
     ├── RPCTimeout             also builtins.TimeoutError: no reply within the call's timeout
     ├── UnknownServer          the broker returned the request: no queue for that server_id
+    │   └── ServerUnavailable  the queue exists but no server consumes it
     ├── RemoteError            the remote side raised a type this side will not rebuild
     ├── MethodNotFound         (remote) unknown, private or unreachable method name
     ├── InvalidArguments       (remote) arguments do not bind to the signature; also a TypeError
@@ -49,6 +50,11 @@ class AccessRefused(ConnectionError):
 class ConnectionLost(ConnectionError):
     """The connection dropped while the call was pending; its reply can never arrive."""
 
+    def __init__(self, *args: object, code: int | None = None) -> None:
+        super().__init__(*args)
+        #: The AMQP reply code when the broker closed the connection or channel, else None.
+        self.code = code
+
 
 class BrokerBlocked(ConnectionError):
     """The broker has blocked publishing (a memory or disk alarm); the request was not sent."""
@@ -64,6 +70,13 @@ class RPCTimeout(RPCError, TimeoutError):
 
 class UnknownServer(RPCError):
     """The broker returned the request as unroutable: no server has declared that server_id."""
+
+
+class ServerUnavailable(UnknownServer):
+    """The server's queue exists but no server consumes it (all stopped, or restarting).
+
+    Raised at once unless the call asked to wait (``wait_for_ready``); the request was not sent.
+    """
 
 
 class MethodNotFound(RPCError):
@@ -123,6 +136,7 @@ _FRAMEWORK_ERRORS: dict[str, type[BaseException]] = {
         Refused,
         RPCTimeout,
         UnknownServer,
+        ServerUnavailable,
         MethodNotFound,
         InvalidArguments,
         BadRequest,

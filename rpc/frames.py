@@ -21,7 +21,8 @@ BASIC = 60
 BASIC_QOS, BASIC_CONSUME, BASIC_CANCEL, BASIC_CANCEL_OK = 10, 20, 30, 31
 BASIC_PUBLISH, BASIC_RETURN, BASIC_DELIVER = 40, 50, 60
 BASIC_ACK, BASIC_REJECT, BASIC_NACK = 80, 90, 120
-CHANNEL, CHANNEL_CLOSE, CHANNEL_CLOSE_OK = 20, 40, 41
+CHANNEL, CHANNEL_OPEN, CHANNEL_OPEN_OK, CHANNEL_CLOSE, CHANNEL_CLOSE_OK = 20, 10, 11, 40, 41
+QUEUE, QUEUE_DECLARE, QUEUE_DECLARE_OK = 50, 10, 11
 CONNECTION, CONNECTION_CLOSE, CONNECTION_CLOSE_OK = 10, 50, 51
 CONNECTION_BLOCKED, CONNECTION_UNBLOCKED = 60, 61
 
@@ -30,6 +31,7 @@ _METHOD_ID = Struct(">HH")
 _ACK = Struct(">BHIHHQBB")
 _SHORT = Struct(">H")
 _DELIVERY_TAG = Struct(">QB")
+_COUNTS = Struct(">II")
 _HEARTBEAT = bytes([FRAME_HEARTBEAT, 0, 0, 0, 0, 0, 0, FRAME_END])
 
 # Property flags, in the order their values follow the flags on the wire.
@@ -44,10 +46,6 @@ _F_TYPE = 1 << 5
 _F_USER_ID = 1 << 4
 _F_APP_ID = 1 << 3
 EXCHANGE, EXCHANGE_DECLARE = 40, 10
-
-
-class FrameError(Exception):
-    """The byte stream is not valid AMQP framing; the connection cannot be trusted further."""
 
 
 def shortstr(value: str) -> bytes:
@@ -161,6 +159,26 @@ def declare_fanout_frame(channel: int, exchange: str) -> bytes:
     nowait_durable = (1 << 4) | (1 << 1)
     args = b"\x00\x00" + shortstr(exchange) + shortstr("fanout") + bytes((nowait_durable,))
     return method_frame(channel, EXCHANGE, EXCHANGE_DECLARE, args + b"\x00\x00\x00\x00")
+
+
+def passive_declare_frame(channel: int, queue: str) -> bytes:
+    """A passive ``queue.declare``: the broker answers with the queue's message and consumer
+    counts, or closes the channel with 404 when there is no such queue."""
+    passive = 1
+    args = b"\x00\x00" + shortstr(queue) + bytes((passive,)) + b"\x00\x00\x00\x00"
+    return method_frame(channel, QUEUE, QUEUE_DECLARE, args)
+
+
+def channel_open_frame(channel: int) -> bytes:
+    """A ``channel.open`` (to reopen a channel the broker closed)."""
+    return method_frame(channel, CHANNEL, CHANNEL_OPEN, b"\x00")
+
+
+def parse_declare_ok(payload: bytes) -> tuple[str, int, int]:
+    """``queue.declare-ok`` arguments: queue name, message count, consumer count."""
+    name, offset = read_shortstr(payload, 4)
+    messages, consumers = _COUNTS.unpack_from(payload, offset)
+    return name, messages, consumers
 
 
 def ack_frame(channel: int, delivery_tag: int) -> bytes:

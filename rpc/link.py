@@ -21,8 +21,9 @@ import struct
 import threading
 import time
 import uuid
+from collections import deque
 from collections.abc import Callable
-from typing import Any
+from typing import Any, NamedTuple
 
 from kombu.connection import Connection
 from kombu.entity import Exchange, Queue
@@ -69,7 +70,17 @@ class Incoming:
         )
 
 
+class QueueInfo(NamedTuple):
+    """A queue's counts from a passive declare; ``consumers`` is None where the transport cannot
+    tell (kombu's virtual transports report none)."""
+
+    messages: int
+    consumers: int | None
+
+
 OnMessage = Callable[[Incoming], None]
+#: Hears of a queue inspection: its counts, or None when there is no such queue.
+OnQueueInfo = Callable[[QueueInfo | None], None]
 OnReturn = Callable[[Incoming, int, str], None]
 OnCancel = Callable[[str], None]
 
@@ -126,6 +137,14 @@ class Link:
 
     def cancel(self, consumer_tag: str) -> None:
         """Stop deliveries to ``consumer_tag`` (those already sent still arrive)."""
+        raise NotImplementedError
+
+    def inspect_queue(self, queue: str, on_info: OnQueueInfo) -> None:
+        """Ask the broker for ``queue``'s message and consumer counts, from any thread.
+
+        ``on_info`` runs on the thread that reads the answer (or at once on transports that
+        answer synchronously); a missing queue gives None.
+        """
         raise NotImplementedError
 
     def publish(
@@ -222,6 +241,12 @@ class AMQPLink(Link):
         self._confirming = False
         self._seq = 0
         self._unconfirmed: dict[int, Any] = {}
+        # Queue inspections go on a channel of their own, opened when first needed, since the
+        # broker closes the channel of a passive declare of a missing queue.
+        self._aux = max(self._amqp.channels or {0: None}) + 1
+        self._aux_open = False
+        self._inspections: deque[OnQueueInfo] = deque()
+        self._inspect_lock = threading.Lock()
         self._poller = select.poll()
         self._poller.register(self._sock, select.POLLIN | select.POLLERR | select.POLLHUP)
         self._chunk = bytearray(self._CHUNK)
@@ -288,6 +313,38 @@ class AMQPLink(Link):
     def cancel(self, consumer_tag: str) -> None:
         args = frames.shortstr(consumer_tag) + b"\x00"
         self._send(frames.method_frame(self._ch, frames.BASIC, frames.BASIC_CANCEL, args))
+
+    def inspect_queue(self, queue: str, on_info: OnQueueInfo) -> None:
+        with self._inspect_lock:
+            data = b"" if self._aux_open else frames.channel_open_frame(self._aux)
+            self._aux_open = True
+            self._inspections.append(on_info)
+            try:
+                self._send(data + frames.passive_declare_frame(self._aux, queue))
+            except ConnectionLost:
+                self._inspections.pop()
+                raise
+
+    def _on_aux(self, class_id: int, method_id: int, payload: bytes) -> None:
+        """A method on the inspection channel: a declare's answer, or the close of a missing queue."""
+        if class_id == frames.QUEUE and method_id == frames.QUEUE_DECLARE_OK:
+            _, messages, consumers = frames.parse_declare_ok(payload)
+            with self._inspect_lock:
+                on_info = self._inspections.popleft() if self._inspections else None
+            if on_info is not None:
+                on_info(QueueInfo(messages, consumers))
+        elif class_id == frames.CHANNEL and method_id == frames.CHANNEL_CLOSE:
+            code, text = frames.parse_close(payload)
+            with self._inspect_lock:
+                waiting = list(self._inspections)
+                self._inspections.clear()
+                self._aux_open = False
+                self._send(frames.method_frame(self._aux, frames.CHANNEL, frames.CHANNEL_CLOSE_OK))
+            if code != 404:
+                logger.warning("queue inspection failed: %s %s", code, text)
+            for i, on_info in enumerate(waiting):
+                # The first asked for the missing queue; the broker dropped the ones after it.
+                on_info(None if i == 0 and code == 404 else QueueInfo(0, None))
 
     def publish(
         self, routing_key: str, body: bytes, props: dict[str, Any], *,
@@ -418,7 +475,7 @@ class AMQPLink(Link):
         unpack = frames.FRAME_HEADER_STRUCT.unpack_from
         try:
             while end - pos >= 8:
-                kind, _channel, size = unpack(buf, pos)
+                kind, channel, size = unpack(buf, pos)
                 stop = pos + 7 + size
                 if stop >= end:
                     break
@@ -430,7 +487,10 @@ class AMQPLink(Link):
                 if kind == frames.FRAME_BODY:
                     self._on_body(payload)
                 elif kind == frames.FRAME_METHOD:
-                    self._on_method(payload)
+                    if channel == self._aux:
+                        self._on_aux(*frames.method_id(payload), payload)
+                    else:
+                        self._on_method(payload)
                 elif kind == frames.FRAME_HEADER:
                     self._size, self._props = frames.parse_content_header(payload)
                     self._skip = self.max_body is not None and self._size > self.max_body
@@ -492,13 +552,13 @@ class AMQPLink(Link):
             code, text = frames.parse_close(payload)
             self._send(frames.method_frame(self._ch, frames.CHANNEL, frames.CHANNEL_CLOSE_OK))
             self._fail()
-            raise ConnectionLost(f"the broker closed the channel: {code} {text}")
+            raise ConnectionLost(f"the broker closed the channel: {code} {text}", code=code)
         elif class_id == frames.CONNECTION:
             if method_id == frames.CONNECTION_CLOSE:
                 code, text = frames.parse_close(payload)
                 self._send(frames.method_frame(0, frames.CONNECTION, frames.CONNECTION_CLOSE_OK))
                 self._fail()
-                raise ConnectionLost(f"the broker closed the connection: {code} {text}")
+                raise ConnectionLost(f"the broker closed the connection: {code} {text}", code=code)
             if method_id == frames.CONNECTION_BLOCKED:
                 self.blocked, _ = frames.read_shortstr(payload, 4)
                 logger.warning("broker blocked publishing: %s", self.blocked)
@@ -630,6 +690,20 @@ class KombuLink(Link):
         if self.max_body is not None and len(body) > self.max_body:
             msg.body, msg.oversize = b"", len(body)
         self.on_message(msg)
+
+    def inspect_queue(self, queue: str, on_info: OnQueueInfo) -> None:
+        with self._lock:
+            if self.closed:
+                raise ConnectionLost("the connection is closed")
+            try:
+                ok = self._channel.queue_declare(queue=queue, passive=True)
+            except self._conn.channel_errors:
+                info = None
+            else:  # a real AMQP channel counts consumers; kombu's virtual channels report 0
+                counts = tuple(ok)
+                virtual = self._conn.transport.driver_type != "amqp"
+                info = QueueInfo(int(counts[1]), None if virtual else int(counts[2]))
+        on_info(info)
 
     def _queue_exists(self, name: str) -> bool:
         try:

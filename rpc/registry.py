@@ -9,7 +9,7 @@ modules and other attributes are never reachable.
 from __future__ import annotations
 
 import inspect
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -32,6 +32,8 @@ class Method:
     positional_range: tuple[int, int] | None = field(default=None)
     #: Acknowledge the request before running it (see Server.register_function).
     at_most_once: bool = False
+    #: Exceptions that are part of the method's contract: logged as such, not as failures.
+    expected: tuple[type[BaseException], ...] = ()
 
     def check_arguments(self, args: tuple[Any, ...], kwargs: dict[str, Any]) -> None:
         """Bind the arguments before the call, so a TypeError inside the function stays one.
@@ -64,7 +66,10 @@ def _positional_range(sig: inspect.Signature) -> tuple[int, int] | None:
     return low, high
 
 
-def _describe(name: str, func: Callable[..., Any], at_most_once: bool = False) -> Method:
+def _describe(
+    name: str, func: Callable[..., Any], at_most_once: bool = False,
+    expected: tuple[type[BaseException], ...] = (),
+) -> Method:
     try:
         sig: inspect.Signature | None = inspect.signature(func, eval_str=True)
     except NameError:  # an annotation names something only a type checker imports
@@ -72,7 +77,15 @@ def _describe(name: str, func: Callable[..., Any], at_most_once: bool = False) -
     except (TypeError, ValueError):  # some builtins have no introspectable signature
         sig = None
     return Method(name, func, sig, _positional_range(sig) if sig is not None else None,
-                  at_most_once)
+                  at_most_once, expected)
+
+
+def _check_expected(expected: Iterable[type[BaseException]]) -> tuple[type[BaseException], ...]:
+    classes = tuple(expected)
+    for klass in classes:
+        if not (isinstance(klass, type) and issubclass(klass, BaseException)):
+            raise TypeError(f"expected= takes exception classes, not {klass!r}")
+    return classes
 
 
 def _check_name(name: str) -> str:
@@ -113,6 +126,7 @@ class Registry:
 
     def add_function(
         self, func: Callable[..., Any], name: str | None = None, *, at_most_once: bool = False,
+        expected: Iterable[type[BaseException]] = (),
     ) -> None:
         """Register one callable.
 
@@ -123,11 +137,16 @@ class Registry:
             raise ValueError(f"register_function() needs a callable, not {type(func).__name__}")
         if name is None:
             name = getattr(func, "__name__", None) or ""
-        self._methods[_check_name(name)] = _describe(name, func, at_most_once)
+        self._methods[_check_name(name)] = _describe(
+            name, func, at_most_once, _check_expected(expected))
 
-    def add_instance(self, obj: object, name: str, *, at_most_once: bool = False) -> list[str]:
+    def add_instance(
+        self, obj: object, name: str, *, at_most_once: bool = False,
+        expected: Iterable[type[BaseException]] = (),
+    ) -> list[str]:
         """Register every public method of ``obj`` as ``name.method``; returns the names."""
         _check_name(name)
+        classes = _check_expected(expected)
         if "." in name:
             raise ValueError(f"an instance name cannot contain a dot: {name!r}")
         if isinstance(obj, type):
@@ -137,15 +156,9 @@ class Registry:
             if attr in LIFECYCLE_HOOKS:
                 continue
             full = f"{name}.{attr}"
-            self._methods[full] = _describe(full, bound, at_most_once)
+            self._methods[full] = _describe(full, bound, at_most_once, classes)
             added.append(full)
         return added
-
-    def remove(self, name: str) -> None:
-        """Forget ``name`` (and, for an instance, every ``name.method``)."""
-        self._methods.pop(name, None)
-        for key in [k for k in self._methods if k.startswith(name + ".")]:
-            del self._methods[key]
 
     def resolve(self, name: str) -> Method:
         """The method registered under ``name``.

@@ -3,7 +3,9 @@
 One I/O thread reads the connection and never runs user code; ``concurrency`` worker threads run
 the handlers and each publishes its reply and acknowledges the request in one write. A request
 is acknowledged only after its reply is published (at-least-once); one whose ``rpc-deadline`` has
-passed is acknowledged and skipped before its body is even decoded.
+passed is acknowledged and skipped before its body is even decoded. A request seen again (a
+proxy's retry, a redelivery) is answered from the table of completed calls instead of running
+twice, and a lost connection moves on to the next node of a cluster.
 """
 
 from __future__ import annotations
@@ -18,28 +20,38 @@ import signal
 import socket
 import threading
 import time
+from collections import deque
 from collections.abc import Callable, Iterable
-from typing import Any, TypeVar, overload
+from typing import Any, Literal, TypeVar, overload
 
 import amqp.exceptions
 
-from . import context, protocol, serialization, tracing
-from .config import mask_url, resolve_url
-from .connection import DEFAULT_HEARTBEAT, open_connection
+from . import context, dedup, protocol, serialization, tracing
+from .config import BrokerURL, mask_url, resolve_url
+from .connection import (
+    DEFAULT_HEARTBEAT,
+    SERVER_CONNECT_RETRY,
+    Failover,
+    FailoverStrategy,
+    open_connection,
+)
 from .context import CallInfo
 from .errors import (
     AccessRefused,
     BadRequest,
     ConnectionError,
     ConnectionLost,
+    InvalidArguments,
+    MethodNotFound,
     SerializationError,
     error_payload,
     safe_args,
 )
 from .introspection import SystemMethods
 from .limits import DEFAULT_MAX_MESSAGE_SIZE
-from .link import Incoming, Link, open_link
-from .registry import Registry
+from .link import Incoming, Link, QueueInfo, open_link
+from .ratelimit import RepeatLimiter
+from .registry import Method, Registry
 
 logger = logging.getLogger(__name__)
 
@@ -48,6 +60,14 @@ _F = TypeVar("_F", bound=Callable[..., Any])
 #: Requests prefetched per concurrent call unless ``prefetch`` is given: the smallest multiple
 #: that kept 100 pipelined calls at the raw pika loop's pace (docs/protocol.md, benchmarks/).
 PREFETCH_PER_WORKER = 4
+#: Deliveries of one request before a quorum queue dead-letters it (``queue_type="quorum"``).
+DEFAULT_DELIVERY_LIMIT = 20
+#: The AMQP code RabbitMQ closes a connection with when a reply goes to a caller that is gone.
+_INTERNAL_ERROR = 541
+#: Handler durations kept for the p50/p99 of ``status()``.
+_LATENCY_SAMPLES = 1024
+QueueType = Literal["classic", "quorum"]
+_REFUSALS = (BadRequest, MethodNotFound, InvalidArguments)
 
 
 class Server:
@@ -80,16 +100,25 @@ class Server:
             without being buffered or decoded.
         on_error: ``on_error(exc, call)`` sees every exception a handler raises (for reporting);
             ``call`` is the :class:`rpc.CallInfo` of the failed call.
-        queue_arguments: arguments of the request queue, such as
-            ``{"x-queue-type": "quorum", "x-delivery-limit": 5}`` so that a request that keeps
-            killing its server is dropped (or dead-lettered) after five deliveries.
+        queue_arguments: further arguments of the request queue (they win over those
+            ``queue_type`` sets), such as ``{"x-max-length": 10000}``.
+        queue_type: ``"classic"`` (one node holds the queue), or ``"quorum"`` for a cluster: the
+            queue is replicated, and a request delivered ``delivery_limit`` times (it keeps
+            killing its server) is dead-lettered to ``<server_id>.dead``.
+        delivery_limit: deliveries of one request a quorum queue allows.
+        failover: with several broker URLs, ``"round-robin"`` or ``"shuffle"`` (see Proxy).
+        dedup_size, dedup_ttl: how many completed calls, and for how many seconds, are
+            remembered to answer a repeat of the same request without running it again (0
+            turns it off). Repeats are recognised within this process only.
+        metrics_port: serve Prometheus metrics, ``/healthz`` and ``/readyz`` on this port while
+            running (0 picks a free one; needs ``amqp-rpc[metrics]`` for /metrics).
         ssl: py-amqp TLS options; ``amqps://`` verifies certificate and hostname by default.
         hostname, port, username, password, vhost: the URL in pieces, instead of ``url``.
     """
 
     def __init__(
         self,
-        url: str | None = None,
+        url: BrokerURL | None = None,
         *,
         server_id: str = "calc",
         serializer: str | None = None,
@@ -98,11 +127,17 @@ class Server:
         prefetch: int | None = None,
         heartbeat: float = DEFAULT_HEARTBEAT,
         send_tracebacks: bool = False,
-        connect_retry: float = 10.0,
+        connect_retry: float = SERVER_CONNECT_RETRY,
         introspection: bool = True,
         max_message_size: int = DEFAULT_MAX_MESSAGE_SIZE,
         on_error: Callable[[BaseException, CallInfo], Any] | None = None,
         queue_arguments: dict[str, Any] | None = None,
+        queue_type: QueueType = "classic",
+        delivery_limit: int = DEFAULT_DELIVERY_LIMIT,
+        failover: FailoverStrategy = "round-robin",
+        dedup_size: int = dedup.DEFAULT_SIZE,
+        dedup_ttl: float = dedup.DEFAULT_TTL,
+        metrics_port: int | None = None,
         ssl: dict[str, Any] | None = None,
         hostname: str | None = None,
         port: int | None = None,
@@ -134,12 +169,28 @@ class Server:
         self.max_message_size = max_message_size
         self.on_error = on_error
         self.queue_arguments = queue_arguments
+        #: ``"classic"`` or ``"quorum"``; may be changed before start().
+        self.queue_type: str = _check_queue_type(queue_type)
+        if delivery_limit < 1:
+            raise ValueError("delivery_limit must be at least 1")
+        self.delivery_limit = delivery_limit
+        self.failover = failover
+        Failover(self.url, failover)  # validates the URLs and the strategy now
+        #: Port of the metrics and health endpoint (None: none); may be changed before start().
+        self.metrics_port = metrics_port
+        self._completed = dedup.CompletedCalls(dedup_size, dedup_ttl)
         self._ssl = ssl
         self.registry = Registry()
         if introspection:
             self.registry.add_instance(SystemMethods(self), "system")
 
         self._link: Link | None = None
+        self._failover: Failover | None = None
+        self._metrics: Any = None
+        self._metrics_server: Any = None
+        self._started_at = 0.0
+        self._latencies: deque[float] = deque(maxlen=_LATENCY_SAMPLES)
+        self._log_limiter = RepeatLimiter()
         self._consumer_tag: str | None = None
         self._broadcast_tag: str | None = None
         self._work: queue.SimpleQueue[Incoming | None] = queue.SimpleQueue()
@@ -154,32 +205,44 @@ class Server:
         self._stopped.set()
         self._busy = 0
         self._busy_lock = threading.Condition()
-        #: Counters for operators: calls answered, failed, expired, refused.
-        self.stats = {"calls": 0, "errors": 0, "expired": 0, "bad_requests": 0, "requeued": 0}
+        #: Counters for operators: calls answered, failed (unexpected, expected), expired,
+        #: refused, requeued; repeats answered from the table of completed calls; requests
+        #: redelivered; reconnections; replies the broker refused (the caller was gone).
+        self.stats = {
+            "calls": 0, "errors": 0, "expected_errors": 0, "expired": 0, "bad_requests": 0,
+            "requeued": 0, "duplicates": 0, "redelivered": 0, "reconnects": 0,
+            "reply_failures": 0,
+        }
 
     # -- registration ----------------------------------------------------------------------------
 
     def register_function(
         self, func: _F, name: str | None = None, *, at_most_once: bool = False,
+        expected: Iterable[type[BaseException]] = (),
     ) -> _F:
         """Serve ``func`` as ``name`` (default: its ``__name__``); returns ``func``.
 
         ``at_most_once=True`` acknowledges each request before running it, for work that must
         never run twice: a crash mid-call then loses the call instead of repeating it.
+        ``expected`` names exceptions that are part of the method's contract (``Overdrawn``):
+        they go back to the caller as usual but are logged at INFO, not as failures.
 
         Raises:
             ValueError: ``func`` is not callable, or the name is empty or private.
         """
-        self.registry.add_function(func, name, at_most_once=at_most_once)
+        self.registry.add_function(func, name, at_most_once=at_most_once, expected=expected)
         return func
 
-    def register_instance(self, obj: object, name: str, *, at_most_once: bool = False) -> list[str]:
+    def register_instance(
+        self, obj: object, name: str, *, at_most_once: bool = False,
+        expected: Iterable[type[BaseException]] = (),
+    ) -> list[str]:
         """Serve every public method of ``obj`` as ``name.method``; returns the names.
 
         The instance's ``on_init()`` runs before the server starts consuming and its
         ``on_tear_down()`` after it stops; neither is callable remotely.
         """
-        names = self.registry.add_instance(obj, name, at_most_once=at_most_once)
+        names = self.registry.add_instance(obj, name, at_most_once=at_most_once, expected=expected)
         self._instances.append(obj)
         return names
 
@@ -189,13 +252,21 @@ class Server:
     def expose(self, func: _F, /) -> _F: ...
 
     @overload
-    def expose(self, name: str | None = None, /, *, at_most_once: bool = False) -> Callable[[_F], _F]: ...
+    def expose(
+        self, name: str | None = None, /, *, at_most_once: bool = False,
+        expected: Iterable[type[BaseException]] = (),
+    ) -> Callable[[_F], _F]: ...
 
-    def expose(self, func_or_name: Any = None, /, *, at_most_once: bool = False) -> Any:
-        """Decorator: ``@server.expose``, ``@server.expose("name")`` or with ``at_most_once=True``."""
+    def expose(
+        self, func_or_name: Any = None, /, *, at_most_once: bool = False,
+        expected: Iterable[type[BaseException]] = (),
+    ) -> Any:
+        """Decorator: ``@server.expose``, ``@server.expose("name")``, with ``at_most_once=True``
+        or ``expected=(Overdrawn,)``."""
         if func_or_name is None or isinstance(func_or_name, str):
             name = func_or_name
-            return lambda func: self.register_function(func, name, at_most_once=at_most_once)
+            return lambda func: self.register_function(
+                func, name, at_most_once=at_most_once, expected=expected)
         return self.register_function(func_or_name)
 
     # -- running ---------------------------------------------------------------------------------
@@ -210,22 +281,41 @@ class Server:
         """Whether the server is consuming."""
         return not self._stopped.is_set()
 
+    @property
+    def dead_letter_queue(self) -> str:
+        """Where a quorum request queue sends a request delivered ``delivery_limit`` times."""
+        return f"{self.server_id}.dead"
+
+    @property
+    def metrics_address(self) -> tuple[str, int] | None:
+        """``(host, port)`` of the metrics and health endpoint while running, else None."""
+        served = self._metrics_server
+        return None if served is None else (served.host, served.port)
+
     def start(self) -> None:
         """Connect, declare the queue and consume in background threads; return once consuming.
 
         Raises:
             rpc.ConnectionError: the broker stayed unreachable for ``connect_retry`` seconds.
             RuntimeError: the server is already running.
+            ValueError: a setting changed since construction is not valid.
         """
         if self.running:
             raise RuntimeError("the server is already running")
+        _check_queue_type(self.queue_type)
+        if self.queue_type == "quorum" and len(self.dead_letter_queue.encode()) > 255:
+            raise ValueError("a quorum server_id must leave room for '.dead' within 255 bytes")
+        self._failover = Failover(self.url, self.failover)
         self._stopping.clear()
         self._hooks("on_init")
         try:
+            self._start_metrics()
             self._link = self._open(self.connect_retry)
         except BaseException:
+            self._stop_metrics()
             self._hooks("on_tear_down")
             raise
+        self._started_at = time.monotonic()
         self._stopped.clear()
         self._accepting = True
         self._workers = [
@@ -239,14 +329,21 @@ class Server:
             target=self._io_loop, name=f"rpc-server-io-{self.server_id}", daemon=True,
         )
         self._io_thread.start()
+        metrics = self.metrics_address
         logger.info(
-            "serving %r from %s (pid %d, %d methods, concurrency %d, prefetch %d)",
-            self.server_id, mask_url(self.url), os.getpid(), len(self.registry),
-            self.concurrency, self.prefetch_count,
+            "serving %r from %s (queue %r, %s; pid %d; %d methods; concurrency %d; prefetch %d%s)",
+            self.server_id, mask_url(self._failover.current or self.url), self.server_id,
+            self.queue_type, os.getpid(), len(self.registry), self.concurrency,
+            self.prefetch_count, f"; metrics on :{metrics[1]}" if metrics else "",
         )
 
     def serve(self) -> None:
-        """Run until :meth:`stop`, SIGINT or SIGTERM; the signals stop gracefully."""
+        """Run until :meth:`stop`, SIGINT or SIGTERM; the signals stop gracefully.
+
+        When the application has configured no logging, the ``rpc`` logger gets a plain stderr
+        handler at INFO first, so that a server run from a script says what it does.
+        """
+        _default_logging()
         previous: dict[signal.Signals, Any] = {}
         if threading.current_thread() is threading.main_thread():
             for sig in (signal.SIGINT, signal.SIGTERM):
@@ -298,9 +395,13 @@ class Server:
             self._loop_thread.join(timeout=5)
             self._loop.close()
             self._loop = self._loop_thread = None
+        self._stop_metrics()
         self._stopped.set()
         self._hooks("on_tear_down")
-        logger.info("stopped serving %r", self.server_id)
+        stats = self.stats
+        logger.info("stopped serving %r after %.0f s: %d calls, %d errors, %d refused",
+                    self.server_id, time.monotonic() - self._started_at, stats["calls"],
+                    stats["errors"] + stats["expected_errors"], stats["bad_requests"])
         return abandoned
 
     @property
@@ -308,15 +409,107 @@ class Server:
         """The prefetch start() uses: ``prefetch``, or ``PREFETCH_PER_WORKER * concurrency``."""
         return self.prefetch if self.prefetch is not None else PREFETCH_PER_WORKER * self.concurrency
 
+    def status(self) -> dict[str, Any]:
+        """This instance's figures for operators (``system.stats``, ``rpc status``).
+
+        ``queue_depth`` asks the broker (one round trip, at most 2 s); None when it cannot tell.
+        """
+        with self._busy_lock:
+            in_flight = self._busy
+        samples = sorted(self._latencies)
+        stats = self.stats
+        return {
+            "server_id": self.server_id,
+            "host": socket.gethostname(),
+            "pid": os.getpid(),
+            "uptime": round(time.monotonic() - self._started_at, 3) if self.running else 0.0,
+            "node": self._failover.node() if self._failover and self.running else None,
+            "queue_type": self.queue_type,
+            "calls": stats["calls"] + stats["errors"] + stats["expected_errors"],
+            "errors": stats["errors"],
+            "expected_errors": stats["expected_errors"],
+            "bad_requests": stats["bad_requests"],
+            "duplicates": stats["duplicates"],
+            "reconnects": stats["reconnects"],
+            "in_flight": in_flight,
+            "p50_ms": _percentile(samples, 0.50),
+            "p99_ms": _percentile(samples, 0.99),
+            "queue_depth": self._queue_depth(),
+        }
+
+    def _queue_depth(self) -> int | None:
+        link = self._link
+        if link is None or link.closed or not self.running:
+            return None
+        answer: list[QueueInfo | None] = []
+        got = threading.Event()
+
+        def on_info(info: QueueInfo | None) -> None:
+            answer.append(info)
+            got.set()
+
+        try:
+            link.inspect_queue(self.server_id, on_info)
+        except ConnectionLost:
+            return None
+        if not got.wait(2.0) or answer[0] is None:
+            return None
+        return answer[0].messages
+
     def _hooks(self, name: str) -> None:
         for obj in self._instances:
             hook = getattr(type(obj), name, None)
             if callable(hook):
                 hook(obj)
 
+    # -- metrics and probes ----------------------------------------------------------------------
+
+    def _start_metrics(self) -> None:
+        if self.metrics_port is None:
+            return
+        from . import metrics
+
+        if metrics.available():
+            self._metrics = metrics.ServerMetrics(self.server_id)
+        self._metrics_server = metrics.MetricsServer(
+            self.metrics_port, healthy=self._healthy, ready=self._ready)
+
+    def _stop_metrics(self) -> None:
+        if self._metrics_server is not None:
+            self._metrics_server.close()
+        self._metrics_server = self._metrics = None
+
+    def _healthy(self) -> bool:
+        """Alive: the I/O thread runs and its connection is open (or being reopened briefly)."""
+        io = self._io_thread
+        link = self._link
+        return io is not None and io.is_alive() and link is not None and not link.closed
+
+    def _ready(self) -> bool:
+        """Ready: consuming requests now."""
+        link = self._link
+        return (self._accepting and link is not None and not link.closed
+                and self._consumer_tag is not None)
+
+    # -- connecting ------------------------------------------------------------------------------
+
+    def request_queue_arguments(self) -> dict[str, Any] | None:
+        """The request queue's arguments: those ``queue_type`` implies, then ``queue_arguments``."""
+        arguments: dict[str, Any] = {}
+        if self.queue_type == "quorum":
+            arguments = {
+                "x-queue-type": "quorum",
+                "x-delivery-limit": self.delivery_limit,
+                "x-dead-letter-exchange": "",
+                "x-dead-letter-routing-key": self.dead_letter_queue,
+            }
+        arguments.update(self.queue_arguments or {})
+        return arguments or None
+
     def _open(self, retry_for: float) -> Link:
+        assert self._failover is not None
         conn = open_connection(
-            self.url, heartbeat=self.heartbeat, retry_for=retry_for,
+            self._failover, heartbeat=self.heartbeat, retry_for=retry_for,
             name=f"rpc-server {self.server_id}", ssl=self._ssl, cancel=self._stopping,
         )
         try:
@@ -324,6 +517,12 @@ class Server:
         except amqp.exceptions.AccessRefused as exc:
             conn.release()
             raise AccessRefused(f"the broker refused {self.server_id!r} its queue: {exc}") from None
+        except amqp.exceptions.PreconditionFailed as exc:
+            conn.release()
+            raise ConnectionError(
+                f"queue {self.server_id!r} exists with other arguments than this server's "
+                f"({self.queue_type}: {self.request_queue_arguments()}): {exc}. Delete it, or "
+                f"give the server the queue's own queue_type and queue_arguments") from None
         except amqp.exceptions.AMQPError as exc:
             conn.release()
             raise ConnectionError(f"cannot set up {self.server_id!r}: {exc}") from None
@@ -336,7 +535,10 @@ class Server:
         """Declare, bind and consume: the request queue's consumer comes last, once all is set."""
         link = open_link(conn, self._on_message, on_cancel=self._on_cancel,
                          max_body=self.max_message_size)
-        link.declare_queue(self.server_id, durable=True, arguments=self.queue_arguments)
+        if self.queue_type == "quorum":
+            link.declare_queue(self.dead_letter_queue, durable=True,
+                               arguments={"x-queue-type": "quorum"})
+        link.declare_queue(self.server_id, durable=True, arguments=self.request_queue_arguments())
         broadcasts = link.broadcast_queue(protocol.broadcast_exchange(self.server_id))
         self._broadcast_tag = link.consume(broadcasts, prefetch=self.prefetch_count)
         self._consumer_tag = link.consume(self.server_id, prefetch=self.prefetch_count)
@@ -362,7 +564,17 @@ class Server:
             except ConnectionLost as exc:
                 if self._stopping.is_set():
                     return
-                logger.warning("server %r lost its connection: %s", self.server_id, exc)
+                self._consumer_tag = None
+                if exc.code == _INTERNAL_ERROR:
+                    # RabbitMQ does this on a reply to a caller whose node is gone: the request
+                    # comes back redelivered, and is then acknowledged before its reply.
+                    self.stats["reply_failures"] += 1
+                    if self._metrics is not None:
+                        self._metrics.reply_failed()
+                    logger.warning("server %r: the broker closed the connection on a reply (%s); "
+                                   "its caller is presumably gone", self.server_id, exc)
+                else:
+                    logger.warning("server %r lost its connection: %s", self.server_id, exc)
                 self._reconnect()
 
     def _reconnect(self) -> None:
@@ -373,7 +585,12 @@ class Server:
                     link.close()
                     return
                 self._link = link
-                logger.info("server %r reconnected to %s", self.server_id, mask_url(self.url))
+                self.stats["reconnects"] += 1
+                if self._metrics is not None:
+                    self._metrics.reconnected()
+                assert self._failover is not None
+                logger.info("server %r reconnected to %s", self.server_id,
+                            mask_url(self._failover.current or self.url))
                 return
             except Exception as exc:
                 logger.error("server %r cannot reconnect: %s", self.server_id, exc)
@@ -396,15 +613,23 @@ class Server:
         if props.get("type") == protocol.REPLY_TYPE:
             logger.warning("refused a reply published to the request queue %r", self.server_id)
             self.stats["bad_requests"] += 1
+            self._observe("?", "rejected")
             link.reject(msg.delivery_tag, requeue=False)  # type: ignore[arg-type]
             return
         if self._expired(msg):
             self.stats["expired"] += 1
+            self._observe("?", "expired")
             link.ack(msg.delivery_tag)  # type: ignore[arg-type]
             return
         with self._busy_lock:
             self._busy += 1
+        if self._metrics is not None:
+            self._metrics.in_flight(1)
         self._work.put(msg)
+
+    def _observe(self, method: str, outcome: str, duration: float | None = None) -> None:
+        if self._metrics is not None:
+            self._metrics.call(method, outcome, duration)
 
     @staticmethod
     def _expired(msg: Incoming) -> bool:
@@ -438,60 +663,164 @@ class Server:
                 with self._busy_lock:
                     self._busy -= 1
                     self.stats[outcome] += 1
+                if self._metrics is not None:
+                    self._metrics.in_flight(-1)
 
     def _handle(self, msg: Incoming) -> str:
-        """Run one request and reply; returns the stats key of the outcome."""
+        """Run one request (or answer a repeat of one) and reply; returns the stats key."""
         link = msg.link
         tag: int | None = msg.delivery_tag
         if self._expired(msg):  # it waited in this process past its deadline
             link.ack(tag)  # type: ignore[arg-type]
+            self._observe("?", "expired")
             return "expired"
+        props = msg.props
+        if msg.redelivered:
+            self.stats["redelivered"] += 1
+            if self._metrics is not None:
+                self._metrics.redelivered()
+        key = self._repeat_key(msg)
+        if key is not None:
+            deadline = protocol.deadline_of(props.get("headers"))
+            wait = None if deadline is None else max(deadline - time.time(), 0.0)
+            done = self._completed.begin(key, wait)
+            if done is not None:
+                if self._metrics is not None:
+                    self._metrics.duplicate()
+                logger.info("answered a repeat of request %s from the completed calls",
+                            props.get("message_id"))
+                self._reply(msg, done.body, done.content_type, tag)
+                return "duplicates"
+        try:
+            outcome, payload, reply_type, tag = self._execute(msg, tag)
+        except BaseException:
+            if key is not None:
+                self._completed.finish(key, None)
+            raise
+        if key is not None:
+            self._completed.finish(key, dedup.Completed(payload, reply_type))
+        self._reply(msg, payload, reply_type, tag)
+        return outcome
+
+    def _repeat_key(self, msg: Incoming) -> tuple[str, int] | None:
+        """What identifies a repeat of this request: its message id and body."""
+        if not self._completed.enabled:
+            return None
+        message_id = msg.props.get("message_id")
+        if not isinstance(message_id, str) or not message_id:
+            return None
+        return message_id, hash(msg.body)
+
+    def _execute(self, msg: Incoming, tag: int | None) -> tuple[str, bytes, str, int | None]:
+        """Decode, check and run a request; returns the outcome, the encoded reply, its content
+        type and the delivery tag still to acknowledge (None once acknowledged)."""
         props = msg.props
         content_type = props.get("content_type")
         reply_type = content_type if content_type in self.accept else serialization.JSON
         started = time.perf_counter()
         info = None
+        method_name = None
+        target: Method | None = None
         try:
             if msg.oversize:
                 raise BadRequest(f"request body of {msg.oversize} bytes exceeds this server's "
                                  f"limit of {self.max_message_size} bytes")
             request = protocol.parse_request(
                 serialization.decode(msg.body, content_type, self.accept))
+            method_name = request.method
             target = self.registry.resolve(request.method)
             target.check_arguments(request.args, request.kwargs)
             info = self._call_info(msg, request.method)
+            if self._metrics is not None:
+                self._observe_queued(props)
             if target.at_most_once:
-                link.ack(tag)  # type: ignore[arg-type]
+                msg.link.ack(tag)  # type: ignore[arg-type]
                 tag = None
             body = protocol.result_body(self._run(target.func, request, info))
-            ok = True
         except BaseException as exc:  # a handler's SystemExit must not end a worker either
             ok = False
             body = self._error_body(exc, reply_type)
-            outcome = "bad_requests" if isinstance(exc, BadRequest) else "errors"
+            elapsed = time.perf_counter() - started
+            outcome = self._log_failure(exc, msg, method_name, target, info, elapsed)
             if info is not None and self.on_error is not None:
                 self._report(exc, info)
         else:
+            ok = True
+            elapsed = time.perf_counter() - started
             outcome = "calls"
+        self._latencies.append(elapsed)
+        if self._metrics is not None:
+            self._observe(method_name if target is not None and method_name else "?",
+                          _METRIC_OUTCOME[outcome],
+                          elapsed if info is not None else None)
         payload, reply_type = self._encode_reply(body, reply_type, ok)
-        logger.debug("%s %s in %.2f ms", info.method if info else "?", "ok" if ok else "failed",
-                     (time.perf_counter() - started) * 1000)
+        if ok and logger.isEnabledFor(logging.DEBUG):
+            logger.debug("%s ok in %.2f ms", method_name, elapsed * 1000)
+        if not ok and not props.get("reply_to"):
+            logger.warning("cast %s failed: %s", method_name or "<undecodable request>",
+                           body["error"]["message"])
+        return outcome, payload, reply_type, tag
+
+    def _observe_queued(self, props: dict[str, Any]) -> None:
+        """Time from publish to start: the deadline less the timeout the caller gave it."""
+        deadline = protocol.deadline_of(props.get("headers"))
+        expiration = props.get("expiration")
+        if deadline is not None and isinstance(expiration, str) and expiration.isdigit():
+            self._metrics.queued(max(time.time() - (deadline - int(expiration) / 1000), 0.0))
+
+    def _log_failure(
+        self, exc: BaseException, msg: Incoming, method: str | None, target: Method | None,
+        info: CallInfo | None, elapsed: float,
+    ) -> str:
+        """Log a failed call as what it is; returns its stats key. Repeats are rate-limited."""
+        shown = method or "<undecodable request>"
+        if isinstance(exc, _REFUSALS) and info is None:
+            level, outcome, trace = logging.WARNING, "bad_requests", False
+        elif target is not None and isinstance(exc, target.expected):
+            level, outcome, trace = logging.INFO, "expected_errors", False
+        else:
+            level, outcome, trace = logging.ERROR, "errors", True
+        if not logger.isEnabledFor(level):
+            return outcome
+        suppressed = self._log_limiter.allow((shown, type(exc)))
+        if suppressed is None:
+            return outcome
+        props = msg.props
+        context_ids = ""
+        if info is not None and info.context.get("request_id") is not None:
+            context_ids = f" request_id={info.context['request_id']}"
+        more = f" ({suppressed} more like it suppressed)" if suppressed else ""
+        verb = "refused" if outcome == "bad_requests" else "raised"
+        logger.log(
+            level, "%s %s %s: %s (correlation_id=%s%s, %.2f ms)%s", shown, verb,
+            type(exc).__name__, _first_line(exc), props.get("correlation_id"), context_ids,
+            elapsed * 1000, more, exc_info=exc if trace else None,
+            extra={"rpc_method": shown, "correlation_id": props.get("correlation_id"),
+                   "outcome": outcome},
+        )
+        return outcome
+
+    def _reply(self, msg: Incoming, payload: bytes, reply_type: str, tag: int | None) -> None:
+        """Publish the reply and acknowledge the request, in one write where that is safe."""
+        link = msg.link
+        props = msg.props
         reply_to = props.get("reply_to")
         if not reply_to or not protocol.is_reply_address(reply_to):
             if reply_to:
                 logger.warning("not replying to %r: not a reply address", reply_to[:100])
-            elif not ok:
-                logger.warning("cast %s failed: %s", info.method if info else "?",
-                               body["error"]["message"])
             if tag is not None:
                 link.ack(tag)
-            return outcome
+            return
+        if msg.redelivered and tag is not None:
+            # Its first reply may have been the one that made the broker close the connection
+            # (a caller that is gone): acknowledge first, so that cannot repeat for ever.
+            link.ack(tag)
+            tag = None
         reply_props = {
             "content_type": reply_type, "correlation_id": props.get("correlation_id"),
             "type": protocol.REPLY_TYPE, "app_id": self.identity,
         }
         link.publish(reply_to, payload, reply_props, ack=tag)
-        return outcome
 
     def _call_info(self, msg: Incoming, method: str) -> CallInfo:
         props = msg.props
@@ -575,3 +904,40 @@ class Server:
     def __repr__(self) -> str:
         state = "running" if self.running else "stopped"
         return f"<Server server_id={self.server_id!r} {mask_url(self.url)} {state}>"
+
+
+_METRIC_OUTCOME = {
+    "calls": "ok", "errors": "error", "expected_errors": "expected_error",
+    "bad_requests": "bad_request",
+}
+
+
+def _check_queue_type(queue_type: str) -> QueueType:
+    if queue_type not in ("classic", "quorum"):
+        raise ValueError(f"queue_type must be 'classic' or 'quorum', not {queue_type!r}")
+    return queue_type  # type: ignore[return-value]
+
+
+def _percentile(ordered: list[float], fraction: float) -> float | None:
+    """The ``fraction`` percentile of sorted durations, in milliseconds (None without any)."""
+    if not ordered:
+        return None
+    return round(ordered[min(int(len(ordered) * fraction), len(ordered) - 1)] * 1000, 3)
+
+
+def _first_line(exc: BaseException) -> str:
+    text = str(exc)
+    return text.splitlines()[0][:500] if text else ""
+
+
+def _default_logging() -> None:
+    """A plain stderr handler for the ``rpc`` logger when the application configured none."""
+    package = logging.getLogger("rpc")
+    if logging.getLogger().handlers or any(
+            not isinstance(h, logging.NullHandler) for h in package.handlers):
+        return
+    handler = logging.StreamHandler()
+    handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
+    package.addHandler(handler)
+    if package.level == logging.NOTSET:
+        package.setLevel(logging.INFO)

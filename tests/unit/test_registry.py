@@ -318,34 +318,7 @@ def test_two_instances_live_side_by_side() -> None:
     assert registry.resolve("m2.shared").func() == "derived"
 
 
-# -- remove, names, membership ---------------------------------------------------------------------
-
-def test_remove_forgets_a_function() -> None:
-    registry = registry_with(add)
-    registry.remove("add")
-    assert "add" not in registry
-
-
-def test_remove_forgets_every_method_of_an_instance() -> None:
-    registry = registry_with(add)
-    registry.add_instance(Math(), "math")
-    registry.remove("math")
-    assert registry.names() == ["add"]
-
-
-def test_remove_leaves_names_that_merely_share_a_prefix() -> None:
-    registry = Registry()
-    registry.add_instance(Math(), "math")
-    registry.add_instance(Math(), "mathematics")
-    registry.remove("math")
-    assert registry.names() == ["mathematics.kind", "mathematics.mul", "mathematics.neg"]
-
-
-def test_remove_of_an_unknown_name_does_nothing() -> None:
-    registry = registry_with(add)
-    registry.remove("nothing")
-    assert registry.names() == ["add"]
-
+# -- names, membership ------------------------------------------------------------------------------
 
 def test_names_are_sorted() -> None:
     registry = Registry()
@@ -557,3 +530,26 @@ def test_the_signature_of_a_math_builtin_is_checked() -> None:
     method.check_arguments((4,), {})
     with pytest.raises(InvalidArguments):
         method.check_arguments((4, 5), {})
+
+
+# -- expected exceptions ---------------------------------------------------------------------------
+
+class Overdrawn(Exception):
+    pass
+
+
+def test_a_function_carries_its_expected_exceptions() -> None:
+    registry = Registry()
+    registry.add_function(add, expected=(Overdrawn,))
+    assert registry.resolve("add").expected == (Overdrawn,)
+
+
+def test_every_method_of_an_instance_carries_its_expected_exceptions() -> None:
+    registry = Registry()
+    registry.add_instance(Math(), "math", expected=[Overdrawn, KeyError])
+    assert registry.resolve("math.mul").expected == (Overdrawn, KeyError)
+
+
+def test_expected_takes_only_exception_classes() -> None:
+    with pytest.raises(TypeError, match="exception classes"):
+        Registry().add_function(add, expected=("Overdrawn",))  # type: ignore[arg-type]
