@@ -40,3 +40,11 @@ class SystemMethods:
             "pid": os.getpid(),
             "uptime": round(time.time() - self._started, 3),
         }
+
+    def stats(self) -> dict[str, Any]:
+        """This server's health and load: the same figures as ``Server.status()``.
+
+        server_id, host, pid, uptime (s), node (the broker host:port it is connected to),
+        calls, errors, in_flight, p50_ms, p99_ms and queue_depth (None when unknown).
+        """
+        return self._server.status()

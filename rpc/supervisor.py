@@ -11,7 +11,12 @@ supervisor never touches the broker; it only starts, watches and signals process
 * SIGHUP starts a new set of workers and stops one old worker each time a new one is ready, so
   the queue always has consumers and no request is lost while the code is reloaded;
 * a worker that cannot start at first (bad MODULE:ATTR, broker unreachable or refusing) ends the
-  supervisor with the worker's exit code.
+  supervisor with the worker's exit code;
+* each worker has a slot (0 to N-1, kept by its replacements; ``--metrics-port`` adds it to the
+  port) and writes a byte to its pipe every few seconds while its server is alive; with a
+  ``liveness_file``, the supervisor touches that file while every slot has a live worker, so a
+  healthcheck (``rpc health``) notices a frozen worker, or a frozen supervisor, in this very
+  container.
 
 Workers run in their own process group, so a terminal's Ctrl-C reaches the supervisor alone and
 each worker gets exactly one, orderly, SIGTERM.
@@ -30,7 +35,7 @@ from dataclasses import dataclass
 from types import FrameType
 
 from .exitcodes import STARTUP_FAILURES, ExitCode, describe
-from .worker import WorkerSpec
+from .worker import ALIVE_INTERVAL, READY, WorkerSpec
 
 logger = logging.getLogger(__name__)
 
@@ -42,6 +47,8 @@ STABLE_AFTER = 10.0
 KILL_MARGIN = 5.0
 #: Longest sleep of the supervisor's loop, in seconds.
 TICK = 0.2
+#: A worker silent for this long no longer counts as alive for the liveness file.
+ALIVE_WITHIN = 3 * ALIVE_INTERVAL
 
 _STOP_SIGNALS = (signal.SIGTERM, signal.SIGINT)
 
@@ -54,6 +61,8 @@ class Worker:
     ready_fd: int
     generation: int
     started: float
+    slot: int = 0
+    last_alive: float | None = None  # monotonic time of its last sign of life on the pipe
     successor: bool = False  # started by a reload; retires an older worker once ready
     ready: bool = False
     retiring: bool = False  # sent SIGTERM on purpose: its exit is expected
@@ -87,6 +96,8 @@ class Supervisor:
         on_ready: called once, when every worker of the first set is ready.
         on_reload: called on SIGHUP before new workers start (a detached daemon reopens its
             log file there, for logrotate).
+        liveness_file: touched every few seconds while each of the ``processes`` slots has a
+            worker that reported itself alive recently; removed when the supervisor ends.
     """
 
     def __init__(
@@ -97,6 +108,7 @@ class Supervisor:
         grace: float = 30.0,
         on_ready: Callable[[], None] | None = None,
         on_reload: Callable[[], None] | None = None,
+        liveness_file: str | None = None,
     ) -> None:
         if processes < 1:
             raise ValueError("processes must be at least 1")
@@ -105,8 +117,10 @@ class Supervisor:
         self.grace = grace
         self._on_ready = on_ready
         self._on_reload = on_reload
+        self.liveness_file = os.path.abspath(liveness_file) if liveness_file else None
+        self._touched = 0.0
         self._workers: list[Worker] = []
-        self._restarts: list[float] = []
+        self._restarts: list[tuple[float, int]] = []  # (due time, slot)
         self._generation = 0
         self._streak = 0
         self._starting = True
@@ -131,13 +145,14 @@ class Supervisor:
         try:
             logger.info("supervisor %d starting %d worker(s) for %s", os.getpid(),
                         self.processes, self.spec.target)
-            for _ in range(self.processes):
-                self._spawn()
+            for slot in range(self.processes):
+                self._spawn(slot)
             while self._workers or not self._stopping:
                 self._step(wake_r)
             return self._code
         finally:
             self._kill_all()
+            self._remove_liveness_file()
             signal.set_wakeup_fd(previous_wakeup)
             for sig, handler in previous.items():
                 signal.signal(sig, handler)
@@ -150,7 +165,7 @@ class Supervisor:
     def _step(self, wake_r: int) -> None:
         now = time.monotonic()
         timeout = TICK
-        for due in (*self._restarts, *([self._kill_at] if self._kill_at else [])):
+        for due in (*(t for t, _ in self._restarts), *([self._kill_at] if self._kill_at else [])):
             timeout = min(timeout, max(due - now, 0))
         for key, _ in self._selector.select(timeout):
             if key.data is None:
@@ -160,10 +175,11 @@ class Supervisor:
                 self._on_readable(key.data)
         self._reap()
         now = time.monotonic()
-        starting = [t for t in self._restarts if t <= now]
-        self._restarts = [t for t in self._restarts if t > now]
-        for _ in starting:
-            self._spawn()
+        starting = [slot for t, slot in self._restarts if t <= now]
+        self._restarts = [(t, slot) for t, slot in self._restarts if t > now]
+        for slot in starting:
+            self._spawn(slot)
+        self._touch_liveness_file(now)
         if self._kill_at is not None and now >= self._kill_at and self._workers:
             logger.error("workers %s still running %g s after the grace period; killing them",
                          [w.pid for w in self._workers], KILL_MARGIN)
@@ -193,16 +209,18 @@ class Supervisor:
             return
         if not data:  # the worker is exiting; _reap collects it
             self._close_pipe(worker)
-        elif not worker.ready:
+            return
+        worker.last_alive = time.monotonic()
+        if not worker.ready and READY in data:
             self._ready(worker)
 
     # -- worker lifecycle ------------------------------------------------------------------------
 
-    def _spawn(self, successor: bool = False) -> None:
+    def _spawn(self, slot: int, successor: bool = False) -> None:
         ready_r, ready_w = os.pipe()
         try:
             proc = subprocess.Popen(
-                self.spec.command(ready_w), env=self.spec.environment(), pass_fds=(ready_w,),
+                self.spec.command(ready_w, slot), env=self.spec.environment(), pass_fds=(ready_w,),
                 stdin=subprocess.DEVNULL, process_group=0,
             )
         except BaseException:
@@ -211,10 +229,12 @@ class Supervisor:
         finally:
             os.close(ready_w)
         os.set_blocking(ready_r, False)
-        worker = Worker(proc, ready_r, self._generation, time.monotonic(), successor=successor)
+        worker = Worker(proc, ready_r, self._generation, time.monotonic(), slot=slot,
+                        successor=successor)
         self._workers.append(worker)
         self._selector.register(ready_r, selectors.EVENT_READ, worker)
-        logger.debug("started worker %d (generation %d)", worker.pid, worker.generation)
+        logger.debug("started worker %d (slot %d, generation %d)", worker.pid, slot,
+                     worker.generation)
 
     def _ready(self, worker: Worker) -> None:
         worker.ready = True
@@ -236,10 +256,13 @@ class Supervisor:
         if len(active) + len(self._restarts) <= self.processes:
             return
         if self._restarts:
-            self._restarts.pop()
+            same = [r for r in self._restarts if r[1] == newcomer.slot]
+            self._restarts.remove(same[0] if same else self._restarts[-1])
             return
         older = [w for w in active if w.generation < newcomer.generation]
-        victim = min(older, key=lambda w: (w.generation, w.started), default=newcomer)
+        # the same slot first: it holds the metrics port the newcomer is given
+        victim = min(older, key=lambda w: (w.slot != newcomer.slot, w.generation, w.started),
+                     default=newcomer)
         logger.info("stopping worker %d (replaced by %d)", victim.pid, newcomer.pid)
         self._terminate(victim)
 
@@ -273,7 +296,7 @@ class Supervisor:
         self._streak += 1
         logger.warning("worker %d %s after %.1f s; starting a new one in %.1f s",
                        worker.pid, why, uptime, delay)
-        self._restarts.append(time.monotonic() + delay)
+        self._restarts.append((time.monotonic() + delay, worker.slot))
 
     def _reload(self) -> None:
         if self._stopping or self._starting:
@@ -285,8 +308,8 @@ class Supervisor:
         self._generation += 1
         logger.info("SIGHUP: starting %d new worker(s); each old one stops once a new one is "
                     "ready", self.processes)
-        for _ in range(self.processes):
-            self._spawn(successor=True)
+        for slot in range(self.processes):
+            self._spawn(slot, successor=True)
 
     def _begin_stop(self, code: int) -> None:
         if self._stopping:
@@ -314,6 +337,34 @@ class Supervisor:
             except subprocess.TimeoutExpired:
                 logger.error("worker %d did not die after SIGKILL", worker.pid)
         self._reap()
+
+    # -- liveness ------------------------------------------------------------------------------------
+
+    def alive_slots(self, now: float) -> set[int]:
+        """Slots with a worker that said it was alive within :data:`ALIVE_WITHIN` seconds."""
+        return {w.slot for w in self._workers
+                if w.ready and not w.retiring and w.last_alive is not None
+                and now - w.last_alive < ALIVE_WITHIN}
+
+    def _touch_liveness_file(self, now: float) -> None:
+        if self.liveness_file is None or self._stopping or now - self._touched < ALIVE_INTERVAL:
+            return
+        if len(self.alive_slots(now)) < self.processes:
+            return
+        self._touched = now
+        try:
+            with open(self.liveness_file, "a"):
+                pass
+            os.utime(self.liveness_file)
+        except OSError as exc:
+            logger.warning("cannot touch the liveness file: %s", exc)
+
+    def _remove_liveness_file(self) -> None:
+        if self.liveness_file is not None:
+            try:
+                os.unlink(self.liveness_file)
+            except FileNotFoundError:
+                pass
 
     def _close_pipe(self, worker: Worker) -> None:
         if worker.ready_fd >= 0:

@@ -29,6 +29,10 @@ logger = logging.getLogger("rpc.worker")  # not __name__: that is "__main__" und
 
 #: How often a worker checks that its supervisor is still alive, in seconds.
 PARENT_CHECK_INTERVAL = 0.5
+#: How often a healthy worker tells its supervisor it is alive (a byte on its pipe), in seconds.
+ALIVE_INTERVAL = 2.0
+#: The byte a worker writes once when it serves, and the one it writes while it stays healthy.
+READY, ALIVE = b"R", b"A"
 
 
 class TargetError(Exception):
@@ -48,11 +52,16 @@ class WorkerSpec:
     app_dir: str = "."
     log_level: str = "INFO"
     log_format: str = "text"
+    #: Worker ``slot`` serves Prometheus metrics on ``metrics_port + slot`` (None: the Server's).
+    metrics_port: int | None = None
+    #: ``classic`` or ``quorum`` (None: the Server's own choice).
+    queue_type: str | None = None
 
-    def command(self, ready_fd: int) -> list[str]:
-        """The argv that starts a worker for this spec (without the URL)."""
+    def command(self, ready_fd: int, slot: int = 0) -> list[str]:
+        """The argv that starts worker number ``slot`` for this spec (without the URL)."""
         argv = [
             sys.executable, "-m", "rpc.worker", self.target, "--ready-fd", str(ready_fd),
+            "--slot", str(slot),
             "--grace", repr(self.grace), "--connect-retry", repr(self.connect_retry),
             "--app-dir", os.path.abspath(self.app_dir),
             "--log-level", self.log_level, "--log-format", self.log_format,
@@ -61,6 +70,10 @@ class WorkerSpec:
             argv += ["--server-id", self.server_id]
         if self.concurrency is not None:
             argv += ["--concurrency", str(self.concurrency)]
+        if self.metrics_port is not None:
+            argv += ["--metrics-port", str(self.metrics_port)]
+        if self.queue_type is not None:
+            argv += ["--queue-type", self.queue_type]
         return argv
 
     def environment(self) -> dict[str, str]:
@@ -108,20 +121,59 @@ def load_server(target: str, app_dir: str = ".") -> Server:
     return obj
 
 
-def apply_overrides(server: Server, spec: WorkerSpec) -> None:
-    """Apply ``--server-id``, ``--concurrency`` and ``--connect-retry`` to a loaded server.
+def apply_overrides(server: Server, spec: WorkerSpec, slot: int = 0) -> None:
+    """Apply the command line's options to a loaded server (worker number ``slot``).
 
-    A default prefetch (None: a multiple of the concurrency) follows the new concurrency; a
-    prefetch the module chose itself is kept.
+    ``--server-id``, ``--concurrency``, ``--connect-retry``, ``--queue-type``, and
+    ``--metrics-port`` (plus ``slot``, so that each worker of one ``rpc serve`` has a port of
+    its own). A default prefetch (None: a multiple of the concurrency) follows the new
+    concurrency; a prefetch the module chose itself is kept.
     """
     if spec.server_id is not None:
         server.server_id = spec.server_id
     if spec.concurrency is not None:
         server.concurrency = spec.concurrency
     server.connect_retry = spec.connect_retry
+    if spec.queue_type is not None:
+        server.queue_type = spec.queue_type
+    if spec.metrics_port is not None:
+        server.metrics_port = spec.metrics_port + slot
 
 
-def run(spec: WorkerSpec, ready_fd: int | None = None) -> int:
+def server_alive(server: Server) -> bool:
+    """Whether ``server`` is serving, connected, and its I/O thread answers.
+
+    ``status()`` asks the broker for the queue's depth, a round trip through the server's own I/O
+    thread (at most 2 s): a depth that comes back proves the connection and that thread alive.
+    """
+    if not server.running:
+        return False
+    try:
+        status = server.status()
+    except Exception:  # a status that cannot be read is no sign of life
+        logger.debug("status() failed", exc_info=True)
+        return False
+    return status.get("node") is not None and status.get("queue_depth") is not None
+
+
+def _report_alive(server: Server, fd: int, stop: threading.Event) -> None:
+    """Write :data:`ALIVE` to the supervisor's pipe every ALIVE_INTERVAL while the server lives.
+
+    The supervisor turns these into ``--liveness-file`` touches. The pipe is non-blocking: a
+    supervisor that stopped reading (frozen) must not freeze this worker too.
+    """
+    while not stop.wait(ALIVE_INTERVAL):
+        if not server_alive(server):
+            continue
+        try:
+            os.write(fd, ALIVE)
+        except BlockingIOError:
+            pass
+        except OSError:  # the supervisor is gone; the main loop notices
+            return
+
+
+def run(spec: WorkerSpec, ready_fd: int | None = None, slot: int = 0) -> int:
     """Serve until SIGTERM/SIGINT or the supervisor's death; returns the exit code.
 
     Repeated signals do not cut the grace short: escalating is the supervisor's job (SIGKILL),
@@ -142,7 +194,7 @@ def run(spec: WorkerSpec, ready_fd: int | None = None) -> int:
 
     try:
         server = load_server(spec.target, spec.app_dir)
-        apply_overrides(server, spec)
+        apply_overrides(server, spec, slot)
     except TargetError as exc:
         logger.error("cannot load %s: %s", spec.target, exc, exc_info=exc.__cause__ is not None)
         return ExitCode.BAD_TARGET
@@ -158,9 +210,12 @@ def run(spec: WorkerSpec, ready_fd: int | None = None) -> int:
         return ExitCode.ERROR
     if ready_fd is not None:
         try:
-            os.write(ready_fd, b"R")
+            os.write(ready_fd, READY)
+            os.set_blocking(ready_fd, False)
         except OSError:  # the supervisor is gone; the loop below notices
             pass
+        threading.Thread(target=_report_alive, args=(server, ready_fd, stop),
+                         name="rpc-worker-alive", daemon=True).start()
     while not stop.wait(PARENT_CHECK_INTERVAL):
         if os.getppid() != parent:
             reason.append("supervisor gone")
@@ -171,10 +226,13 @@ def run(spec: WorkerSpec, ready_fd: int | None = None) -> int:
     return ExitCode.OK
 
 
-def _parse(argv: list[str]) -> tuple[WorkerSpec, int | None]:
+def _parse(argv: list[str]) -> tuple[WorkerSpec, int | None, int]:
     parser = argparse.ArgumentParser(prog="python -m rpc.worker", description=__doc__)
     parser.add_argument("target")
     parser.add_argument("--ready-fd", type=int)
+    parser.add_argument("--slot", type=int, default=0)
+    parser.add_argument("--metrics-port", type=int)
+    parser.add_argument("--queue-type", choices=("classic", "quorum"))
     parser.add_argument("--server-id")
     parser.add_argument("--concurrency", type=int)
     parser.add_argument("--grace", type=float, default=30.0)
@@ -186,16 +244,17 @@ def _parse(argv: list[str]) -> tuple[WorkerSpec, int | None]:
     spec = WorkerSpec(
         target=args.target, server_id=args.server_id, concurrency=args.concurrency,
         grace=args.grace, connect_retry=args.connect_retry, app_dir=args.app_dir,
-        log_level=args.log_level, log_format=args.log_format,
+        log_level=args.log_level, log_format=args.log_format, metrics_port=args.metrics_port,
+        queue_type=args.queue_type,
     )
-    return spec, args.ready_fd
+    return spec, args.ready_fd, args.slot
 
 
 def main(argv: list[str] | None = None) -> int:
     """Entry point of ``python -m rpc.worker``."""
-    spec, ready_fd = _parse(sys.argv[1:] if argv is None else argv)
+    spec, ready_fd, slot = _parse(sys.argv[1:] if argv is None else argv)
     logconfig.configure(spec.log_level, spec.log_format)
-    return run(spec, ready_fd)
+    return run(spec, ready_fd, slot)
 
 
 if __name__ == "__main__":

@@ -3,11 +3,13 @@
 from __future__ import annotations
 
 import json
+import re
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
 import click
+import kombu
 import pytest
 from cli_support import (
     Serve,
@@ -21,7 +23,7 @@ from cli_support import (
 )
 from click.testing import CliRunner
 
-from rpc import Proxy
+from rpc import Proxy, Server
 from rpc.cli import cli, parse_keyword, parse_value, to_json
 from rpc.exitcodes import ExitCode
 
@@ -158,6 +160,22 @@ def test_call_to_a_server_id_nobody_serves_exits_7(served: Served) -> None:
     assert "no server is serving" in err
 
 
+def test_call_to_a_server_id_whose_servers_all_stopped_exits_7_saying_nobody_consumes(
+    served: Served, broker_url: str,
+) -> None:
+    server_id = new_server_id()
+    stopped = Server(broker_url, server_id=server_id)
+    stopped.start()
+    stopped.stop(grace=1)  # its queue stays, without a consumer
+    try:
+        code, _, err = rpc(served, "call", server_id, "add", "1", "2")
+        assert code == ExitCode.NO_SERVER
+        assert err == f"Error: no server is consuming '{server_id}' (0 requests waiting)\n"
+    finally:
+        with kombu.Connection(broker_url) as conn:
+            conn.default_channel.queue_delete(server_id)
+
+
 def test_call_with_broker_unreachable_exits_4(served: Served) -> None:
     url = f"amqp://guest:guest@127.0.0.1:{free_port()}//"
     code, _, err = rpc(served, "call", "--url", url, "--connect-retry", "0", "calc", "add")
@@ -183,7 +201,7 @@ def test_methods_lists_each_method_with_signature_and_first_doc_line(served: Ser
     lines = out.splitlines()
     assert [line.split("(")[0] for line in lines] == [
         "add", "fail", "hold", "system.list_methods", "system.method_help",
-        "system.method_signature", "system.ping"]
+        "system.method_signature", "system.ping", "system.stats"]
     assert lines[0].split() == ["add(a,", "b)", "Add", "a", "and", "b."]
 
 
@@ -228,7 +246,7 @@ def test_serve_logs_json_lines_with_the_password_masked(served: Served) -> None:
 def test_serve_concurrency_overrides_the_servers_and_scales_its_default_prefetch(
     served: Served,
 ) -> None:
-    assert "concurrency 3, prefetch 12)" in served.serve.output
+    assert re.search(r"concurrency 3[,;] prefetch 12\b", served.serve.output)
 
 
 def test_serve_of_a_missing_module_exits_3(served: Served) -> None:

@@ -9,6 +9,8 @@ from typing import Any
 import pytest
 import yaml
 
+from rpc.worker import ALIVE_INTERVAL
+
 REPO = Path(__file__).resolve().parent.parent
 
 
@@ -56,13 +58,22 @@ def test_server_waits_for_a_healthy_broker(services: dict[str, Any]) -> None:
     assert services["calc"]["depends_on"] == {"rabbitmq": {"condition": "service_healthy"}}
 
 
-def test_server_healthcheck_pings_its_server_id_within_the_check_timeout(
+def test_server_healthcheck_is_rpc_health_on_the_liveness_file_rpc_serve_touches(
+    services: dict[str, Any],
+) -> None:
+    calc = services["calc"]
+    assert calc["healthcheck"]["test"][:3] == ["CMD", "rpc", "health"]
+    assert "--liveness-file" not in calc["command"]  # both commands read RPC_LIVENESS_FILE
+    assert calc["environment"]["RPC_LIVENESS_FILE"].startswith("/tmp/")  # writable as non-root
+
+
+def test_server_healthcheck_allows_several_missed_touches_before_unhealthy(
     services: dict[str, Any],
 ) -> None:
     check = services["calc"]["healthcheck"]
-    assert check["test"][:4] == ["CMD", "rpc", "ping", "calc"]
-    ping_timeout = float(check["test"][check["test"].index("--timeout") + 1])
-    assert ping_timeout < seconds(check["timeout"])
+    max_age = float(check["test"][check["test"].index("--max-age") + 1])
+    assert max_age >= 3 * ALIVE_INTERVAL
+    assert seconds(check["start_period"]) > 10  # workers start, connect and report alive
 
 
 def test_docker_waits_longer_than_the_grace_before_killing_the_server(
