@@ -141,3 +141,23 @@ def test_peers_are_measured_only_when_installed() -> None:
 def test_pika_reads_the_default_vhost_from_kombus_double_slash() -> None:
     assert pika_url("amqp://guest:guest@127.0.0.1:5672//") == "amqp://guest:guest@127.0.0.1:5672/%2F"
     assert pika_url("amqp://u:p@host:5672/prod") == "amqp://u:p@host:5672/prod"
+
+
+def test_the_cluster_benchmark_compares_each_side_with_one_node_in_the_same_mode_and_rep() -> None:
+    from benchmarks.cluster import BASELINE, compare
+
+    def run(side: str, mode: str, rep: int, calls_per_s: float, cpu: tuple[float, ...]) -> dict:
+        return {"side": side, "mode": mode, "rep": rep,
+                "report": {"count": 1000, "errors": 0, "calls_per_s": calls_per_s,
+                           "latency_ms": {"p50": 1.0}},
+                "cpu_s": dict(zip(("client", "server", "broker"), cpu, strict=True))}
+
+    rows = compare([run(BASELINE, "seq", 0, 2000, (0.1, 0.1, 0.2)),
+                    run(BASELINE, "100 in flight", 0, 8000, (0.1, 0.1, 0.1)),
+                    run("3 nodes, quorum", "seq", 0, 1000, (0.1, 0.1, 0.6))])
+    quorum = next(row for row in rows if row["side"] == "3 nodes, quorum")
+    assert quorum["ratio"] == pytest.approx(0.5)
+    assert quorum["cpu_us_broker"] == pytest.approx(600)
+    assert quorum["cpu_ratio_broker"] == pytest.approx(3.0)
+    assert quorum["cpu_ratio_client_server"] == pytest.approx(1.0)
+    assert quorum["cpu_ratio_total"] == pytest.approx(2.0)
