@@ -147,3 +147,26 @@ def test_queue_type_quorum_reaches_the_workers(start_serve: StartServe, broker_u
     done = run_rpc("status", server_id, "--format", "json", env=environment(broker_url))
     assert done.returncode == 0, done.stderr
     assert '"queue_type": "quorum"' in done.stdout
+
+
+@pytest.mark.xfail(strict=True, reason="the metrics endpoint binds without SO_REUSEPORT, so a "
+                   "reload's new worker cannot bind the port its predecessor still holds: "
+                   "rpc.metrics' HTTP server needs allow_reuse_port = True")
+def test_a_reload_keeps_serving_metrics_on_the_same_ports(start_serve: StartServe) -> None:
+    port = free_port()
+    serve = start_serve("--metrics-port", str(port))
+    wait_for(lambda: len(worker_pids_in(serve.output)) == 1, 30, "the worker ready")
+    serve.signal(signal.SIGHUP)
+    wait_for(lambda: "reload complete" in serve.output or "stay" in serve.output, 30,
+             "the reload to end")
+    assert "reload complete" in serve.output, serve.output
+    wait_for(lambda: healthz(port) == 200, 10, "the new worker's /healthz")
+
+
+def healthz(port: int) -> int | None:
+    """The status of GET /healthz, or None when the connection fails."""
+    try:
+        with urllib.request.urlopen(f"http://127.0.0.1:{port}/healthz", timeout=5) as r:
+            return int(r.status)
+    except OSError:
+        return None
