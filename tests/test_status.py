@@ -133,6 +133,11 @@ def test_status_json_counts_the_calls_each_instance_answered(pair: Pair) -> None
             "queue_depth"} <= set(records[0])
 
 
+def test_status_of_idle_instances_shows_nothing_in_flight(pair: Pair) -> None:
+    done = run_rpc("status", pair.server_id, "--format", "json", env=pair.env)
+    assert [r["in_flight"] for r in json.loads(done.stdout)] == [0, 0]  # not its own call
+
+
 def test_status_of_a_server_id_nobody_serves_exits_7(pair: Pair) -> None:
     done = run_rpc("status", new_server_id(), "--timeout", "0.5", env=pair.env)
     assert done.returncode == ExitCode.NO_SERVER
