@@ -2,8 +2,13 @@
 
 from __future__ import annotations
 
+import os
+import pty
+import re
+import select
 import subprocess
 import sys
+import time
 from collections.abc import Iterator
 
 import pytest
@@ -68,3 +73,39 @@ def test_shell_opens_for_a_server_id_nobody_serves_and_says_so(broker_url: str) 
 def test_shell_with_the_broker_unreachable_exits_4(broker_url: str) -> None:
     done = shell("calc", "amqp://guest:guest@127.0.0.1:1//", "", "--connect-retry", "0")
     assert done.returncode == ExitCode.UNREACHABLE
+
+
+ANSI = re.compile(rb"\x1b\[[0-9;?]*[A-Za-z]")
+
+
+def test_shell_on_a_terminal_is_ipython_when_installed(served: str, broker_url: str) -> None:
+    pytest.importorskip("IPython")
+    master, slave = pty.openpty()
+    proc = subprocess.Popen([sys.executable, "-m", "rpc", "shell", served], stdin=slave,
+                            stdout=slave, stderr=slave, env={**environment(broker_url),
+                                                             "TERM": "dumb"})
+    os.close(slave)
+    seen = b""
+
+    def read_until(needle: bytes, seconds: float = 20) -> bool:
+        nonlocal seen
+        deadline = time.monotonic() + seconds
+        while needle not in ANSI.sub(b"", seen) and time.monotonic() < deadline:
+            if select.select([master], [], [], 0.5)[0]:
+                try:
+                    seen += os.read(master, 4096)
+                except OSError:
+                    break
+        return needle in ANSI.sub(b"", seen)
+
+    try:
+        assert read_until(b"In [1]"), seen
+        os.write(master, b"proxy.add(2, 3)\r")
+        assert read_until(b"Out[1]: 5"), seen
+        os.write(master, b"exit\r")
+        assert proc.wait(10) == 0
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait(10)
+        os.close(master)
