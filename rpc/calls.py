@@ -10,6 +10,8 @@ from enum import IntEnum
 from typing import Any
 
 SYNC, FUTURE, CALLBACK, BROADCAST, CAST = 0, 1, 2, 3, 4
+#: The proxy's own question to the broker (is anyone consuming?), awaited like a sync call.
+CHECK = 5
 
 
 class CallbackState(IntEnum):
@@ -31,6 +33,7 @@ class Pending:
     __slots__ = (
         "cid", "method", "kind", "content_type", "deadline", "done", "ok", "value",
         "future", "on_success", "on_error", "_signal", "_signalled",
+        "body", "props", "broadcast", "wait_for_ready", "retries", "attempt", "started",
     )
 
     def __init__(
@@ -49,9 +52,20 @@ class Pending:
         self.on_error: Callable[[BaseException], Any] | None = None
         self._signal: threading.Lock | None = None
         self._signalled = False
+        # The request as published, to publish it again on a retry.
+        self.body = b""
+        self.props: dict[str, Any] = {}
+        self.broadcast = False
+        self.wait_for_ready = False
+        #: Retries left, and how many were made.
+        self.retries = 0
+        self.attempt = 0
+        self.started = 0.0
 
     def arm(self) -> None:
-        """Prepare a synchronous call to sleep until :meth:`wake`."""
+        """Prepare a synchronous call to sleep until :meth:`wake` (again, for a retry)."""
+        self.done = False
+        self._signalled = False
         self._signal = threading.Lock()
         self._signal.acquire()
 

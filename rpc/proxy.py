@@ -6,6 +6,9 @@ itself when nobody else is, so a single-threaded caller publishes and reads on i
 with no hand-off; other waiters sleep until the reader hands them their reply or the reader's
 role. A background thread reads only while future or callback calls are outstanding and nobody
 else reads, fires their timeouts, and keeps heartbeats going.
+
+On a cluster the proxy fails the calls pending on a lost connection at once, reconnects to the
+next node in the background, and publishes again the calls that asked for retries.
 """
 
 from __future__ import annotations
@@ -23,11 +26,14 @@ from concurrent.futures import Future
 from dataclasses import dataclass
 from typing import Any
 
+import tenacity
+
 from . import protocol, serialization, tracing
 from .calls import (
     BROADCAST,
     CALLBACK,
     CAST,
+    CHECK,
     FUTURE,
     SYNC,
     CallbackState,
@@ -35,26 +41,52 @@ from .calls import (
     CallFuture,
     Pending,
 )
-from .config import mask_url, resolve_url
-from .connection import DEFAULT_CONNECT_RETRY, DEFAULT_HEARTBEAT, open_connection
+from .config import BrokerURL, mask_url, resolve_url
+from .connection import (
+    DEFAULT_CONNECT_RETRY,
+    DEFAULT_HEARTBEAT,
+    Failover,
+    FailoverStrategy,
+    open_connection,
+)
 from .context import outgoing_headers
 from .errors import (
+    AccessRefused,
     BrokerBlocked,
+    ConnectionError,
     ConnectionLost,
     Refused,
     RPCError,
     RPCTimeout,
+    ServerUnavailable,
     UnknownServer,
     rebuild_exception,
 )
 from .limits import DEFAULT_MAX_MESSAGE_SIZE
-from .link import Incoming, Link, open_link
-from .views import CallOptions, CallView, OnError, OnSuccess, RemoteMethod, check_timeout
+from .link import Incoming, Link, QueueInfo, open_link
+from .views import (
+    CallOptions,
+    CallView,
+    OnError,
+    OnSuccess,
+    RemoteMethod,
+    check_retries,
+    check_timeout,
+)
 
 logger = logging.getLogger(__name__)
 
 #: Seconds a broadcast collects replies unless told otherwise.
 BROADCAST_TIMEOUT = 1.0
+#: Seconds a call waits for its reply unless told otherwise (oslo.messaging's default).
+DEFAULT_TIMEOUT = 60.0
+#: Seconds a check that a server consumes the queue holds before it is made again.
+AVAILABILITY_TTL = 1.0
+#: Longest wait for the broker's answer to that check; without one, the call goes ahead.
+AVAILABILITY_CHECK_TIMEOUT = 2.0
+#: Backoff between retries of a call: 50 ms doubling up to 1 s, with jitter.
+_BACKOFF = tenacity.wait_exponential(multiplier=0.05, max=1.0) + tenacity.wait_random(0, 0.05)
+_RETRYING = tenacity.Retrying(wait=_BACKOFF)
 _PLAIN = CallOptions()
 _BROADCAST = CallOptions(broadcast=True)
 _FUTURE = CallOptions(future=True)
@@ -89,6 +121,16 @@ class Proxy:
         server_id: the server (request queue) to call.
         serializer: ``"msgpack"``, ``"json"``, ``"pickle"`` or a registered name.
         timeout: default seconds per call (None waits for ever); ``set_timeout`` overrides it.
+        retries: times a call is published again (with backoff, within its timeout) when the
+            connection failed, the broker refused the request or blocked publishing, or no
+            server was consuming; ``set_retries`` overrides it. Servers answer a repeat from
+            their table of completed calls, so a retried call runs once.
+        wait_for_ready: let requests wait in the queue until a server consumes it, instead of
+            failing at once with ServerUnavailable; ``wait_for_ready()`` sets it per call.
+        failover: with several broker URLs, the order to try them: ``"round-robin"`` from the
+            first, or ``"shuffle"`` to spread clients; a reconnect starts with the next node.
+        metrics: record calls, latency, timeouts, dropped replies and reconnects in
+            prometheus_client's default registry (``amqp-rpc[metrics]``).
         heartbeat: AMQP heartbeat interval in seconds (0 turns heartbeats off).
         connect_retry: seconds to keep retrying an unreachable broker before ConnectionError.
         max_message_size: largest reply body in bytes; a call whose reply is larger fails.
@@ -99,11 +141,15 @@ class Proxy:
 
     def __init__(
         self,
-        url: str | None = None,
+        url: BrokerURL | None = None,
         *,
         server_id: str = "calc",
         serializer: str = "msgpack",
-        timeout: float | None = None,
+        timeout: float | None = DEFAULT_TIMEOUT,
+        retries: int = 0,
+        wait_for_ready: bool = False,
+        failover: FailoverStrategy = "round-robin",
+        metrics: bool = False,
         heartbeat: float = DEFAULT_HEARTBEAT,
         connect_retry: float = DEFAULT_CONNECT_RETRY,
         max_message_size: int = DEFAULT_MAX_MESSAGE_SIZE,
@@ -121,6 +167,15 @@ class Proxy:
         self.content_type = serialization.content_type_of(serializer)
         self._accept = frozenset({self.content_type, serialization.JSON})
         self.default_timeout = check_timeout(timeout)
+        self.default_retries = check_retries(retries)
+        self.default_wait_for_ready = wait_for_ready
+        self._failover = Failover(self._url, failover)
+        self._available_until = 0.0
+        self._metrics: Any = None
+        if metrics:
+            from .metrics import ProxyMetrics
+
+            self._metrics = ProxyMetrics(server_id)
         self._heartbeat = heartbeat
         self._connect_retry = connect_retry
         self.max_message_size = max_message_size
@@ -167,6 +222,14 @@ class Proxy:
     def set_timeout(self, timeout: float | None) -> CallView:
         """A one-call view with this timeout: ``proxy.set_timeout(10).add(2, 3)``."""
         return CallView(self, _PLAIN).set_timeout(timeout)
+
+    def set_retries(self, retries: int) -> CallView:
+        """A one-call view with this many retries: ``proxy.set_retries(3).add(2, 3)``."""
+        return CallView(self, _PLAIN).set_retries(retries)
+
+    def wait_for_ready(self, wait: bool = True) -> CallView:
+        """A one-call view whose request waits in the queue for a server, up to its timeout."""
+        return CallView(self, _PLAIN).wait_for_ready(wait)
 
     def callback(self, on_success: OnSuccess | None, on_error: OnError | None = None) -> CallView:
         """A one-call view that returns a uid at once and later runs one of the functions."""
@@ -255,6 +318,11 @@ class Proxy:
         return not self._link.closed
 
     @property
+    def node(self) -> str | None:
+        """``host:port`` of the broker node this proxy is connected to."""
+        return self._failover.node()
+
+    @property
     def pending_calls(self) -> int:
         """Calls awaiting their reply."""
         return len(self._pending)
@@ -287,7 +355,7 @@ class Proxy:
 
     def _connect(self) -> Link:
         conn = open_connection(
-            self._url, heartbeat=self._heartbeat, retry_for=self._connect_retry,
+            self._failover, heartbeat=self._heartbeat, retry_for=self._connect_retry,
             name=f"rpc-proxy {self.server_id}", ssl=self._ssl,
         )
         try:
@@ -307,10 +375,25 @@ class Proxy:
             if self._closed:
                 raise RPCError("this proxy is closed")
             if self._link.closed:
-                logger.info("proxy for %r reconnecting to %s", self.server_id, mask_url(self._url))
                 self._declared.clear()
+                self._available_until = 0.0
                 self._link = self._connect()
+                logger.info("proxy for %r reconnected to %s", self.server_id,
+                            mask_url(self._failover.current or self._url))
+                if self._metrics is not None:
+                    self._metrics.reconnected()
             return self._link
+
+    def _reconnect_soon(self) -> None:
+        """Reconnect in the background after a loss, so the next call finds a connection."""
+        def run() -> None:
+            try:
+                self._live_link()
+            except Exception as exc:
+                logger.warning("proxy for %r cannot reconnect yet: %s", self.server_id, exc)
+
+        threading.Thread(target=run, name=f"rpc-proxy-reconnect-{self.server_id}",
+                         daemon=True).start()
 
     # -- making a call ---------------------------------------------------------------------------
 
@@ -325,33 +408,66 @@ class Proxy:
         if options.cast:
             if options.callbacks is not None or options.future:
                 raise TypeError("a cast has no reply: it takes no callbacks and no future")
-            self._start(method, args, kwargs, timeout, CAST, options)
+            pending = self._prepare(method, args, kwargs, timeout, CAST, options)
+            self._run_sync(pending)
             return None
         if options.broadcast:
             if options.callbacks is not None or options.future:
                 raise TypeError("a broadcast returns its replies: no callbacks and no future")
             if timeout is None:
                 raise ValueError("a broadcast needs a timeout: how long to collect replies")
-            pending = self._start(method, args, kwargs, timeout, BROADCAST, options)
+            pending = self._prepare(method, args, kwargs, timeout, BROADCAST, options)
+            pending.retries = 0
+            self._send(pending)
             self._wait_or_forget(pending)
             return pending.value
         if options.future:
             fut = CallFuture(self._jobs.put)
-            pending = self._start(method, args, kwargs, timeout, FUTURE, options, future=fut)
+            pending = self._prepare(method, args, kwargs, timeout, FUTURE, options)
+            pending.future = fut
+            self._send_async(pending)
             fut.forget = lambda: self._forget(pending)
-            self._kick_pump()
             return fut
         if options.callbacks is not None:
-            on_success, on_error = options.callbacks
-            pending = self._start(method, args, kwargs, timeout, CALLBACK, options,
-                                  on_success=on_success, on_error=on_error)
-            self._kick_pump()
+            pending = self._prepare(method, args, kwargs, timeout, CALLBACK, options)
+            pending.on_success, pending.on_error = options.callbacks
+            self._states.start(pending.cid)
+            try:
+                self._send_async(pending)
+            except BaseException:
+                self._states.finish(pending.cid)
+                raise
             return pending.cid
-        pending = self._start(method, args, kwargs, timeout, SYNC, options)
-        self._wait_or_forget(pending)
+        pending = self._prepare(method, args, kwargs, timeout, SYNC, options)
+        self._run_sync(pending)
         if pending.ok:
             return pending.value
         raise pending.value
+
+    def _run_sync(self, pending: Pending) -> None:
+        """Send a synchronous call (or a cast) and wait for it, retrying as it asked."""
+        while True:
+            try:
+                self._send(pending)
+                if pending.kind == CAST:
+                    return
+                self._wait_or_forget(pending)
+                if pending.ok or not self._may_retry(pending, pending.value):
+                    return
+            except Exception as exc:
+                if not self._may_retry(pending, exc):
+                    raise
+            time.sleep(self._next_backoff(pending))
+            if pending.kind != CAST:
+                pending.arm()
+
+    def _send_async(self, pending: Pending) -> None:
+        try:
+            self._send(pending)
+        except Exception as exc:
+            if not self._retry_later(pending, exc):
+                raise
+        self._kick_pump()
 
     def _wait_or_forget(self, pending: Pending) -> None:
         try:
@@ -365,14 +481,13 @@ class Proxy:
             if not self._reader_active:
                 self._pump_wakeup.notify()
 
-    def _start(
+    def _prepare(
         self, method: str, args: tuple[Any, ...], kwargs: dict[str, Any], timeout: float | None,
-        kind: int, options: CallOptions, *, future: CallFuture | None = None,
-        on_success: OnSuccess | None = None, on_error: OnError | None = None,
+        kind: int, options: CallOptions,
     ) -> Pending:
+        """Encode the request once; it is published by :meth:`_send`, again on a retry."""
         if self._closed:
             raise RPCError("this proxy is closed")
-        link = self._live_link()
         cid = self._prefix + format(next(self._counter), "x")
         headers, expiration = protocol.deadline_headers(timeout, time.time())
         extra = outgoing_headers(dict(options.context))
@@ -383,46 +498,132 @@ class Proxy:
         props: dict[str, Any] = {
             "content_type": self.content_type, "correlation_id": cid, "message_id": cid,
         }
-        if kind != CAST:
-            props["reply_to"] = self._reply_to
         if headers:
             props["headers"] = headers
         if expiration is not None:
             props["expiration"] = expiration
         deadline = None if timeout is None else time.monotonic() + timeout
         pending = Pending(cid, method, kind, self.content_type, deadline)
+        pending.body, pending.props, pending.broadcast = body, props, options.broadcast
+        pending.retries = self.default_retries if options.retries is None else options.retries
+        pending.wait_for_ready = (self.default_wait_for_ready if options.wait_for_ready is None
+                                  else options.wait_for_ready)
+        pending.started = time.perf_counter()
         if kind in (SYNC, BROADCAST):
             pending.arm()
             if kind == BROADCAST:
                 pending.value = []
-        elif kind == FUTURE:
-            pending.future = future
-        elif kind == CALLBACK:
-            pending.on_success, pending.on_error = on_success, on_error
-            self._states.start(cid)
+        return pending
+
+    def _send(self, pending: Pending) -> None:
+        """Publish the request and track it: for the first time, or again for a retry."""
+        if self._closed:
+            raise RPCError("this proxy is closed")
+        kind, cid = pending.kind, pending.cid
+        link = self._live_link()
+        if not pending.broadcast and not pending.wait_for_ready:
+            self._check_available(link, pending.deadline)
+        props = pending.props
         if kind != CAST:
+            props["reply_to"] = self._reply_to
             with self._lock:
                 self._pending[cid] = pending
                 if kind in _ASYNC:
                     self._async_count += 1
-                    if deadline is not None:
-                        heapq.heappush(self._timers, (deadline, cid))
+                    if pending.deadline is not None:
+                        heapq.heappush(self._timers, (pending.deadline, cid))
+        track = cid if kind != CAST else None
         try:
             try:
-                self._publish(link, body, props, options.broadcast, cid if kind != CAST else None)
+                self._publish(link, pending.body, props, pending.broadcast, track)
             except ConnectionLost:
                 # The write failed, so the broker has not got the request: send it once more
                 # on a new connection (whose reply address differs).
                 link = self._live_link()
                 if kind != CAST:
                     props["reply_to"] = self._reply_to
-                self._publish(link, body, props, options.broadcast, cid if kind != CAST else None)
+                self._publish(link, pending.body, props, pending.broadcast, track)
         except Exception:
             self._forget(pending)
-            if kind == CALLBACK:
-                self._states.finish(cid)
             raise
-        return pending
+
+    def _check_available(self, link: Link, deadline: float | None) -> None:
+        """Fail at once when the queue exists but nobody consumes it (one check a second).
+
+        Raises:
+            ServerUnavailable: the broker counts no consumer on the server's queue.
+        """
+        now = time.monotonic()
+        if now < self._available_until:
+            return
+        check = Pending(f"{self._prefix}check.{next(self._counter):x}", "(availability check)",
+                        CHECK, self.content_type, min(deadline or now + AVAILABILITY_CHECK_TIMEOUT,
+                                                     now + AVAILABILITY_CHECK_TIMEOUT))
+        check.arm()
+        with self._lock:
+            self._pending[check.cid] = check
+
+        def on_info(info: QueueInfo | None) -> None:
+            if self._take(check.cid) is not None:
+                self._complete(check, True, info)
+
+        try:
+            link.inspect_queue(self.server_id, on_info)
+        except ConnectionLost:
+            self._take(check.cid)
+            return  # the publish that follows fails the same way, and says so
+        self._wait_or_forget(check)
+        info = check.value if check.ok else None
+        if info is not None and info.consumers == 0:
+            raise ServerUnavailable(
+                f"no server is consuming {self.server_id!r} ({info.messages} requests waiting)")
+        self._available_until = time.monotonic() + AVAILABILITY_TTL
+
+    def _may_retry(self, pending: Pending, error: BaseException) -> bool:
+        """Whether a failed call has a retry left, for an error a retry may cure, in time."""
+        if pending.retries <= 0 or self._closed or isinstance(error, AccessRefused):
+            return False
+        if not isinstance(error, (ConnectionError, Refused, ServerUnavailable)):
+            return False
+        if pending.deadline is not None and time.monotonic() >= pending.deadline:
+            return False
+        pending.retries -= 1
+        pending.attempt += 1
+        logger.info("retrying %s() (attempt %d) after %s: %s", pending.method,
+                    pending.attempt + 1, type(error).__name__, error)
+        return True
+
+    @staticmethod
+    def _next_backoff(pending: Pending) -> float:
+        state = tenacity.RetryCallState(retry_object=_RETRYING, fn=None, args=(), kwargs={})
+        state.attempt_number = pending.attempt
+        wait = float(_BACKOFF(state))
+        if pending.deadline is not None:
+            wait = min(wait, max(pending.deadline - time.monotonic(), 0.0))
+        return wait
+
+    def _retry_later(self, pending: Pending, error: BaseException) -> bool:
+        """Publish a future or callback call again after a backoff, on a timer thread."""
+        if not self._may_retry(pending, error):
+            return False
+        timer = threading.Timer(self._next_backoff(pending), self._resend, (pending,))
+        timer.daemon = True
+        timer.start()
+        return True
+
+    def _resend(self, pending: Pending) -> None:
+        if pending.future is not None and pending.future.done():
+            return  # cancelled meanwhile
+        if pending.deadline is not None and time.monotonic() >= pending.deadline:
+            self._complete(pending, False, RPCTimeout(
+                f"no reply to {pending.method}() within the call's timeout"))
+            return
+        try:
+            self._send(pending)
+        except Exception as exc:
+            self._complete(pending, False, exc)
+        else:
+            self._kick_pump()
 
     def _publish(
         self, link: Link, body: bytes, props: dict[str, Any], broadcast: bool, track: str | None,
@@ -494,6 +695,8 @@ class Proxy:
         if pending.kind == BROADCAST:
             self._complete(pending, True, pending.value)
             return
+        if self._metrics is not None and pending.kind != CHECK:
+            self._metrics.timeout()
         timeout = RPCTimeout(f"no reply to {pending.method}() within the call's timeout")
         self._complete(pending, False, timeout)
 
@@ -505,6 +708,8 @@ class Proxy:
             pending = self._pending.get(cid) if isinstance(cid, str) else None
             if pending is None:
                 self.replies_dropped += 1
+                if self._metrics is not None:
+                    self._metrics.dropped_reply()
             elif pending.kind != BROADCAST:
                 del self._pending[pending.cid]
                 if pending.kind in _ASYNC:
@@ -578,8 +783,13 @@ class Proxy:
                 f"the broker did not accept the request to {pending.method}() (basic.nack)"))
 
     def _complete(self, pending: Pending, ok: bool, value: Any) -> None:
+        if not ok and pending.kind in _ASYNC and pending.retries > 0 and self._retry_later(
+                pending, value):
+            return
         pending.ok, pending.value = ok, value
-        if pending.kind in (SYNC, BROADCAST):
+        if self._metrics is not None and pending.kind != CHECK:
+            self._record(pending, ok, value)
+        if pending.kind in (SYNC, BROADCAST, CHECK):
             with self._lock:
                 pending.done = True
                 pending.wake()
@@ -595,6 +805,12 @@ class Proxy:
         else:
             pending.done = True
             self._jobs.put(lambda: self._run_callback(pending))
+
+    def _record(self, pending: Pending, ok: bool, value: Any) -> None:
+        from .metrics import proxy_outcome
+
+        self._metrics.call(pending.method, proxy_outcome(None if ok else value),
+                           time.perf_counter() - pending.started)
 
     def _run_callback(self, pending: Pending) -> None:
         self._states.processing(pending.cid)
@@ -613,6 +829,7 @@ class Proxy:
     def _connection_lost(self, exc: ConnectionLost) -> None:
         if not self._closed:
             logger.warning("proxy for %r lost its connection: %s", self.server_id, exc)
+            self._reconnect_soon()
         self._fail_all(ConnectionLost(f"connection lost while the call was pending: {exc}"))
 
     def _fail_all(self, error: Exception) -> None:
@@ -659,6 +876,8 @@ class Proxy:
                     self._pump_wakeup.wait(max(wait, 0.001))
                 reading = self._reader_active and not expired and now < next_tick
             for pending in expired:
+                if self._metrics is not None:
+                    self._metrics.timeout()
                 self._complete(pending, False, RPCTimeout(
                     f"no reply to {pending.method}() within the call's timeout"))
             if expired:

@@ -68,6 +68,8 @@ _INTERNAL_ERROR = 541
 _LATENCY_SAMPLES = 1024
 QueueType = Literal["classic", "quorum"]
 _REFUSALS = (BadRequest, MethodNotFound, InvalidArguments)
+#: The method label of requests refused before their method was known (as rpc.metrics names it).
+_UNKNOWN_METHOD = "<unknown>"
 
 
 class Server:
@@ -112,6 +114,7 @@ class Server:
             turns it off). Repeats are recognised within this process only.
         metrics_port: serve Prometheus metrics, ``/healthz`` and ``/readyz`` on this port while
             running (0 picks a free one; needs ``amqp-rpc[metrics]`` for /metrics).
+        metrics_host: the address that endpoint listens on (all interfaces by default).
         ssl: py-amqp TLS options; ``amqps://`` verifies certificate and hostname by default.
         hostname, port, username, password, vhost: the URL in pieces, instead of ``url``.
     """
@@ -138,6 +141,7 @@ class Server:
         dedup_size: int = dedup.DEFAULT_SIZE,
         dedup_ttl: float = dedup.DEFAULT_TTL,
         metrics_port: int | None = None,
+        metrics_host: str = "0.0.0.0",
         ssl: dict[str, Any] | None = None,
         hostname: str | None = None,
         port: int | None = None,
@@ -178,6 +182,7 @@ class Server:
         Failover(self.url, failover)  # validates the URLs and the strategy now
         #: Port of the metrics and health endpoint (None: none); may be changed before start().
         self.metrics_port = metrics_port
+        self.metrics_host = metrics_host
         self._completed = dedup.CompletedCalls(dedup_size, dedup_ttl)
         self._ssl = ssl
         self.registry = Registry()
@@ -472,7 +477,7 @@ class Server:
         if metrics.available():
             self._metrics = metrics.ServerMetrics(self.server_id)
         self._metrics_server = metrics.MetricsServer(
-            self.metrics_port, healthy=self._healthy, ready=self._ready)
+            self.metrics_port, host=self.metrics_host, healthy=self._healthy, ready=self._ready)
 
     def _stop_metrics(self) -> None:
         if self._metrics_server is not None:
@@ -613,12 +618,12 @@ class Server:
         if props.get("type") == protocol.REPLY_TYPE:
             logger.warning("refused a reply published to the request queue %r", self.server_id)
             self.stats["bad_requests"] += 1
-            self._observe("?", "rejected")
+            self._observe(_UNKNOWN_METHOD, "rejected")
             link.reject(msg.delivery_tag, requeue=False)  # type: ignore[arg-type]
             return
         if self._expired(msg):
             self.stats["expired"] += 1
-            self._observe("?", "expired")
+            self._observe(_UNKNOWN_METHOD, "expired")
             link.ack(msg.delivery_tag)  # type: ignore[arg-type]
             return
         with self._busy_lock:
@@ -672,7 +677,7 @@ class Server:
         tag: int | None = msg.delivery_tag
         if self._expired(msg):  # it waited in this process past its deadline
             link.ack(tag)  # type: ignore[arg-type]
-            self._observe("?", "expired")
+            self._observe(_UNKNOWN_METHOD, "expired")
             return "expired"
         props = msg.props
         if msg.redelivered:
@@ -750,7 +755,7 @@ class Server:
             outcome = "calls"
         self._latencies.append(elapsed)
         if self._metrics is not None:
-            self._observe(method_name if target is not None and method_name else "?",
+            self._observe(method_name if target is not None and method_name else _UNKNOWN_METHOD,
                           _METRIC_OUTCOME[outcome],
                           elapsed if info is not None else None)
         payload, reply_type = self._encode_reply(body, reply_type, ok)

@@ -44,6 +44,20 @@ class CallOptions:
     cast: bool = False
     broadcast: bool = False
     context: tuple[tuple[str, Any], ...] = ()
+    #: None: the proxy's own setting.
+    retries: int | None = None
+    wait_for_ready: bool | None = None
+
+
+def check_retries(retries: int) -> int:
+    """A number of retries.
+
+    Raises:
+        ValueError: not a whole number from 0 to 100.
+    """
+    if not isinstance(retries, int) or isinstance(retries, bool) or not 0 <= retries <= 100:
+        raise ValueError(f"retries must be a whole number from 0 to 100, not {retries!r}")
+    return retries
 
 
 class CallView:
@@ -68,6 +82,16 @@ class CallView:
             if fn is not None and not callable(fn):
                 raise TypeError(f"callbacks must be callable, not {type(fn).__name__}")
         return self._with(callbacks=(on_success, on_error), future=False)
+
+    def set_retries(self, retries: int) -> CallView:
+        """Publish the request again, up to ``retries`` times, when the broker connection failed
+        or refused it, or no server was consuming; each retry keeps the request's message id."""
+        return self._with(retries=check_retries(retries))
+
+    def wait_for_ready(self, wait: bool = True) -> CallView:
+        """Let the request wait in the queue for a server, up to its deadline, instead of
+        failing with ServerUnavailable when none is consuming."""
+        return self._with(wait_for_ready=bool(wait))
 
     @property
     def future(self) -> CallView:

@@ -260,7 +260,7 @@ def test_keyboard_interrupted_call_whose_reply_never_comes_is_not_left_pending(
         servers, proxies, broker_url, server_id):
     stop = servers(broker_url, server_id)
     stop.stop()  # the queue stays, with nobody consuming it
-    proxy = proxies(broker_url, server_id)
+    proxy = proxies(broker_url, server_id, wait_for_ready=True)
     timer = threading.Timer(0.3, os.kill, (os.getpid(), signal.SIGINT))
     timer.start()
     try:

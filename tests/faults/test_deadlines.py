@@ -26,7 +26,7 @@ def test_request_for_a_stopped_server_times_out_and_is_never_run_by_a_later_serv
         servers, proxies, node, broker_url, server_id):
     runs: list[int] = []
     servers(broker_url, server_id).stop()  # the queue stays, nobody consumes it
-    proxy = proxies(broker_url, server_id)
+    proxy = proxies(broker_url, server_id, wait_for_ready=True)
     with pytest.raises(rpc.RPCTimeout):
         proxy.set_timeout(0.5).note()
     time.sleep(0.5)

@@ -34,7 +34,7 @@ def threads_settle_to(count: int) -> bool:
 def test_ten_thousand_timed_out_calls_leave_no_pending_call_callback_state_thread_or_memory(
         servers, proxies, broker_url, server_id):
     servers(broker_url, server_id).stop()  # requests queue up with nobody to answer
-    proxy = proxies(broker_url, server_id)
+    proxy = proxies(broker_url, server_id, wait_for_ready=True)
     timeouts = collections.Counter()
 
     def burst(calls: int) -> None:

@@ -384,3 +384,25 @@ def test_frame_constants_match_the_amqp_spec() -> None:
     assert (frames.CONNECTION, frames.CONNECTION_CLOSE_OK) == spec.Connection.CloseOk
     assert (frames.CONNECTION, frames.CONNECTION_BLOCKED) == spec.Connection.Blocked
     assert (frames.CONNECTION, frames.CONNECTION_UNBLOCKED) == spec.Connection.Unblocked
+
+
+# -- queue inspection --------------------------------------------------------------------------------
+
+def test_a_passive_declare_carries_the_arguments_py_amqp_would_send() -> None:
+    frame = frames.passive_declare_frame(7, "calc")
+    kind, channel, size = unpack_from(">BHI", frame)
+    assert (kind, channel) == (frames.FRAME_METHOD, 7)
+    payload = frame[7:7 + size]
+    assert unpack_from(">HH", payload) == spec.Queue.Declare
+    expected = dumps("Bsbbbbb", (0, "calc", True, False, False, False, False)) + dumps("F", [{}])
+    assert payload[4:] == expected
+
+
+def test_a_declare_ok_gives_the_message_and_consumer_counts() -> None:
+    payload = pack(">HH", *spec.Queue.DeclareOk) + dumps("sll", ("calc", 12, 3))
+    assert frames.parse_declare_ok(payload) == ("calc", 12, 3)
+
+
+def test_a_channel_open_frame_is_what_py_amqp_sends() -> None:
+    frame = frames.channel_open_frame(3)
+    assert frame[7:-1] == pack(">HH", *spec.Channel.Open) + dumps("s", ("",))
