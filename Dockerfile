@@ -17,6 +17,12 @@ COPY examples ./examples
 RUN useradd --system --no-create-home --uid 10001 rpc
 USER rpc
 
+# `rpc serve` touches this file every 2 s while every worker is connected and its I/O alive;
+# `rpc health` fails once it is older than --max-age: this container's own health.
+ENV RPC_LIVENESS_FILE=/tmp/rpc-alive
+HEALTHCHECK --interval=15s --timeout=5s --start-period=20s --retries=3 \
+    CMD ["rpc", "health", "--max-age", "15"]
+
 # `rpc serve` turns SIGTERM into a graceful stop: calls in flight finish within --grace.
 STOPSIGNAL SIGTERM
 CMD ["rpc", "serve", "examples.calc:server"]

@@ -93,6 +93,15 @@ def test_dockerfile_installs_the_package_and_serves_the_example_as_non_root() ->
     assert instructions[-1] == 'CMD ["rpc", "serve", "examples.calc:server"]'
 
 
+def test_dockerfile_checks_the_liveness_file_its_server_touches() -> None:
+    text = (REPO / "Dockerfile").read_text().replace("\\\n", " ")
+    instructions = [line.strip() for line in text.splitlines()
+                    if line.strip() and not line.strip().startswith("#")]
+    assert "ENV RPC_LIVENESS_FILE=/tmp/rpc-alive" in instructions
+    check = next(line for line in instructions if line.startswith("HEALTHCHECK "))
+    assert check.endswith('CMD ["rpc", "health", "--max-age", "15"]')
+
+
 def seconds(duration: str) -> float:
     """A compose duration such as ``10s``, ``1m30s`` or ``500ms`` in seconds."""
     units = {"h": 3600.0, "m": 60.0, "s": 1.0, "ms": 0.001, "us": 0.000001}

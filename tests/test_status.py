@@ -27,7 +27,7 @@ from cli_support import (
     write_app,
 )
 
-from rpc import Proxy
+from rpc import Proxy, Server
 from rpc.exitcodes import ExitCode
 
 pytestmark = pytest.mark.integration
@@ -136,6 +136,20 @@ def test_status_json_counts_the_calls_each_instance_answered(pair: Pair) -> None
 def test_status_of_idle_instances_shows_nothing_in_flight(pair: Pair) -> None:
     done = run_rpc("status", pair.server_id, "--format", "json", env=pair.env)
     assert [r["in_flight"] for r in json.loads(done.stdout)] == [0, 0]  # not its own call
+
+
+def test_status_of_an_instance_without_introspection_says_why_it_has_no_figures(
+    broker_url: str,
+) -> None:
+    quiet = Server(broker_url, server_id=new_server_id(), introspection=False)
+    quiet.start()
+    try:
+        done = run_rpc("status", quiet.server_id, env=environment(broker_url))
+    finally:
+        quiet.stop(grace=1)
+    assert done.returncode == 0, done.stderr
+    row = done.stdout.splitlines()[1]
+    assert row.startswith(f"{quiet.identity}  no system.stats (introspection off")
 
 
 def test_status_of_a_server_id_nobody_serves_exits_7(pair: Pair) -> None:
