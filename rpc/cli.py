@@ -127,8 +127,8 @@ def _timeout_option(default: float) -> _Deco:
               help="Append output here (reopened on SIGHUP) [default with --detach: discarded].")
 @click.option("--metrics-port", type=click.IntRange(min=1, max=65535), envvar="RPC_METRICS_PORT",
               show_envvar=True, metavar="PORT",
-              help="Serve Prometheus metrics and /healthz over HTTP; worker i of --processes "
-                   "uses PORT+i (needs the metrics extra).")
+              help="Serve Prometheus metrics and /healthz, /readyz probes over HTTP; worker i "
+                   "of --processes uses PORT+i (metrics need the metrics extra, probes do not).")
 @click.option("--queue-type", type=click.Choice(["classic", "quorum"]), envvar="RPC_QUEUE_TYPE",
               show_envvar=True,
               help="Declare the request queue as this type [default: the Server's].")

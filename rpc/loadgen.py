@@ -563,7 +563,7 @@ class _ProgressBar:
         self._bar.stop()
 
 
-@click.command("bench")
+@click.command("bench", short_help="Load-test a method: throughput, latency percentiles.")
 @click.argument("server_id")
 @click.argument("method")
 @click.argument("args", nargs=-1)
