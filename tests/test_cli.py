@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import re
+import time
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -160,20 +161,36 @@ def test_call_to_a_server_id_nobody_serves_exits_7(served: Served) -> None:
     assert "no server is serving" in err
 
 
-def test_call_to_a_server_id_whose_servers_all_stopped_exits_7_saying_nobody_consumes(
-    served: Served, broker_url: str,
-) -> None:
+@pytest.fixture
+def abandoned(broker_url: str) -> Iterator[str]:
+    """A server id whose queue exists but whose only server stopped; the queue is deleted after."""
     server_id = new_server_id()
     stopped = Server(broker_url, server_id=server_id)
     stopped.start()
     stopped.stop(grace=1)  # its queue stays, without a consumer
     try:
-        code, _, err = rpc(served, "call", server_id, "add", "1", "2")
-        assert code == ExitCode.NO_SERVER
-        assert err == f"Error: no server is consuming '{server_id}' (0 requests waiting)\n"
+        yield server_id
     finally:
         with kombu.Connection(broker_url) as conn:
             conn.default_channel.queue_delete(server_id)
+
+
+def test_call_to_a_server_id_whose_servers_all_stopped_exits_7_saying_nobody_consumes(
+    served: Served, abandoned: str,
+) -> None:
+    code, _, err = rpc(served, "call", abandoned, "add", "1", "2")
+    assert code == ExitCode.NO_SERVER
+    assert err == f"Error: no server is consuming '{abandoned}' (0 requests waiting)\n"
+
+
+def test_ping_of_a_server_id_whose_servers_all_stopped_exits_7_at_once(
+    served: Served, abandoned: str,
+) -> None:
+    started = time.monotonic()
+    code, _, err = rpc(served, "ping", abandoned, "--timeout", "20")
+    assert code == ExitCode.NO_SERVER
+    assert "no server is consuming" in err
+    assert time.monotonic() - started < 15  # not after the 20 s timeout
 
 
 def test_call_with_broker_unreachable_exits_4(served: Served) -> None:
