@@ -18,7 +18,7 @@ from typing import Any
 
 from .errors import RPCError
 from .proxy import Proxy
-from .views import check_timeout
+from .views import check_retries, check_timeout
 
 #: Turns the synchronous proxy into the view one call is made through (its timeout, ...).
 _View = Callable[[Any], Any]
@@ -64,6 +64,7 @@ class AsyncProxy:
         self._options = options
         self._sync: Proxy | None = None
         self._connecting: asyncio.Future[Proxy] | None = None
+        self._checking: asyncio.Future[None] | None = None
         self._closed = False
 
     # -- connecting and closing ------------------------------------------------------------------
@@ -136,6 +137,14 @@ class AsyncProxy:
         """A one-call view with this timeout: ``await proxy.set_timeout(10).add(2, 3)``."""
         return self._view().set_timeout(timeout)
 
+    def set_retries(self, retries: int) -> _AsyncCall:
+        """A one-call view with this many retries (see :class:`rpc.Proxy`)."""
+        return self._view().set_retries(retries)
+
+    def wait_for_ready(self, wait: bool = True) -> _AsyncCall:
+        """A one-call view whose request waits in the queue for a server, up to its timeout."""
+        return self._view().wait_for_ready(wait)
+
     @property
     def cast(self) -> _AsyncCall:
         """A one-call view that publishes without a reply: ``await`` returns None at once."""
@@ -201,6 +210,14 @@ class AsyncProxy:
             for future in window:
                 future.cancel()
 
+    async def _checked(self, sync: Proxy) -> None:
+        """Whether a server consumes, asked off the loop by one caller while the rest await it."""
+        checking = self._checking
+        if checking is None or checking.done():
+            checking = self._checking = asyncio.get_running_loop().run_in_executor(
+                None, sync.check_availability)
+        await asyncio.shield(checking)
+
     @property
     def pending_calls(self) -> int:
         """Calls awaiting their reply."""
@@ -238,6 +255,13 @@ class _AsyncCall:
         check_timeout(timeout)
         return self._then(lambda view: view.set_timeout(timeout))
 
+    def set_retries(self, retries: int) -> _AsyncCall:
+        check_retries(retries)
+        return self._then(lambda view: view.set_retries(retries))
+
+    def wait_for_ready(self, wait: bool = True) -> _AsyncCall:
+        return self._then(lambda view: view.wait_for_ready(wait))
+
     @property
     def cast(self) -> _AsyncCall:
         return self._then(lambda view: view.cast, cast=True)
@@ -256,12 +280,17 @@ class _AsyncCall:
             raise AttributeError(name)
         return _AsyncMethod(self, name)
 
+    async def _checked(self, sync: Proxy) -> None:
+        if sync.checks_availability and not self._view(sync).waits_for_ready:
+            await self._proxy._checked(sync)
+
     async def call(self, method: str, /, *args: Any, **kwargs: Any) -> Any:
         if self._broadcast:  # it waits out its timeout: not on the loop
             view = self._view(await self._proxy._ready())
             return await asyncio.to_thread(view.call, method, *args, **kwargs)
         if self._cast:
             sync = await self._proxy._ready()
+            await self._checked(sync)
             return await _publish(sync, self._view(sync).call, method, args, kwargs)
         return await _result(await self.start(method, args, kwargs))
 
@@ -270,6 +299,7 @@ class _AsyncCall:
     ) -> concurrent.futures.Future[Any]:
         """Publish the request; the future it returns is resolved by the proxy's I/O thread."""
         sync = await self._proxy._ready()
+        await self._checked(sync)
         future: concurrent.futures.Future[Any] = await _publish(
             sync, self._view(sync).future.call, method, args, kwargs)
         return future

@@ -317,6 +317,20 @@ class Proxy:
         """Whether the connection is up (the next call reconnects if it is not)."""
         return not self._link.closed
 
+    def check_availability(self) -> None:
+        """Ask the broker now whether a server consumes this proxy's queue (the answer holds
+        for a second, and calls in that second skip the question).
+
+        Raises:
+            ServerUnavailable: the queue exists and nobody consumes it.
+        """
+        self._check_available(self._live_link(), None)
+
+    @property
+    def checks_availability(self) -> bool:
+        """Whether the next call asks the broker first if a server consumes (once a second)."""
+        return time.monotonic() >= self._available_until
+
     @property
     def node(self) -> str | None:
         """``host:port`` of the broker node this proxy is connected to."""

@@ -88,6 +88,13 @@ class CallView:
         or refused it, or no server was consuming; each retry keeps the request's message id."""
         return self._with(retries=check_retries(retries))
 
+    @property
+    def waits_for_ready(self) -> bool:
+        """Whether this call's request may wait in the queue for a server."""
+        if self._options.wait_for_ready is not None:
+            return self._options.wait_for_ready
+        return self._proxy.default_wait_for_ready or self._options.broadcast
+
     def wait_for_ready(self, wait: bool = True) -> CallView:
         """Let the request wait in the queue for a server, up to its deadline, instead of
         failing with ServerUnavailable when none is consuming."""

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import threading
 import time
 
@@ -9,6 +10,7 @@ import pytest
 
 import rpc
 from rpc import Proxy, Server, ServerUnavailable, UnknownServer
+from rpc.aio import AsyncProxy
 
 pytestmark = pytest.mark.integration
 
@@ -139,3 +141,14 @@ def test_a_queue_that_does_not_exist_is_still_an_unknown_server(make_proxy):
     with pytest.raises(UnknownServer) as info:
         make_proxy(server_id="nobody-declared-this").add(1, 2)
     assert not isinstance(info.value, ServerUnavailable)
+
+
+def test_an_async_proxy_fails_fast_or_waits_for_ready_too(stopped_server, broker_url, server_id):
+    async def main() -> None:
+        async with AsyncProxy(broker_url, server_id=server_id) as proxy:
+            with pytest.raises(ServerUnavailable):
+                await proxy.add(1, 2)
+            with pytest.raises(rpc.RPCTimeout):
+                await proxy.wait_for_ready().set_timeout(0.3).add(1, 2)
+
+    asyncio.run(main())
