@@ -86,6 +86,14 @@ def liveness_file_option(required: bool = False) -> _Deco:
     )
 
 
+def _wait_for_ready_option() -> _Deco:
+    return click.option(
+        "--wait-for-ready", is_flag=True, envvar="RPC_WAIT_FOR_READY", show_envvar=True,
+        help="When the server's queue has no consumer (all stopped or restarting), let the "
+             "request wait there up to --timeout instead of exiting 7 at once.",
+    )
+
+
 def _timeout_option(default: float) -> _Deco:
     return click.option(
         "--timeout", type=click.FloatRange(min=0, min_open=True), default=default,
@@ -295,9 +303,10 @@ def health(liveness_file: str, max_age: float) -> None:
               show_envvar=True, help="msgpack, json, or another registered serializer.")
 @_url_option()
 @_connect_retry_option(3.0)
+@_wait_for_ready_option()
 def call(
     server_id: str, method: str, args: tuple[str, ...], kwargs: tuple[str, ...], timeout: float,
-    serializer: str, url: str | None, connect_retry: float,
+    serializer: str, url: str | None, connect_retry: float, wait_for_ready: bool,
 ) -> None:
     """Call METHOD on SERVER_ID and print the result as JSON.
 
@@ -318,7 +327,8 @@ def call(
     positional = [parse_value(a) for a in args]
     keywords = dict(parse_keyword(k) for k in kwargs)
     with _client(url, server_id, connect_retry, timeout, serializer) as proxy:
-        result = proxy.set_timeout(timeout).call(method, *positional, **keywords)
+        result = proxy.set_timeout(timeout).wait_for_ready(wait_for_ready).call(
+            method, *positional, **keywords)
     click.echo(to_json(result))
 
 
@@ -356,8 +366,9 @@ def methods(server_id: str, timeout: float, url: str | None, connect_retry: floa
               help="List every instance that answers within --timeout (a broadcast).")
 @click.option("--instance", metavar="HOST:PID", envvar="RPC_PING_INSTANCE", show_envvar=True,
               help="Succeed only if this instance answers (a broadcast, filtered).")
+@_wait_for_ready_option()
 def ping(server_id: str, timeout: float, url: str | None, connect_retry: float, all_: bool,
-         instance: str | None) -> None:
+         instance: str | None, wait_for_ready: bool) -> None:
     """Exit 0 if a server of SERVER_ID answers within --timeout (a healthcheck).
 
     \b
@@ -372,7 +383,7 @@ def ping(server_id: str, timeout: float, url: str | None, connect_retry: float, 
     with _client(url, server_id, connect_retry, timeout) as proxy:
         started = time.perf_counter()
         try:
-            info = proxy.set_timeout(timeout).call("system.ping")
+            info = proxy.set_timeout(timeout).wait_for_ready(wait_for_ready).call("system.ping")
         except MethodNotFound:
             click.echo(f"{server_id} answered (its introspection is off)")
             return

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import json
 import re
+import subprocess
+import sys
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -191,6 +193,32 @@ def test_ping_of_a_server_id_whose_servers_all_stopped_exits_7_at_once(
     assert code == ExitCode.NO_SERVER
     assert "no server is consuming" in err
     assert time.monotonic() - started < 15  # not after the 20 s timeout
+
+
+def test_call_with_wait_for_ready_waits_for_a_server_to_consume_again(
+    served: Served, abandoned: str, broker_url: str, tmp_path: Path,
+) -> None:
+    out = tmp_path / "call.out"
+    with open(out, "w") as sink:
+        waiting = subprocess.Popen(
+            [sys.executable, "-m", "rpc", "call", abandoned, "add", "1", "2", "--wait-for-ready",
+             "--timeout", "30"], env=served.env, stdout=sink, stderr=subprocess.STDOUT,
+            stdin=subprocess.DEVNULL)
+    try:
+        time.sleep(2)
+        assert waiting.poll() is None, out.read_text()  # still waiting, not exit 7
+        back = Server(broker_url, server_id=abandoned)
+        back.register_function(lambda a, b: a + b, "add")
+        back.start()
+        try:
+            assert waiting.wait(20) == 0, out.read_text()
+        finally:
+            back.stop(grace=1)
+    finally:
+        if waiting.poll() is None:
+            waiting.kill()
+            waiting.wait(10)
+    assert out.read_text() == "3\n"
 
 
 def test_call_with_broker_unreachable_exits_4(served: Served) -> None:
