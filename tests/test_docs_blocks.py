@@ -333,7 +333,7 @@ def _serving(serve: Serve) -> bool:
 @pytest.mark.parametrize("block", RUNNABLE, ids=[b.id for b in RUNNABLE])
 def test_doc_block_runs(block: Block, stage: Stage) -> None:
     if block.not_run is not None:
-        pytest.skip(f"not run: {block.not_run}")
+        pytest.skip(f"{block.id} not run: {block.not_run}")
     if block.language == "python":
         run_python(block, stage)
     else:
