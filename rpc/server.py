@@ -64,6 +64,8 @@ PREFETCH_PER_WORKER = 4
 DEFAULT_DELIVERY_LIMIT = 20
 #: The AMQP code RabbitMQ closes a connection with when a reply goes to a caller that is gone.
 _INTERNAL_ERROR = 541
+#: Seconds a server keeps trying to bind a metrics port that another process holds.
+METRICS_BIND_RETRY = 120.0
 #: Handler durations kept for the p50/p99 of ``status()``.
 _LATENCY_SAMPLES = 1024
 QueueType = Literal["classic", "quorum"]
@@ -476,8 +478,38 @@ class Server:
 
         if metrics.available():
             self._metrics = metrics.ServerMetrics(self.server_id)
-        self._metrics_server = metrics.MetricsServer(
+        try:
+            self._metrics_server = self._bind_metrics()
+        except OSError as exc:
+            if not self.metrics_port:
+                raise
+            # A reload's new worker starts while its predecessor still holds the port.
+            logger.warning("%s; retrying in the background", exc)
+            threading.Thread(target=self._bind_metrics_later, daemon=True,
+                             name=f"rpc-metrics-bind-{self.server_id}").start()
+
+    def _bind_metrics(self) -> Any:
+        from . import metrics
+
+        assert self.metrics_port is not None
+        return metrics.MetricsServer(
             self.metrics_port, host=self.metrics_host, healthy=self._healthy, ready=self._ready)
+
+    def _bind_metrics_later(self) -> None:
+        deadline = time.monotonic() + METRICS_BIND_RETRY
+        while not self._stopping.wait(0.25) and time.monotonic() < deadline:
+            try:
+                served = self._bind_metrics()
+            except OSError:
+                continue
+            if self._stopping.is_set():
+                served.close()
+            else:
+                self._metrics_server = served
+                logger.info("serving metrics on %s:%d", served.host, served.port)
+            return
+        if not self._stopping.is_set():
+            logger.error("gave up serving metrics on port %s", self.metrics_port)
 
     def _stop_metrics(self) -> None:
         if self._metrics_server is not None:
