@@ -149,9 +149,6 @@ def test_queue_type_quorum_reaches_the_workers(start_serve: StartServe, broker_u
     assert '"queue_type": "quorum"' in done.stdout
 
 
-@pytest.mark.xfail(strict=True, reason="the metrics endpoint binds without SO_REUSEPORT, so a "
-                   "reload's new worker cannot bind the port its predecessor still holds: "
-                   "rpc.metrics' HTTP server needs allow_reuse_port = True")
 def test_a_reload_keeps_serving_metrics_on_the_same_ports(start_serve: StartServe) -> None:
     port = free_port()
     serve = start_serve("--metrics-port", str(port))
@@ -170,3 +167,26 @@ def healthz(port: int) -> int | None:
             return int(r.status)
     except OSError:
         return None
+
+
+def test_health_fails_while_the_broker_is_cut_off_by_a_silent_partition(
+    broker_url: str, tmp_path: Path,
+) -> None:
+    from urllib.parse import urlsplit
+
+    from faults.tcpproxy import TCPProxy
+
+    parts = urlsplit(broker_url)
+    alive = tmp_path / "alive"
+    with TCPProxy((parts.hostname or "127.0.0.1", parts.port or 5672)) as tcp:
+        serve = Serve("app:server", "--server-id", new_server_id(), "--app-dir",
+                      str(write_app(tmp_path / "app")), "--liveness-file", str(alive),
+                      env=environment(tcp.url()), log=tmp_path / "serve.log")
+        try:
+            wait_for(alive.exists, 30, "the liveness file")
+            assert health(alive, broker_url, max_age=3)[0] == 0
+            tcp.blackhole()  # no bytes either way, no FIN, no RST
+            wait_for(lambda: health(alive, broker_url, max_age=3)[0] == ExitCode.ERROR,
+                     ALIVE_WITHIN + 3 + 10, "rpc health to fail", interval=1)
+        finally:
+            serve.close()
