@@ -174,6 +174,9 @@ def serve(
         raise click.UsageError("--reload is for development, in the foreground: not with --detach")
     if reload_:
         _require_watchfiles()
+    if metrics_port is not None and metrics_port + processes - 1 > 65535:
+        raise click.BadParameter(f"ports {metrics_port} to {metrics_port + processes - 1} go past "
+                                 "65535", param_hint="--metrics-port")
     pid = daemon.Pidfile(pidfile) if pidfile else None
     if pid is not None:
         try:

@@ -21,9 +21,10 @@ class ExitCode(IntEnum):
     UNREACHABLE = 4
     #: The broker refused the credentials or the virtual host.
     REFUSED = 5
-    #: No reply within the timeout (``call``, ``methods``, ``ping``).
+    #: No reply within the timeout (``call``, ``methods``, ``ping``, ``bench``'s first call).
     TIMEOUT = 6
-    #: No server consumes that server id (the broker returned the request).
+    #: No server serves that server id: none declared it (the broker returned the request), or
+    #: its queue has no consumer now (``ServerUnavailable``); also ``ping --instance``, ``status``.
     NO_SERVER = 7
     #: The pidfile names a process that is still running.
     PIDFILE = 8

@@ -106,6 +106,13 @@ def test_a_keyword_argument_without_equals_is_a_usage_error() -> None:
     assert "KEY=VALUE" in result.output
 
 
+def test_metrics_ports_past_65535_are_a_usage_error() -> None:
+    result = CliRunner().invoke(cli, ["serve", "app:server", "--metrics-port", "65535",
+                                      "--processes", "2"])
+    assert result.exit_code == ExitCode.USAGE
+    assert "ports 65535 to 65536 go past 65535" in result.output
+
+
 def test_results_that_json_lacks_are_printed_as_base64_and_lists() -> None:
     assert json.loads(to_json({"raw": b"\x00\xff", "set": {1}})) == {"raw": "AP8=", "set": [1]}
 
