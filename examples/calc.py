@@ -37,13 +37,13 @@ def mul(a: float, b: float) -> float:
     return a * b
 
 
-@server.expose
+@server.expose(expected=(ZeroDivisionError,))  # a caller's mistake: logged as a warning
 def div(a: float, b: float) -> float:
     """Divide a by b; b=0 raises ZeroDivisionError on the caller's side."""
     return a / b
 
 
-server.register_function(div, "divide")
+server.register_function(div, "divide", expected=(ZeroDivisionError,))
 
 
 @server.expose

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import re
 import subprocess
 import sys
@@ -81,6 +82,18 @@ def test_calculator_divide_raises_zero_division_on_the_caller(calc: str, broker_
     with Proxy(broker_url, server_id=calc, timeout=10) as proxy:
         with pytest.raises(ZeroDivisionError):
             proxy.divide(1, 0)
+
+
+def test_calculator_counts_division_by_zero_as_an_expected_error(
+    calc: str, broker_url: str,
+) -> None:
+    with Proxy(broker_url, server_id=calc, timeout=10) as proxy:
+        with pytest.raises(ZeroDivisionError):
+            proxy.div(1, 0)
+    done = run_rpc("status", calc, "--format", "json", env=environment(broker_url))
+    records = json.loads(done.stdout)
+    assert sum(r["expected_errors"] for r in records) >= 1
+    assert sum(r["errors"] for r in records) == 0
 
 
 def test_client_script_shows_every_calling_style(calc: str, broker_url: str) -> None:
