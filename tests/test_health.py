@@ -100,6 +100,20 @@ def test_health_fails_once_one_of_two_workers_is_frozen(
         os.kill(frozen, signal.SIGCONT)
 
 
+def test_health_fails_once_the_supervisor_is_frozen(
+    start_serve: StartServe, broker_url: str, tmp_path: Path,
+) -> None:
+    alive = tmp_path / "alive"
+    serve = start_serve("--liveness-file", str(alive))
+    wait_for(alive.exists, 30, "the liveness file")
+    serve.proc.send_signal(signal.SIGSTOP)
+    try:
+        wait_for(lambda: health(alive, broker_url, max_age=3)[0] == ExitCode.ERROR, 15,
+                 "rpc health to fail", interval=1)
+    finally:
+        serve.proc.send_signal(signal.SIGCONT)
+
+
 def test_health_without_the_liveness_file_fails_saying_so(
     broker_url: str, tmp_path: Path,
 ) -> None:
