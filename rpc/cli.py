@@ -44,6 +44,8 @@ EPILOG = "\b\nExit codes:\n" + "\n".join(f"  {line}" for line in table().splitli
 
 #: Widest signature column of ``rpc methods``; longer signatures put their doc on the next line.
 METHODS_COLUMN = 48
+#: Seconds ``ping --all/--instance`` collect answers unless --timeout is given.
+BROADCAST_WINDOW = 1.0
 
 _Deco = Callable[[Callable[..., Any]], Callable[..., Any]]
 
@@ -376,11 +378,14 @@ def ping(server_id: str, timeout: float, url: str | None, connect_retry: float, 
 
     \b
     Plain, one server answers (any of them). With --all, every instance
-    answering within --timeout is listed (the command waits that long);
-    with --instance HOST:PID, only that instance counts. Exit 7 when no
-    server (or not that instance) answers.
+    answering within --timeout is listed (the command waits that long:
+    1 s unless --timeout is given); with --instance HOST:PID, only that
+    instance counts. Exit 7 when no server (or not that instance) answers.
     """
     if all_ or instance is not None:
+        source = click.get_current_context().get_parameter_source("timeout")
+        if source is click.core.ParameterSource.DEFAULT:
+            timeout = BROADCAST_WINDOW
         _ping_instances(server_id, timeout, url, connect_retry, instance)
         return
     with _client(url, server_id, connect_retry, timeout) as proxy:

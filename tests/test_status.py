@@ -71,6 +71,13 @@ def test_ping_all_lists_every_instance_by_host_and_pid(pair: Pair) -> None:
     assert all(" answered (up " in line for line in lines)
 
 
+def test_ping_all_collects_answers_for_one_second_unless_told(pair: Pair) -> None:
+    started = time.monotonic()
+    done = run_rpc("ping", pair.server_id, "--all", env=pair.env)
+    assert done.returncode == 0, done.stderr
+    assert time.monotonic() - started < 4.5  # the plain ping's 5 s would be longer
+
+
 def test_ping_all_of_a_server_id_nobody_serves_exits_7(pair: Pair) -> None:
     done = run_rpc("ping", new_server_id(), "--all", "--timeout", "0.5", env=pair.env)
     assert done.returncode == ExitCode.NO_SERVER
