@@ -425,7 +425,7 @@ def _is_host_pid(text: str) -> bool:
 
 # -- rpc status ------------------------------------------------------------------------------------
 
-#: Columns of ``rpc status``: heading, and how to show a reply's value.
+#: Column headings of ``rpc status``, one column per figure of ``system.stats``.
 STATUS_COLUMNS = ("INSTANCE", "NODE", "UPTIME", "CALLS", "ERRORS", "IN FLIGHT", "P50 MS",
                   "P99 MS", "QUEUE")
 

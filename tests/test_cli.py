@@ -27,7 +27,7 @@ from cli_support import (
 from click.testing import CliRunner
 
 from rpc import Proxy, Server
-from rpc.cli import cli, parse_keyword, parse_value, to_json
+from rpc.cli import cli, format_uptime, parse_keyword, parse_value, to_json
 from rpc.exitcodes import ExitCode
 
 pytestmark = pytest.mark.integration
@@ -104,6 +104,11 @@ def test_a_keyword_argument_without_equals_is_a_usage_error() -> None:
     result = CliRunner().invoke(cli, ["call", "calc", "add", "--kw", "nokey"])
     assert result.exit_code == ExitCode.USAGE
     assert "KEY=VALUE" in result.output
+
+
+def test_status_shows_uptimes_in_two_units_at_most() -> None:
+    assert [format_uptime(s) for s in (None, 42.9, 185, 7620, 273600)] == [
+        "-", "42s", "3m05s", "2h07m", "3d04h"]
 
 
 def test_metrics_ports_past_65535_are_a_usage_error() -> None:
