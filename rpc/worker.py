@@ -162,8 +162,17 @@ def _report_alive(server: Server, fd: int, stop: threading.Event) -> None:
     The supervisor turns these into ``--liveness-file`` touches. The pipe is non-blocking: a
     supervisor that stopped reading (frozen) must not freeze this worker too.
     """
+    was_alive = True
     while not stop.wait(ALIVE_INTERVAL):
-        if not server_alive(server):
+        alive = server_alive(server)
+        if alive != was_alive and not stop.is_set():
+            if alive:
+                logger.info("worker %d alive again: reporting to the supervisor", os.getpid())
+            else:
+                logger.warning("worker %d is not alive (not connected, or its I/O does not "
+                               "answer): the liveness file goes stale", os.getpid())
+        was_alive = alive
+        if not alive:
             continue
         try:
             os.write(fd, ALIVE)

@@ -202,5 +202,6 @@ def test_health_fails_while_the_broker_is_cut_off_by_a_silent_partition(
             tcp.blackhole()  # no bytes either way, no FIN, no RST
             wait_for(lambda: health(alive, broker_url, max_age=3)[0] == ExitCode.ERROR,
                      ALIVE_WITHIN + 3 + 10, "rpc health to fail", interval=1)
+            assert "is not alive (not connected, or its I/O does not answer)" in serve.output
         finally:
             serve.close()
