@@ -1,4 +1,4 @@
-"""Call the calculator (``examples/calc.py``) from Python: sync, future, callback, errors.
+"""Call the calculator (``examples/calc.py``) from Python: every calling style, and errors.
 
 Start the server first (``rpc serve examples.calc:server``), then::
 
@@ -24,6 +24,7 @@ def main(argv: list[str] | None = None) -> None:
         print("power(2, exp=10) =", calc.power(2, exp=10))
         print("stats.describe([2, 4, 4, 4, 5, 5, 7, 9]) =",
               calc.stats.describe([2, 4, 4, 4, 5, 5, 7, 9]))
+        print("math.mul(2, 4) =", calc.math.mul(2, 4))
 
         futures = [calc.future.mul(i, i) for i in range(5)]
         print("futures mul(i, i) =", [f.result() for f in futures])
@@ -46,6 +47,11 @@ def main(argv: list[str] | None = None) -> None:
             calc.set_timeout(0.2).slow_add(1, 1, seconds=1)
         except RPCTimeout:
             print("slow_add with a 0.2 s timeout raised RPCTimeout")
+
+        print("gather =", calc.gather([("add", (1, 2)), ("math.mul", (3, 4))], timeout=5))
+        print("cast log_event =", calc.cast.log_event("client ran"), "(no reply awaited)")
+        replies = calc.broadcast(timeout=1).reload()
+        print(f"broadcast reload: {len(replies)} instance(s) answered")
 
 
 if __name__ == "__main__":

@@ -107,8 +107,12 @@ def test_client_script_shows_every_calling_style(calc: str, broker_url: str) -> 
         "power(2, exp=10) = 1024",
         "stats.describe([2, 4, 4, 4, 5, 5, 7, 9]) = "
         "{'count': 8, 'min': 2, 'max': 9, 'mean': 5.0, 'stdev': 2.0}",
+        "math.mul(2, 4) = 8",
         "futures mul(i, i) = [0, 1, 4, 9, 16]",
         "callback sub(10, 4) = 6",
         "div(1, 0) raised ZeroDivisionError: division by zero",
         "slow_add with a 0.2 s timeout raised RPCTimeout",
+        "gather = [3, 12]",
+        "cast log_event = None (no reply awaited)",
+        "broadcast reload: 2 instance(s) answered",  # the fixture's two worker processes
     ]
