@@ -467,7 +467,7 @@ def status(server_id: str, timeout: float, fmt: str, watch: bool, interval: floa
     if fmt == "json":
         click.echo(json.dumps([_stats_record(r) for r in replies], indent=2, default=str))
         return
-    rows = [STATUS_COLUMNS, *(_status_row(r) for r in replies)]
+    rows = [STATUS_COLUMNS, *(_status_row(r) for r in replies), *_total_rows(replies)]
     widths = [max(len(row[i]) for row in rows) for i in range(len(STATUS_COLUMNS))]
     for row in rows:
         cells = [cell.ljust(w) if i < 2 else cell.rjust(w)
@@ -506,6 +506,21 @@ def _status_row(reply: BroadcastReply) -> tuple[str, ...]:
             number("p99_ms", 2), number("queue_depth"))
 
 
+def _total_rows(replies: list[BroadcastReply]) -> list[tuple[str, ...]]:
+    """A TOTAL row when several instances gave figures: calls, errors and in flight summed, the
+    queue's depth (one queue, shared) as its largest report."""
+    figures = [r.result for r in replies if r.error is None and isinstance(r.result, dict)]
+    if len(figures) < 2:
+        return []
+
+    def total(key: str) -> str:
+        return str(sum(f.get(key) or 0 for f in figures))
+
+    depths = [f["queue_depth"] for f in figures if f.get("queue_depth") is not None]
+    return [("TOTAL", "", "", total("calls"), total("errors"), total("in_flight"), "", "",
+             str(max(depths)) if depths else "-")]
+
+
 def format_uptime(seconds: float | None) -> str:
     """``42s``, ``3m05s``, ``2h07m``, ``3d04h``: short enough for a table column."""
     if seconds is None:
@@ -536,6 +551,8 @@ def _watch_status(server_id: str, timeout: float, interval: float, url: str | No
             grid.add_column(heading, justify="left" if i < 2 else "right")
         for reply in replies:
             grid.add_row(*_status_row(reply))
+        for row in _total_rows(replies):
+            grid.add_row(*row, style="bold")
         return grid
 
     with _client(url, server_id, connect_retry, timeout) as proxy:

@@ -28,6 +28,7 @@ from cli_support import (
 )
 
 from rpc import Proxy, Server
+from rpc.cli import STATUS_COLUMNS
 from rpc.exitcodes import ExitCode
 
 pytestmark = pytest.mark.integration
@@ -111,11 +112,20 @@ def test_ping_instance_that_is_not_host_colon_pid_is_a_usage_error(pair: Pair) -
 def test_status_prints_a_header_and_one_row_per_instance(pair: Pair) -> None:
     done = run_rpc("status", pair.server_id, env=pair.env)
     assert done.returncode == 0, done.stderr
-    header, *rows = done.stdout.splitlines()
+    header, *rows, _total = done.stdout.splitlines()
     assert header.split()[:3] == ["INSTANCE", "NODE", "UPTIME"]
     assert header.rstrip().endswith("P50 MS  P99 MS  QUEUE")
     assert [row.split()[0] for row in rows] == sorted(
         f"{pair.server_id}@{HOST}:{pid}" for pid in pair.pids)
+
+
+def test_status_ends_with_a_total_of_the_instances_calls(pair: Pair) -> None:
+    with Proxy(pair.env["RPC_BROKER_URL"], server_id=pair.server_id, timeout=10) as proxy:
+        proxy.add(1, 1)
+    _header, *rows, total = run_rpc("status", pair.server_id, env=pair.env).stdout.splitlines()
+    calls = STATUS_COLUMNS.index("CALLS")  # INSTANCE, NODE and UPTIME are one word each
+    assert total.split()[0] == "TOTAL"
+    assert int(total.split()[1]) == sum(int(row.split()[calls]) for row in rows) >= 1
 
 
 def test_status_shows_the_broker_node_each_instance_is_connected_to(
@@ -123,7 +133,7 @@ def test_status_shows_the_broker_node_each_instance_is_connected_to(
 ) -> None:
     port = broker_url.rsplit(":", 1)[1].split("/")[0]
     done = run_rpc("status", pair.server_id, env=pair.env)
-    nodes = {row.split()[1] for row in done.stdout.splitlines()[1:]}
+    nodes = {row.split()[1] for row in done.stdout.splitlines()[1:-1]}
     assert len(nodes) == 1 and nodes.pop().endswith(f":{port}")
 
 
