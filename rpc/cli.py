@@ -145,7 +145,8 @@ def _timeout_option(default: float) -> _Deco:
 @liveness_file_option()
 @click.option("--reload", "reload_", is_flag=True, envvar="RPC_RELOAD", show_envvar=True,
               help="Development only: restart the workers (as SIGHUP does) whenever a .py file "
-                   "under --app-dir changes (needs watchfiles). Not with --detach.")
+                   "under --app-dir changes; code that does not load waits for the next change "
+                   "(needs watchfiles). Not with --detach.")
 def serve(
     target: str, url: str | None, server_id: str | None, processes: int,
     concurrency: int | None, grace: float, connect_retry: float, app_dir: str, log_level: str,
@@ -214,14 +215,25 @@ def _supervise(
             log.error("%s", exc)
             return ExitCode.PIDFILE
     try:
-        supervisor = Supervisor(
-            spec, processes, grace=spec.grace,
-            on_ready=report.ready if report is not None else None,
-            on_reload=(lambda: daemon.redirect_output(logfile)) if logfile else None,
-            liveness_file=liveness_file,
-        )
-        with _watching(spec.app_dir, reload_):
-            code = supervisor.run()
+        with _watching(spec.app_dir, reload_) as changed:
+            while True:
+                changed.clear()
+                supervisor = Supervisor(
+                    spec, processes, grace=spec.grace,
+                    on_ready=report.ready if report is not None else None,
+                    on_reload=(lambda: daemon.redirect_output(logfile)) if logfile else None,
+                    liveness_file=liveness_file,
+                )
+                code = supervisor.run()
+                if not reload_ or code != ExitCode.BAD_TARGET:
+                    break
+                log.error("--reload: %s does not load; serving starts again once a .py file "
+                          "changes (Ctrl-C to quit)", spec.target)
+                try:
+                    while not changed.wait(0.5):
+                        pass
+                except KeyboardInterrupt:
+                    break
     finally:
         if pid is not None:
             pid.release()
@@ -237,10 +249,14 @@ def _require_watchfiles() -> None:
 
 
 @contextmanager
-def _watching(app_dir: str, enabled: bool) -> Iterator[None]:
-    """While the block runs, SIGHUP this process when a .py file under ``app_dir`` changes."""
+def _watching(app_dir: str, enabled: bool) -> Iterator[threading.Event]:
+    """While the block runs, SIGHUP this process when a .py file under ``app_dir`` changes.
+
+    Yields an event also set on each change (never, when not ``enabled``).
+    """
+    changed = threading.Event()
     if not enabled:
-        yield
+        yield changed
         return
     import watchfiles
 
@@ -253,6 +269,7 @@ def _watching(app_dir: str, enabled: bool) -> Iterator[None]:
                                         stop_event=stop, raise_interrupt=False):
             names = sorted({os.path.relpath(path, root) for _, path in changes})
             log.info("--reload: %s changed; restarting the workers", ", ".join(names[:5]))
+            changed.set()
             os.kill(os.getpid(), signal.SIGHUP)
 
     log.info("--reload: watching %s for changes to .py files (development only)", root)
@@ -260,7 +277,7 @@ def _watching(app_dir: str, enabled: bool) -> Iterator[None]:
     thread = threading.Thread(target=watch, name="rpc-reload-watch", daemon=True)
     thread.start()
     try:
-        yield
+        yield changed
     finally:
         stop.set()
         thread.join(timeout=5)

@@ -75,6 +75,27 @@ def test_a_change_that_does_not_import_keeps_the_old_code_serving(
     assert proxy.version() == 1
 
 
+def test_code_that_does_not_load_at_start_is_served_once_fixed(
+    broker_url: str, tmp_path: Path,
+) -> None:
+    app_dir = tmp_path / "app"
+    app_dir.mkdir()
+    (app_dir / "svc.py").write_text("this is not python\n")
+    server_id = new_server_id()
+    serve = Serve("svc:server", "--server-id", server_id, "--app-dir", str(app_dir), "--reload",
+                  env=environment(broker_url), log=tmp_path / "serve.log")
+    try:
+        wait_for(lambda: "does not load; serving starts again once" in serve.output, 30,
+                 "the failed start to be logged")
+        assert serve.proc.poll() is None  # still watching, not exited with 3
+        write_module(app_dir, 3)
+        with Proxy(broker_url, server_id=server_id, timeout=5) as proxy:
+            wait_for(lambda: version_or_none(proxy) == 3, 30, "the fixed code to answer",
+                     interval=0.3)
+    finally:
+        serve.close()
+
+
 def test_reload_is_refused_with_detach(broker_url: str, tmp_path: Path) -> None:
     done = run_rpc("serve", "svc:server", "--reload", "--detach", "--app-dir", str(tmp_path),
                    env=environment(broker_url))
