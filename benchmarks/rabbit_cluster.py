@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import contextlib
 import json
+import logging
 import os
 import random
 import re
@@ -41,6 +42,8 @@ from pathlib import Path
 from typing import Any
 
 BIN = Path("/usr/lib/rabbitmq/bin")
+logger = logging.getLogger(__name__)
+
 RABBITMQ_SERVER = BIN / "rabbitmq-server"
 RABBITMQCTL = BIN / "rabbitmqctl"
 
@@ -384,6 +387,7 @@ class RabbitCluster:
     def heal(self, timeout: float = BOOT_TIMEOUT) -> None:
         """Bring every node back: restart the killed, thaw and restart the frozen, and wait
         until all of them run clustered, without partitions."""
+        clock = time.monotonic()
         broken = [n for n in self.nodes if n.frozen or n.was_frozen or not n.alive]
         for node in broken:
             node.kill()
@@ -391,8 +395,10 @@ class RabbitCluster:
             node.launch()
         with ThreadPoolExecutor(max(len(broken), 1)) as pool:
             list(pool.map(lambda n: n.await_startup(timeout), broken))
+        logger.info("restarted %s in %.1f s", [n.name for n in broken], time.monotonic() - clock)
         try:
             self.wait_clustered(min(timeout, 60))
+            logger.info("healed in %.1f s", time.monotonic() - clock)
         except ClusterError:
             # A partition that autoheal has not healed: restart the nodes outside node 1's view.
             status = self.status(self.nodes[0])
@@ -437,15 +443,17 @@ class RabbitCluster:
         if len(self.running()) != len(self.nodes):
             return False
         want = set(self.names)
-        for node in self.nodes:
+
+        def agrees(node: Node) -> bool:
             try:
                 status = self.status(node)
             except (ClusterError, ValueError):
                 return False
-            if set(status.get("running_nodes", [])) != want or any(
-                    status.get("partitions") or {}):
-                return False
-        return True
+            return set(status.get("running_nodes", [])) == want and not any(
+                status.get("partitions") or {})
+
+        with ThreadPoolExecutor(len(self.nodes)) as pool:
+            return all(list(pool.map(agrees, self.nodes)))
 
     def wait_clustered(self, timeout: float = 60.0) -> None:
         deadline = time.monotonic() + timeout

@@ -57,8 +57,19 @@ def rabbit_cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RabbitC
 
 
 @pytest.fixture
-def cluster(rabbit_cluster: RabbitCluster) -> Iterator[RabbitCluster]:
-    """The session's cluster, healed after the test if the test took a node down or froze it."""
+def cleanup_queues(rabbit_cluster: RabbitCluster) -> Iterator[list[str]]:
+    """Names of durable queues a test leaves behind (quorum queues outlive their server),
+    deleted once the clients are gone and the cluster is healed."""
+    names: list[str] = []
+    yield names
+    for name in names:
+        rabbit_cluster.delete_queue(name)
+
+
+@pytest.fixture
+def cluster(rabbit_cluster: RabbitCluster, cleanup_queues: list[str]) -> Iterator[RabbitCluster]:
+    """The session's cluster, healed after the test if the test took a node down or froze it
+    (after its servers and proxies are stopped, before its queues are deleted)."""
     if rabbit_cluster.disturbed():
         rabbit_cluster.heal()
     yield rabbit_cluster
@@ -110,7 +121,7 @@ def runs() -> Runs:
 
 
 @pytest.fixture
-def servers() -> Iterator[Callable[..., Server]]:
+def servers(cluster: RabbitCluster) -> Iterator[Callable[..., Server]]:
     """Start in-process servers (heartbeat :data:`HB`); each is stopped after the test."""
     started: list[Server] = []
 
@@ -132,7 +143,7 @@ def servers() -> Iterator[Callable[..., Server]]:
 
 
 @pytest.fixture
-def proxies() -> Iterator[Callable[..., Proxy]]:
+def proxies(cluster: RabbitCluster) -> Iterator[Callable[..., Proxy]]:
     """Open proxies (heartbeat :data:`HB`); each is closed after the test."""
     opened: list[Proxy] = []
 
@@ -146,12 +157,3 @@ def proxies() -> Iterator[Callable[..., Proxy]]:
     for proxy in opened:
         with contextlib.suppress(Exception):
             proxy.close()
-
-
-@pytest.fixture
-def cleanup_queues(rabbit_cluster: RabbitCluster) -> Iterator[list[str]]:
-    """Names of durable queues a test leaves behind (quorum queues outlive their server)."""
-    names: list[str] = []
-    yield names
-    for name in names:
-        rabbit_cluster.delete_queue(name)
