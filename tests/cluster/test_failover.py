@@ -5,6 +5,7 @@ Node 0 is the one taken down in every test; clients that must survive sit on nod
 
 from __future__ import annotations
 
+import logging
 import threading
 import time
 from concurrent.futures import Future
@@ -18,6 +19,8 @@ from rpc import Server
 from .conftest import HB, Runs, wait_for
 
 pytestmark = [pytest.mark.cluster, pytest.mark.integration, pytest.mark.slow]
+
+logger = logging.getLogger(__name__)
 
 
 def register_echo(runs: Runs) -> Any:
@@ -78,6 +81,7 @@ def test_server_serves_again_within_10s_after_its_node_is_killed_and_loses_no_re
         killed = time.monotonic()
         served = wait_for(lambda: runs.first_after(killed), timeout=15, interval=0.05,
                           message="the server to serve again after its node was killed")
+        logger.info("killed node: the server served again after %.1f s", served - killed)
         time.sleep(1.0)  # calls published after the server came back, too
     finally:
         stop.set()
@@ -188,6 +192,8 @@ def test_clients_on_a_frozen_node_notice_by_heartbeat_and_move_to_another_node(
     # retries for publishes refused during the election, is answered once the server consumes.
     assert proxy.set_retries(30).echo(2) == 2
     moved = time.monotonic() - frozen
+    logger.info("frozen node: the proxy noticed after %.1f s, the server served again after "
+                "%.1f s", noticed, moved)
     assert moved < 2 * HB + 5 + 6, f"the server served again {moved:.1f} s after the freeze"
     assert runs.count[2] == 1
     assert cluster.node_of_connection(server_conn(server_id)) in (1, 2)
