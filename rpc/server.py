@@ -615,6 +615,7 @@ class Server:
                 self._reconnect()
 
     def _reconnect(self) -> None:
+        failures = 0
         while not self._stopping.is_set():
             try:
                 link = self._open(retry_for=30.0)
@@ -630,8 +631,10 @@ class Server:
                             mask_url(self._failover.current or self.url))
                 return
             except Exception as exc:
+                # The next attempt goes to the next node; back off only as failures repeat.
+                failures += 1
                 logger.error("server %r cannot reconnect: %s", self.server_id, exc)
-                self._stopping.wait(5.0)
+                self._stopping.wait(min(0.25 * 2 ** (failures - 1), 5.0))
 
     def _idle(self) -> bool:
         with self._busy_lock:
