@@ -16,7 +16,7 @@ from rpc.serialization import JSON, MSGPACK, PICKLE
 UNREACHABLE = "amqp://user:s3cret@127.0.0.1:1//"
 
 SYSTEM_METHODS = ["system.list_methods", "system.method_help", "system.method_signature",
-                  "system.ping"]
+                  "system.ping", "system.stats"]
 
 
 def scale(value, factor=2):  # type: ignore[no-untyped-def]
