@@ -64,6 +64,10 @@ PREFETCH_PER_WORKER = 4
 DEFAULT_DELIVERY_LIMIT = 20
 #: The AMQP code RabbitMQ closes a connection with when a reply goes to a caller that is gone.
 _INTERNAL_ERROR = 541
+#: Seconds before such a close in which a reply counts as the one that caused it.
+_FATAL_REPLY_WINDOW = 1.0
+#: Seconds a reply address found dead is remembered (its requests are acknowledged unanswered).
+_GONE_CALLER_TTL = 120.0
 #: Seconds a server keeps trying to bind a metrics port that another process holds.
 METRICS_BIND_RETRY = 120.0
 #: Handler durations kept for the p50/p99 of ``status()``.
@@ -198,6 +202,11 @@ class Server:
         self._started_at = 0.0
         self._latencies: deque[float] = deque(maxlen=_LATENCY_SAMPLES)
         self._log_limiter = RepeatLimiter()
+        # Reply addresses lately written to, those suspected and those known to be gone: a reply
+        # to a caller whose node died makes RabbitMQ close the connection.
+        self._recent_replies: deque[tuple[float, str]] = deque(maxlen=64)
+        self._suspects: set[str] = set()
+        self._gone: dict[str, float] = {}
         self._consumer_tag: str | None = None
         self._broadcast_tag: str | None = None
         self._work: queue.SimpleQueue[Incoming | None] = queue.SimpleQueue()
@@ -218,7 +227,7 @@ class Server:
         self.stats = {
             "calls": 0, "errors": 0, "expected_errors": 0, "expired": 0, "bad_requests": 0,
             "requeued": 0, "duplicates": 0, "redelivered": 0, "reconnects": 0,
-            "reply_failures": 0,
+            "reply_failures": 0, "gone_callers": 0,
         }
 
     # -- registration ----------------------------------------------------------------------------
@@ -605,6 +614,7 @@ class Server:
                 if exc.code == _INTERNAL_ERROR:
                     # RabbitMQ does this on a reply to a caller whose node is gone: the request
                     # comes back redelivered, and is then acknowledged before its reply.
+                    self._suspect_replies()
                     self.stats["reply_failures"] += 1
                     if self._metrics is not None:
                         self._metrics.reply_failed()
@@ -840,6 +850,23 @@ class Server:
         )
         return outcome
 
+    def _suspect_replies(self) -> None:
+        """Work out which reply address made the broker close the connection.
+
+        The fatal reply is among those written just before the close: alone there, it is the
+        one; among several, it is the one suspected again at the next such close.
+        """
+        now = time.monotonic()
+        recent = {to for at, to in self._recent_replies if now - at <= _FATAL_REPLY_WINDOW}
+        self._recent_replies.clear()
+        gone = recent if len(recent) == 1 else recent & self._suspects
+        self._suspects = recent - gone
+        self._gone = {to: until for to, until in self._gone.items() if until > now}
+        for to in gone:
+            logger.warning("server %r: replies to %s... fail: its caller is gone", self.server_id,
+                           to[:40])
+            self._gone[to] = now + _GONE_CALLER_TTL
+
     def _reply(self, msg: Incoming, payload: bytes, reply_type: str, tag: int | None) -> None:
         """Publish the reply and acknowledge the request, in one write where that is safe."""
         link = msg.link
@@ -851,11 +878,18 @@ class Server:
             if tag is not None:
                 link.ack(tag)
             return
-        if msg.redelivered and tag is not None:
-            # Its first reply may have been the one that made the broker close the connection
-            # (a caller that is gone): acknowledge first, so that cannot repeat for ever.
-            link.ack(tag)
-            tag = None
+        if msg.redelivered:
+            if reply_to in self._gone:
+                self.stats["gone_callers"] += 1
+                if tag is not None:
+                    link.ack(tag)
+                return
+            if tag is not None:
+                # Its first reply may have been the one that made the broker close the
+                # connection (a caller that is gone): acknowledge first, so it cannot loop.
+                link.ack(tag)
+                tag = None
+        self._recent_replies.append((time.monotonic(), reply_to))
         reply_props = {
             "content_type": reply_type, "correlation_id": props.get("correlation_id"),
             "type": protocol.REPLY_TYPE, "app_id": self.identity,

@@ -201,3 +201,31 @@ def test_clients_on_a_frozen_node_notice_by_heartbeat_and_move_to_another_node(
     # The proxy moved by itself: its next call works, without retries.
     assert proxy.echo(3) == 3
     assert cluster.node_of_connection(proxy_conn(server_id)) in (1, 2)
+
+
+def test_replies_to_callers_whose_node_died_do_not_take_the_server_down(
+        cluster: Any, servers: Any, proxies: Any, runs: Runs, server_id: str,
+        cleanup_queues: list[str]) -> None:
+    cleanup_queues.append(server_id)
+    server = servers(cluster.urls_from(2), server_id, register=register_echo(runs),
+                     concurrency=3)
+    caller = proxies(cluster.urls_from(0), server_id, timeout=30)
+    assert caller.echo(0) == 0
+    pending = [caller.future.slow(n, 1.5) for n in (1, 2, 3)]
+    wait_for(lambda: all(runs.count[n] for n in (1, 2, 3)), message="the calls to run")
+    cluster.kill(0)
+    for fut in pending:
+        with pytest.raises(rpc.ConnectionLost):
+            fut.result(timeout=10)
+    time.sleep(3.0)  # the three replies have gone out to the dead caller's address
+
+    other = proxies(cluster.urls_from(1), server_id, timeout=10)
+    assert other.echo(4) == 4
+    time.sleep(2.0)
+    assert other.echo(5) == 5
+    logger.info("server stats after replying to a dead caller: %s", server.stats)
+    # One proxy's address: the one reply just before the close names it, and once known gone,
+    # its redelivered requests are acknowledged unanswered.
+    assert server.stats["reconnects"] == 1, "the server reconnected more than once"
+    assert server.stats["gone_callers"] == 3
+    assert runs.twice() == {}, "a request ran again after its reply failed"
