@@ -33,7 +33,8 @@ class Pending:
     __slots__ = (
         "cid", "method", "kind", "content_type", "deadline", "done", "ok", "value",
         "future", "on_success", "on_error", "_signal", "_signalled",
-        "body", "props", "broadcast", "wait_for_ready", "retries", "attempt", "started",
+        "body", "props", "broadcast", "wait_for_ready", "retries", "attempt", "unavailable",
+        "started",
     )
 
     def __init__(
@@ -60,6 +61,8 @@ class Pending:
         #: Retries left, and how many were made.
         self.retries = 0
         self.attempt = 0
+        #: Whether the last attempt found no server consuming (it backs off for longer).
+        self.unavailable = False
         self.started = 0.0
 
     def arm(self) -> None:

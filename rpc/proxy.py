@@ -86,6 +86,9 @@ AVAILABILITY_TTL = 1.0
 AVAILABILITY_CHECK_TIMEOUT = 2.0
 #: Backoff between retries of a call: 50 ms doubling up to 1 s, with jitter.
 _BACKOFF = tenacity.wait_exponential(multiplier=0.05, max=1.0) + tenacity.wait_random(0, 0.05)
+#: Backoff after no server was consuming: 0.5 s doubling up to 4 s, with jitter.
+_BACKOFF_UNAVAILABLE = (tenacity.wait_exponential(multiplier=0.5, max=4.0)
+                        + tenacity.wait_random(0, 0.1))
 _RETRYING = tenacity.Retrying(wait=_BACKOFF)
 _PLAIN = CallOptions()
 _BROADCAST = CallOptions(broadcast=True)
@@ -603,6 +606,7 @@ class Proxy:
             return False
         pending.retries -= 1
         pending.attempt += 1
+        pending.unavailable = isinstance(error, ServerUnavailable)
         logger.info("retrying %s() (attempt %d) after %s: %s", pending.method,
                     pending.attempt + 1, type(error).__name__, error)
         return True
@@ -611,7 +615,8 @@ class Proxy:
     def _next_backoff(pending: Pending) -> float:
         state = tenacity.RetryCallState(retry_object=_RETRYING, fn=None, args=(), kwargs={})
         state.attempt_number = pending.attempt
-        wait = float(_BACKOFF(state))
+        # Servers take seconds to come back; a broker's hiccup, milliseconds.
+        wait = float((_BACKOFF_UNAVAILABLE if pending.unavailable else _BACKOFF)(state))
         if pending.deadline is not None:
             wait = min(wait, max(pending.deadline - time.monotonic(), 0.0))
         return wait

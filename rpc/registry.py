@@ -34,6 +34,8 @@ class Method:
     at_most_once: bool = False
     #: Exceptions that are part of the method's contract: logged as such, not as failures.
     expected: tuple[type[BaseException], ...] = ()
+    #: An ``async def``: it runs on the server's event loop, not on a worker thread.
+    is_async: bool = False
 
     def check_arguments(self, args: tuple[Any, ...], kwargs: dict[str, Any]) -> None:
         """Bind the arguments before the call, so a TypeError inside the function stays one.
@@ -77,7 +79,7 @@ def _describe(
     except (TypeError, ValueError):  # some builtins have no introspectable signature
         sig = None
     return Method(name, func, sig, _positional_range(sig) if sig is not None else None,
-                  at_most_once, expected)
+                  at_most_once, expected, inspect.iscoroutinefunction(func))
 
 
 def _check_expected(expected: Iterable[type[BaseException]]) -> tuple[type[BaseException], ...]:
@@ -171,6 +173,10 @@ class Registry:
             shown = name[:100] if isinstance(name, str) else repr(name)[:100]
             raise MethodNotFound(f"no method {shown!r}")
         return method
+
+    def has_async(self) -> bool:
+        """Whether any registered method is an ``async def``."""
+        return any(method.is_async for method in self._methods.values())
 
     def names(self) -> list[str]:
         """Every registered name, sorted."""

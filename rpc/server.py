@@ -11,6 +11,7 @@ twice, and a lost connection moves on to the next node of a cluster.
 from __future__ import annotations
 
 import asyncio
+import concurrent.futures
 import inspect
 import logging
 import os
@@ -60,12 +61,14 @@ _F = TypeVar("_F", bound=Callable[..., Any])
 #: Requests prefetched per concurrent call unless ``prefetch`` is given: the smallest multiple
 #: that kept 100 pipelined calls at the raw pika loop's pace (docs/protocol.md, benchmarks/).
 PREFETCH_PER_WORKER = 4
+#: ``async def`` handler calls run at once on the server's loop unless told otherwise.
+DEFAULT_ASYNC_CONCURRENCY = 100
 #: Deliveries of one request before a quorum queue dead-letters it (``queue_type="quorum"``).
 DEFAULT_DELIVERY_LIMIT = 20
 #: The AMQP code RabbitMQ closes a connection with when a reply goes to a caller that is gone.
 _INTERNAL_ERROR = 541
-#: Seconds before such a close in which a reply counts as the one that caused it.
-_FATAL_REPLY_WINDOW = 1.0
+#: Seconds a reply to a suspect address waits for such a close before it counts as delivered.
+_PROBE_WAIT = 0.2
 #: Seconds a reply address found dead is remembered (its requests are acknowledged unanswered).
 _GONE_CALLER_TTL = 120.0
 #: Seconds a server keeps trying to bind a metrics port that another process holds.
@@ -97,8 +100,11 @@ class Server:
         server_id: the queue to consume, and the name proxies call.
         serializer: ``"pickle"`` (or another registered name) to accept it besides the defaults.
         accept: serializer names or content types to accept instead of msgpack and JSON.
-        concurrency: calls run at once, each on its own worker thread.
-        prefetch: requests the broker may send ahead; default ``4 * concurrency``.
+        concurrency: calls of plain functions run at once, each on its own worker thread.
+        async_concurrency: calls of ``async def`` handlers run at once on the server's event
+            loop, taking no worker thread while they await (0 runs them on the workers).
+        prefetch: requests the broker may send ahead; default ``4 * concurrency``, plus
+            ``async_concurrency`` when an ``async def`` handler is registered.
         heartbeat: AMQP heartbeat interval in seconds (0 turns heartbeats off).
         send_tracebacks: include the server's traceback in error replies (off in production).
         connect_retry: seconds start() keeps retrying an unreachable broker.
@@ -133,6 +139,7 @@ class Server:
         serializer: str | None = None,
         accept: Iterable[str] | None = None,
         concurrency: int = 1,
+        async_concurrency: int = DEFAULT_ASYNC_CONCURRENCY,
         prefetch: int | None = None,
         heartbeat: float = DEFAULT_HEARTBEAT,
         send_tracebacks: bool = False,
@@ -169,6 +176,10 @@ class Server:
             names.add(serializer)
         self.accept = serialization.accept_set(names)
         self.concurrency = concurrency
+        if async_concurrency < 0:
+            raise ValueError("async_concurrency cannot be negative")
+        self.async_concurrency = async_concurrency
+        self._async_slots: asyncio.Semaphore | None = None
         if prefetch is not None and prefetch < 1:
             raise ValueError("prefetch must be at least 1")
         #: Requests the broker may send ahead; None: ``PREFETCH_PER_WORKER * concurrency``.
@@ -204,9 +215,12 @@ class Server:
         self._log_limiter = RepeatLimiter()
         # Reply addresses lately written to, those suspected and those known to be gone: a reply
         # to a caller whose node died makes RabbitMQ close the connection.
-        self._recent_replies: deque[tuple[float, str]] = deque(maxlen=64)
+        self._recent_replies: deque[str] = deque(maxlen=64)
         self._suspects: set[str] = set()
         self._gone: dict[str, float] = {}
+        self._suspects_until = 0.0
+        self._probe: str | None = None
+        self._probe_lock = threading.Lock()
         self._consumer_tag: str | None = None
         self._broadcast_tag: str | None = None
         self._work: queue.SimpleQueue[Incoming | None] = queue.SimpleQueue()
@@ -396,7 +410,10 @@ class Server:
         deadline = None if grace is None else time.monotonic() + grace
         for worker in self._workers:
             worker.join(None if deadline is None else max(deadline - time.monotonic(), 0))
-        with self._busy_lock:
+        with self._busy_lock:  # coroutine handlers still running on the loop
+            self._busy_lock.wait_for(
+                lambda: self._busy == 0,
+                None if deadline is None else max(deadline - time.monotonic(), 0))
             abandoned = self._busy
         if abandoned:
             logger.warning("stopping %r with %d call(s) still running after the %s s grace: the "
@@ -422,8 +439,12 @@ class Server:
 
     @property
     def prefetch_count(self) -> int:
-        """The prefetch start() uses: ``prefetch``, or ``PREFETCH_PER_WORKER * concurrency``."""
-        return self.prefetch if self.prefetch is not None else PREFETCH_PER_WORKER * self.concurrency
+        """The prefetch start() uses: ``prefetch``, or ``PREFETCH_PER_WORKER * concurrency``
+        plus ``async_concurrency`` when a coroutine handler is registered."""
+        if self.prefetch is not None:
+            return self.prefetch
+        extra = self.async_concurrency if self.registry.has_async() else 0
+        return PREFETCH_PER_WORKER * self.concurrency + extra
 
     def status(self) -> dict[str, Any]:
         """This instance's figures for operators (``system.stats``, ``rpc status``).
@@ -633,6 +654,7 @@ class Server:
                     link.close()
                     return
                 self._link = link
+                self._recent_replies.clear()
                 self.stats["reconnects"] += 1
                 if self._metrics is not None:
                     self._metrics.reconnected()
@@ -698,7 +720,7 @@ class Server:
             msg = self._work.get()
             if msg is None:
                 return
-            outcome = "requeued"
+            outcome: str | None = "requeued"
             try:
                 if self._accepting:
                     outcome = self._handle(msg)
@@ -710,14 +732,20 @@ class Server:
             except Exception:
                 logger.exception("unexpected error handling a request")
             finally:
-                with self._busy_lock:
-                    self._busy -= 1
-                    self.stats[outcome] += 1
-                if self._metrics is not None:
-                    self._metrics.in_flight(-1)
+                if outcome is not None:  # None: a coroutine handler runs on, on the loop
+                    self._account(outcome)
 
-    def _handle(self, msg: Incoming) -> str:
-        """Run one request (or answer a repeat of one) and reply; returns the stats key."""
+    def _account(self, outcome: str) -> None:
+        with self._busy_lock:
+            self._busy -= 1
+            self.stats[outcome] += 1
+            self._busy_lock.notify_all()
+        if self._metrics is not None:
+            self._metrics.in_flight(-1)
+
+    def _handle(self, msg: Incoming) -> str | None:
+        """Run one request (or answer a repeat of one) and reply; returns the stats key, or
+        None when a coroutine handler goes on running on the server's loop."""
         link = msg.link
         tag: int | None = msg.delivery_tag
         if self._expired(msg):  # it waited in this process past its deadline
@@ -741,16 +769,25 @@ class Server:
                             props.get("message_id"))
                 self._reply(msg, done.body, done.content_type, tag)
                 return "duplicates"
+        call = _Call(msg, key, tag, self.accept)
         try:
-            outcome, payload, reply_type, tag = self._execute(msg, tag)
+            try:
+                self._prepare(call)
+            except BaseException as exc:  # a bad request: its error is the reply
+                return self._finish(call, None, exc)
+            assert call.target is not None and call.request is not None and call.info is not None
+            if call.target.is_async and self.async_concurrency:
+                self._schedule(call)
+                return None
+            try:
+                result = self._run(call.target.func, call.request, call.info)
+            except BaseException as exc:  # a handler's SystemExit must not end a worker either
+                return self._finish(call, None, exc)
+            return self._finish(call, result, None)
         except BaseException:
             if key is not None:
                 self._completed.finish(key, None)
             raise
-        if key is not None:
-            self._completed.finish(key, dedup.Completed(payload, reply_type))
-        self._reply(msg, payload, reply_type, tag)
-        return outcome
 
     def _repeat_key(self, msg: Incoming) -> tuple[str, int] | None:
         """What identifies a repeat of this request: its message id and body."""
@@ -761,55 +798,92 @@ class Server:
             return None
         return message_id, hash(msg.body)
 
-    def _execute(self, msg: Incoming, tag: int | None) -> tuple[str, bytes, str, int | None]:
-        """Decode, check and run a request; returns the outcome, the encoded reply, its content
-        type and the delivery tag still to acknowledge (None once acknowledged)."""
-        props = msg.props
-        content_type = props.get("content_type")
-        reply_type = content_type if content_type in self.accept else serialization.JSON
-        started = time.perf_counter()
-        info = None
-        method_name = None
-        target: Method | None = None
-        try:
-            if msg.oversize:
-                raise BadRequest(f"request body of {msg.oversize} bytes exceeds this server's "
-                                 f"limit of {self.max_message_size} bytes")
-            request = protocol.parse_request(
-                serialization.decode(msg.body, content_type, self.accept))
-            method_name = request.method
-            target = self.registry.resolve(request.method)
-            target.check_arguments(request.args, request.kwargs)
-            info = self._call_info(msg, request.method)
-            if self._metrics is not None:
-                self._observe_queued(props)
-            if target.at_most_once:
-                msg.link.ack(tag)  # type: ignore[arg-type]
-                tag = None
-            body = protocol.result_body(self._run(target.func, request, info))
-        except BaseException as exc:  # a handler's SystemExit must not end a worker either
+    def _prepare(self, call: _Call) -> None:
+        """Decode and check a request, and resolve its method.
+
+        Raises:
+            BadRequest, MethodNotFound, InvalidArguments: the request cannot run.
+        """
+        msg = call.msg
+        if msg.oversize:
+            raise BadRequest(f"request body of {msg.oversize} bytes exceeds this server's "
+                             f"limit of {self.max_message_size} bytes")
+        request = protocol.parse_request(
+            serialization.decode(msg.body, msg.props.get("content_type"), self.accept))
+        call.method = request.method
+        call.target = target = self.registry.resolve(request.method)
+        target.check_arguments(request.args, request.kwargs)
+        call.request = request
+        call.info = self._call_info(msg, request.method)
+        if self._metrics is not None:
+            self._observe_queued(msg.props)
+        if target.at_most_once:
+            msg.link.ack(call.tag)  # type: ignore[arg-type]
+            call.tag = None
+
+    def _finish(self, call: _Call, result: Any, exc: BaseException | None) -> str:
+        """Log, count, encode and remember a call's outcome, and reply; returns its stats key."""
+        elapsed = time.perf_counter() - call.started
+        method, target, info = call.method, call.target, call.info
+        if exc is None:
+            ok = True
+            body = protocol.result_body(result)
+            outcome = "calls"
+        else:
             ok = False
-            body = self._error_body(exc, reply_type)
-            elapsed = time.perf_counter() - started
-            outcome = self._log_failure(exc, msg, method_name, target, info, elapsed)
+            body = self._error_body(exc, call.reply_type)
+            outcome = self._log_failure(exc, call.msg, method, target, info, elapsed)
             if info is not None and self.on_error is not None:
                 self._report(exc, info)
-        else:
-            ok = True
-            elapsed = time.perf_counter() - started
-            outcome = "calls"
         self._latencies.append(elapsed)
         if self._metrics is not None:
-            self._observe(method_name if target is not None and method_name else _UNKNOWN_METHOD,
-                          _METRIC_OUTCOME[outcome],
-                          elapsed if info is not None else None)
-        payload, reply_type = self._encode_reply(body, reply_type, ok)
+            self._observe(method if target is not None and method else _UNKNOWN_METHOD,
+                          _METRIC_OUTCOME[outcome], elapsed if info is not None else None)
+        payload, reply_type = self._encode_reply(body, call.reply_type, ok)
         if ok and logger.isEnabledFor(logging.DEBUG):
-            logger.debug("%s ok in %.2f ms", method_name, elapsed * 1000)
-        if not ok and not props.get("reply_to"):
-            logger.warning("cast %s failed: %s", method_name or "<undecodable request>",
+            logger.debug("%s ok in %.2f ms", method, elapsed * 1000)
+        if not ok and not call.msg.props.get("reply_to"):
+            logger.warning("cast %s failed: %s", method or "<undecodable request>",
                            body["error"]["message"])
-        return outcome, payload, reply_type, tag
+        if call.key is not None:
+            self._completed.finish(call.key, dedup.Completed(payload, reply_type))
+        self._reply(call.msg, payload, reply_type, call.tag)
+        return outcome
+
+    def _schedule(self, call: _Call) -> None:
+        """Run a coroutine handler on the server's loop; the worker thread goes back at once."""
+        future = asyncio.run_coroutine_threadsafe(self._run_async(call), self._event_loop())
+        future.add_done_callback(lambda done: self._after_async(call, done))
+
+    async def _run_async(self, call: _Call) -> Any:
+        assert call.target is not None and call.request is not None and call.info is not None
+        assert self._async_slots is not None
+        async with self._async_slots:
+            token = context.enter(call.info)
+            try:
+                with tracing.server_span(call.info.headers, self.server_id, call.info.method):
+                    return await call.target.func(*call.request.args, **call.request.kwargs)
+            finally:
+                context.leave(token)
+
+    def _after_async(self, call: _Call, done: concurrent.futures.Future[Any]) -> None:
+        """Reply to a coroutine handler's call, on the loop's thread once it has ended."""
+        outcome = "requeued"
+        try:
+            try:
+                error = done.exception()
+            except concurrent.futures.CancelledError as cancelled:
+                error = cancelled
+            outcome = self._finish(call, None if error else done.result(), error)
+        except ConnectionLost as exc:
+            if call.key is not None:
+                self._completed.finish(call.key, None)
+            logger.warning("reply to %s not sent, the request will be redelivered: %s",
+                           call.msg.props.get("correlation_id"), exc)
+        except Exception:
+            logger.exception("unexpected error replying to a request")
+        finally:
+            self._account(outcome)
 
     def _observe_queued(self, props: dict[str, Any]) -> None:
         """Time from publish to start: the deadline less the timeout the caller gave it."""
@@ -853,19 +927,40 @@ class Server:
     def _suspect_replies(self) -> None:
         """Work out which reply address made the broker close the connection.
 
-        The fatal reply is among those written just before the close: alone there, it is the
-        one; among several, it is the one suspected again at the next such close.
+        When every recent reply went to one address, that is the one. Otherwise each becomes a
+        suspect, and the next reply to a suspect is sent alone and given a moment: the broker
+        closes the connection again only if its caller is gone.
         """
         now = time.monotonic()
-        recent = {to for at, to in self._recent_replies if now - at <= _FATAL_REPLY_WINDOW}
+        recent = set(self._recent_replies)
         self._recent_replies.clear()
-        gone = recent if len(recent) == 1 else recent & self._suspects
-        self._suspects = recent - gone
+        if self._probe is not None:
+            gone = {self._probe}
+        elif len(recent) == 1:
+            gone = recent
+        else:
+            gone = set()
+            self._suspects |= recent
+            self._suspects_until = now + _GONE_CALLER_TTL
+        self._suspects -= gone
         self._gone = {to: until for to, until in self._gone.items() if until > now}
         for to in gone:
             logger.warning("server %r: replies to %s... fail: its caller is gone", self.server_id,
                            to[:40])
             self._gone[to] = now + _GONE_CALLER_TTL
+
+    def _probe_reply(self, link: Link, reply_to: str, payload: bytes,
+                     reply_props: dict[str, Any]) -> None:
+        """Reply to a suspect address alone, and clear it if the connection survives."""
+        with self._probe_lock:
+            self._probe = reply_to
+            try:
+                link.publish(reply_to, payload, reply_props)
+                self._stopping.wait(_PROBE_WAIT)
+                if not link.closed:
+                    self._suspects.discard(reply_to)
+            finally:
+                self._probe = None
 
     def _reply(self, msg: Incoming, payload: bytes, reply_type: str, tag: int | None) -> None:
         """Publish the reply and acknowledge the request, in one write where that is safe."""
@@ -878,22 +973,30 @@ class Server:
             if tag is not None:
                 link.ack(tag)
             return
+        if self._gone and reply_to in self._gone:
+            self.stats["gone_callers"] += 1
+            if tag is not None:
+                link.ack(tag)
+            return
         if msg.redelivered:
-            if reply_to in self._gone:
-                self.stats["gone_callers"] += 1
-                if tag is not None:
-                    link.ack(tag)
-                return
             if tag is not None:
                 # Its first reply may have been the one that made the broker close the
                 # connection (a caller that is gone): acknowledge first, so it cannot loop.
                 link.ack(tag)
                 tag = None
-        self._recent_replies.append((time.monotonic(), reply_to))
+        self._recent_replies.append(reply_to)
         reply_props = {
             "content_type": reply_type, "correlation_id": props.get("correlation_id"),
             "type": protocol.REPLY_TYPE, "app_id": self.identity,
         }
+        if self._suspects and reply_to in self._suspects:
+            if time.monotonic() > self._suspects_until:
+                self._suspects.clear()
+        if reply_to in self._suspects:
+            if tag is not None:
+                link.ack(tag)
+            self._probe_reply(link, reply_to, payload, reply_props)
+            return
         link.publish(reply_to, payload, reply_props, ack=tag)
 
     def _call_info(self, msg: Incoming, method: str) -> CallInfo:
@@ -937,6 +1040,7 @@ class Server:
                                           name=f"rpc-server-loop-{self.server_id}")
                 thread.start()
                 self._loop, self._loop_thread = loop, thread
+                self._async_slots = asyncio.Semaphore(max(self.async_concurrency, 1))
             return self._loop
 
     def _report(self, exc: BaseException, info: CallInfo) -> None:
@@ -978,6 +1082,28 @@ class Server:
     def __repr__(self) -> str:
         state = "running" if self.running else "stopped"
         return f"<Server server_id={self.server_id!r} {mask_url(self.url)} {state}>"
+
+
+class _Call:
+    """One request on its way through the server: what is known of it so far."""
+
+    __slots__ = ("msg", "key", "tag", "reply_type", "started", "method", "target", "request",
+                 "info")
+
+    def __init__(
+        self, msg: Incoming, key: tuple[str, int] | None, tag: int | None, accept: frozenset[str],
+    ) -> None:
+        self.msg = msg
+        self.key = key
+        #: The delivery tag still to acknowledge (None once acknowledged).
+        self.tag = tag
+        content_type = msg.props.get("content_type")
+        self.reply_type: str = content_type if content_type in accept else serialization.JSON
+        self.started = time.perf_counter()
+        self.method: str | None = None
+        self.target: Method | None = None
+        self.request: protocol.Request | None = None
+        self.info: CallInfo | None = None
 
 
 _METRIC_OUTCOME = {
