@@ -15,8 +15,8 @@ from collections import OrderedDict
 from collections.abc import Hashable
 from dataclasses import dataclass, field
 
-#: Calls remembered unless told otherwise.
-DEFAULT_SIZE = 10_000
+#: Calls remembered unless told otherwise: at 2,000 calls/s, the last 50 s of them.
+DEFAULT_SIZE = 100_000
 #: Seconds a completed call is remembered unless told otherwise: longer than any retry backoff.
 DEFAULT_TTL = 300.0
 #: Bytes of encoded replies kept at most; the oldest are forgotten first.
