@@ -288,7 +288,10 @@ def test_fuzzed_requests_are_each_answered_and_the_server_survives_with_its_queu
         content_type=content_types,
         headers=st.none() | st.dictionaries(
             st.sampled_from(["rpc-deadline", "compression", "x-any"]),
-            st.one_of(st.text(max_size=10), st.floats(), st.integers(-(2**63), 2**63 - 1)),
+            # RabbitMQ cannot parse an infinite or NaN double in a header: it closes the
+            # publisher's connection (541) before any server sees the request.
+            st.one_of(st.text(max_size=10), st.floats(allow_nan=False, allow_infinity=False),
+                      st.integers(-(2**63), 2**63 - 1)),
             max_size=2),
     )
     def one(body: tuple[str, Any], content_type: str | None, headers: dict[str, Any] | None) -> None:
