@@ -13,7 +13,7 @@ import threading
 import time
 from collections import OrderedDict
 from collections.abc import Hashable
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 #: Calls remembered unless told otherwise: at 2,000 calls/s, the last 50 s of them.
 DEFAULT_SIZE = 100_000
@@ -34,7 +34,8 @@ class Completed:
 
 @dataclass(slots=True)
 class _Running:
-    done: threading.Event = field(default_factory=threading.Event)
+    #: Made by the first repeat that waits: most calls have none, and an Event costs a lock.
+    done: threading.Event | None = None
     result: Completed | None = None
 
 
@@ -77,10 +78,13 @@ class CompletedCalls:
                 if running is None:
                     self._running[key] = _Running()
                     return None
+                if running.done is None:
+                    running.done = threading.Event()
+                done = running.done
             remaining = None if deadline is None else deadline - time.monotonic()
             if remaining is not None and remaining <= 0:
                 return None
-            running.done.wait(remaining)
+            done.wait(remaining)
             if running.result is not None:
                 return running.result
 
@@ -88,14 +92,16 @@ class CompletedCalls:
         """End the run of ``key``: remember its reply (None: it produced none to keep)."""
         with self._lock:
             running = self._running.pop(key, None)
+            if running is not None:
+                running.result = result
+                waiting = running.done
             if result is not None and len(result.body) <= self.max_bytes:
                 result.at = time.monotonic()
                 self._done[key] = result
                 self._bytes += len(result.body)
                 self._trim()
-        if running is not None:
-            running.result = result
-            running.done.set()
+        if running is not None and waiting is not None:
+            waiting.set()
 
     def __len__(self) -> int:
         return len(self._done)
