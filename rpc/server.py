@@ -748,18 +748,18 @@ class Server:
         None when a coroutine handler goes on running on the server's loop."""
         link = msg.link
         tag: int | None = msg.delivery_tag
-        if self._expired(msg):  # it waited in this process past its deadline
+        props = msg.props
+        deadline = protocol.deadline_of(props.get("headers"))
+        if deadline is not None and deadline < time.time():  # it waited here past its deadline
             link.ack(tag)  # type: ignore[arg-type]
             self._observe(_UNKNOWN_METHOD, "expired")
             return "expired"
-        props = msg.props
         if msg.redelivered:
             self.stats["redelivered"] += 1
             if self._metrics is not None:
                 self._metrics.redelivered()
         key = self._repeat_key(msg)
         if key is not None:
-            deadline = protocol.deadline_of(props.get("headers"))
             wait = None if deadline is None else max(deadline - time.time(), 0.0)
             done = self._completed.begin(key, wait)
             if done is not None:
@@ -769,7 +769,7 @@ class Server:
                             props.get("message_id"))
                 self._reply(msg, done.body, done.content_type, tag)
                 return "duplicates"
-        call = _Call(msg, key, tag, self.accept)
+        call = _Call(msg, key, tag, self.accept, deadline)
         try:
             try:
                 self._prepare(call)
@@ -814,7 +814,7 @@ class Server:
         call.target = target = self.registry.resolve(request.method)
         target.check_arguments(request.args, request.kwargs)
         call.request = request
-        call.info = self._call_info(msg, request.method)
+        call.info = self._call_info(msg, request.method, call.deadline)
         if self._metrics is not None:
             self._observe_queued(msg.props)
         if target.at_most_once:
@@ -846,7 +846,7 @@ class Server:
             logger.warning("cast %s failed: %s", method or "<undecodable request>",
                            body["error"]["message"])
         if call.key is not None:
-            self._completed.finish(call.key, dedup.Completed(payload, reply_type))
+            self._completed.finish(call.key, dedup.Completed(payload, reply_type, time.monotonic()))
         self._reply(call.msg, payload, reply_type, call.tag)
         return outcome
 
@@ -999,14 +999,14 @@ class Server:
             return
         link.publish(reply_to, payload, reply_props, ack=tag)
 
-    def _call_info(self, msg: Incoming, method: str) -> CallInfo:
+    def _call_info(self, msg: Incoming, method: str, deadline: float | None) -> CallInfo:
         props = msg.props
         headers = props.get("headers")
         ctx, stack = context.incoming(headers)
         return CallInfo(
             server_id=self.server_id, method=method,
             correlation_id=props.get("correlation_id"), message_id=props.get("message_id"),
-            deadline=protocol.deadline_of(headers), redelivered=msg.redelivered,
+            deadline=deadline, redelivered=msg.redelivered,
             user_id=props.get("user_id"), context=ctx, call_stack=stack, headers=headers or {},
         )
 
@@ -1087,13 +1087,15 @@ class Server:
 class _Call:
     """One request on its way through the server: what is known of it so far."""
 
-    __slots__ = ("msg", "key", "tag", "reply_type", "started", "method", "target", "request",
-                 "info")
+    __slots__ = ("msg", "key", "tag", "deadline", "reply_type", "started", "method", "target",
+                 "request", "info")
 
     def __init__(
         self, msg: Incoming, key: tuple[str, int] | None, tag: int | None, accept: frozenset[str],
+        deadline: float | None,
     ) -> None:
         self.msg = msg
+        self.deadline = deadline
         self.key = key
         #: The delivery tag still to acknowledge (None once acknowledged).
         self.tag = tag
