@@ -5,6 +5,7 @@ A view is immutable: every modifier returns a new one, so nothing leaks into the
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable
 from dataclasses import dataclass, replace
 from typing import TYPE_CHECKING, Any
@@ -111,7 +112,16 @@ class CallView:
         return self._with(cast=True)
 
     def with_context(self, **context: Any) -> CallView:
-        """Send these values in the ``rpc-context`` header; handlers read ``current_call()``."""
+        """Send these values in the ``rpc-context`` header; handlers read ``current_call()``.
+
+        Raises:
+            ValueError: a value holds an infinite or NaN float, which RabbitMQ answers by
+                closing the connection.
+        """
+        for key, value in context.items():
+            if not _header_safe(value):
+                raise ValueError(f"context value {key!r} holds an infinite or NaN number, "
+                                 f"which an AMQP header cannot carry to RabbitMQ")
         return self._with(context=self._options.context + tuple(context.items()))
 
     def __call__(self, *, timeout: float | None) -> CallView:
@@ -128,6 +138,16 @@ class CallView:
     def call(self, method: str, /, *args: Any, **kwargs: Any) -> Any:
         """Call ``method`` by name with these options."""
         return self._proxy._invoke(self._options, method, args, kwargs)
+
+
+def _header_safe(value: Any) -> bool:
+    if isinstance(value, float):
+        return math.isfinite(value)
+    if isinstance(value, dict):
+        return all(_header_safe(v) for v in value.values())
+    if isinstance(value, (list, tuple)):
+        return all(_header_safe(v) for v in value)
+    return True
 
 
 class RemoteMethod:

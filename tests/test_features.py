@@ -331,3 +331,10 @@ def test_cancelling_a_future_forgets_the_call(make_server, make_proxy):
     assert proxy.pending_calls == 0
     gate.set()
     wait_until(lambda: proxy.replies_dropped == 1, "the late reply")
+
+
+@pytest.mark.parametrize("value", [float("inf"), float("-inf"), float("nan"), {"a": [1.0, float("inf")]}])
+def test_a_context_value_rabbitmq_cannot_carry_is_refused_before_sending(make_proxy, value):
+    proxy = make_proxy()
+    with pytest.raises(ValueError, match="infinite or NaN"):
+        proxy.with_context(limit=value)
