@@ -16,38 +16,39 @@ WAIT = 20
 
 
 @pytest.fixture
-def start(broker_url: str, server_id: str):
-    servers: list[Server] = []
+def url(broker_url: str) -> str:
+    """The real broker, for conftest's make_server."""
+    return broker_url
 
+
+@pytest.fixture
+def start(make_server):
     def make(**options) -> Server:
-        server = Server(broker_url, server_id=server_id, **options)
         state = {"now": 0, "most": 0}
         lock = threading.Lock()
 
-        @server.expose
-        async def nap(seconds: float) -> str:
-            with lock:
-                state["now"] += 1
-                state["most"] = max(state["most"], state["now"])
-            try:
-                await asyncio.sleep(seconds)
-            finally:
+        def register(server: Server) -> None:
+            @server.expose
+            async def nap(seconds: float) -> str:
                 with lock:
-                    state["now"] -= 1
-            return current_call().method
+                    state["now"] += 1
+                    state["most"] = max(state["most"], state["now"])
+                try:
+                    await asyncio.sleep(seconds)
+                finally:
+                    with lock:
+                        state["now"] -= 1
+                return current_call().method
 
-        @server.expose
-        def plain(x: int) -> int:
-            return x + 1
+            @server.expose
+            def plain(x: int) -> int:
+                return x + 1
 
-        server.state = state  # type: ignore[attr-defined]
-        server.start()
-        servers.append(server)
-        return server
+            server.state = state  # type: ignore[attr-defined]
 
-    yield make
-    for server in servers:
-        server.stop(grace=5)
+        return make_server(register=register, **options)
+
+    return make
 
 
 @pytest.fixture

@@ -16,34 +16,10 @@ pytestmark = pytest.mark.integration
 
 
 @pytest.fixture
-def make_proxy(broker_url: str, server_id: str):
-    """Proxies on the real broker (memory:// cannot count a queue's consumers)."""
-    proxies: list[Proxy] = []
-
-    def make(**options):
-        options.setdefault("server_id", server_id)
-        proxies.append(Proxy(broker_url, **options))
-        return proxies[-1]
-
-    yield make
-    for proxy in proxies:
-        proxy.close()
-
-
-@pytest.fixture
-def make_server(broker_url: str, server_id: str):
-    servers: list[Server] = []
-
-    def make(register):
-        server = Server(broker_url, server_id=server_id)
-        register(server)
-        server.start()
-        servers.append(server)
-        return server
-
-    yield make
-    for server in servers:
-        server.stop(grace=5)
+def url(broker_url: str) -> str:
+    """The real broker only, for conftest's make_server and make_proxy: memory:// cannot
+    count a queue's consumers."""
+    return broker_url
 
 
 @pytest.fixture
