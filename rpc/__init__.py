@@ -1,16 +1,18 @@
 """rpc: remote procedure calls over AMQP (RabbitMQ first), on kombu.
 
 Register functions and instances on a :class:`Server`; call them through a :class:`Proxy`
-synchronously, with callbacks, with timeouts or as futures. See README.md and docs/protocol.md.
+synchronously, with callbacks, with timeouts or as futures, or await them on an
+:class:`AsyncProxy`. See README.md and docs/protocol.md.
 """
 
 from __future__ import annotations
 
 import logging
 
-from .calls import CallbackState
-from .context import CallInfo, current_call
-from .errors import (
+from .client import AsyncProxy, BroadcastReply, Proxy
+from .core.calls import CallbackState
+from .core.context import CallInfo, current_call
+from .core.errors import (
     AccessRefused,
     BadRequest,
     BrokerBlocked,
@@ -27,14 +29,14 @@ from .errors import (
     UnknownServer,
     register_exception,
 )
-from .proxy import BroadcastReply, Proxy
-from .serialization import register_serializer
-from .server import Server
+from .core.serialization import register_serializer
+from .server.server import Server
 
 __version__ = "0.1.0"
 
 __all__ = [
     "AccessRefused",
+    "AsyncProxy",
     "BadRequest",
     "BroadcastReply",
     "BrokerBlocked",

@@ -19,7 +19,7 @@ from collections.abc import Callable
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import TYPE_CHECKING, Any, TypeVar
 
-from .errors import ConnectionError, Refused, RPCTimeout, UnknownServer
+from .core.errors import ConnectionError, Refused, RPCTimeout, UnknownServer
 
 if TYPE_CHECKING:
     from prometheus_client import CollectorRegistry

@@ -15,7 +15,7 @@ from typing import Any
 import pytest
 
 from . import testing
-from .proxy import Proxy
+from .client.proxy import Proxy
 
 
 @pytest.fixture(scope="session")

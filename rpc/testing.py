@@ -13,8 +13,8 @@ from collections.abc import Callable, Iterator, Mapping
 from contextlib import contextmanager
 from typing import Any
 
-from .proxy import Proxy
-from .server import Server
+from .client.proxy import Proxy
+from .server.server import Server
 
 #: The environment variable naming the broker tests run against.
 BROKER_URL_ENV = "RPC_TEST_BROKER_URL"

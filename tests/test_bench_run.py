@@ -18,9 +18,9 @@ from cli_support import environment, new_server_id, run_rpc  # noqa: E402
 from click.testing import CliRunner  # noqa: E402
 
 from rpc import Server  # noqa: E402
-from rpc.exitcodes import ExitCode  # noqa: E402
-from rpc.loadgen import MODES, LoadSpec, bench, run_load  # noqa: E402
-from rpc.loadgen_stats import schema_problems  # noqa: E402
+from rpc.bench.loadgen import MODES, LoadSpec, bench, run_load  # noqa: E402
+from rpc.bench.stats import schema_problems  # noqa: E402
+from rpc.cli.exitcodes import ExitCode  # noqa: E402
 
 pytestmark = pytest.mark.integration
 

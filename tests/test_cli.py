@@ -27,8 +27,8 @@ from cli_support import (
 from click.testing import CliRunner
 
 from rpc import Proxy, Server
-from rpc.cli import cli, format_uptime, parse_keyword, parse_value, to_json
-from rpc.exitcodes import ExitCode
+from rpc.cli.exitcodes import ExitCode
+from rpc.cli.main import cli, format_uptime, parse_keyword, parse_value, to_json
 
 pytestmark = pytest.mark.integration
 

@@ -9,7 +9,7 @@ from typing import Any
 import pytest
 import yaml
 
-from rpc.worker import ALIVE_INTERVAL
+from rpc.cli.worker import ALIVE_INTERVAL
 
 REPO = Path(__file__).resolve().parent.parent
 

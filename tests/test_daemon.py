@@ -28,9 +28,9 @@ from cli_support import (
 )
 
 from rpc import Proxy
-from rpc.daemon import Pidfile, PidfileError
-from rpc.exitcodes import ExitCode
-from rpc.supervisor import exit_reason
+from rpc.cli.daemon import Pidfile, PidfileError
+from rpc.cli.exitcodes import ExitCode
+from rpc.cli.supervisor import exit_reason
 
 pytestmark = pytest.mark.integration
 

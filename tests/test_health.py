@@ -25,8 +25,8 @@ from cli_support import (
     write_app,
 )
 
-from rpc.exitcodes import ExitCode
-from rpc.supervisor import ALIVE_WITHIN
+from rpc.cli.exitcodes import ExitCode
+from rpc.cli.supervisor import ALIVE_WITHIN
 
 pytestmark = pytest.mark.integration
 

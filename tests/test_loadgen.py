@@ -10,11 +10,9 @@ import pytest
 
 pytest.importorskip("hdrh", reason="the bench extra is not installed")
 
-from rpc.errors import MethodNotFound, RPCTimeout  # noqa: E402
-from rpc.histogram import LatencyHistogram, log_buckets, percentile_key  # noqa: E402
-from rpc.loadgen import LoadSpec, Plan, call_args, parse_arg  # noqa: E402
-from rpc.loadgen_format import render  # noqa: E402
-from rpc.loadgen_stats import (  # noqa: E402
+from rpc.bench.format import render  # noqa: E402
+from rpc.bench.loadgen import LoadSpec, Plan, call_args, parse_arg  # noqa: E402
+from rpc.bench.stats import (  # noqa: E402
     MAX_DISTINCT_RESULTS,
     REPORT_SCHEMA,
     THROUGHPUT_INTERVAL,
@@ -25,6 +23,8 @@ from rpc.loadgen_stats import (  # noqa: E402
     schema_problems,
     split_evenly,
 )
+from rpc.core.errors import MethodNotFound, RPCTimeout  # noqa: E402
+from rpc.core.histogram import LatencyHistogram, log_buckets, percentile_key  # noqa: E402
 
 # -- percentiles ---------------------------------------------------------------------------------
 
@@ -253,7 +253,7 @@ def test_reports_render_as_text_json_and_csv() -> None:
 
 def test_a_plot_is_a_png(tmp_path) -> None:
     pytest.importorskip("matplotlib")
-    from rpc.loadgen_format import plot
+    from rpc.bench.format import plot
 
     path = plot(sample_report(), tmp_path / "run.png")
     assert path.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
@@ -297,21 +297,21 @@ def test_command_line_arguments_are_json_literals_or_strings() -> None:
 # -- progress and the throughput plot --------------------------------------------------------------
 
 def test_progress_follows_the_call_count_when_only_a_total_is_given() -> None:
-    from rpc.loadgen import progress_fraction
+    from rpc.bench.loadgen import progress_fraction
 
     spec = LoadSpec("calc", "add", total=200).check()
     assert progress_fraction(spec, 50, elapsed=100.0) == 0.25
 
 
 def test_progress_follows_the_clock_when_only_a_duration_is_given() -> None:
-    from rpc.loadgen import progress_fraction
+    from rpc.bench.loadgen import progress_fraction
 
     spec = LoadSpec("calc", "add", duration=10).check()
     assert progress_fraction(spec, 123456, elapsed=2.5) == 0.25
 
 
 def test_progress_with_a_total_and_a_duration_follows_whichever_ends_the_run_first() -> None:
-    from rpc.loadgen import progress_fraction
+    from rpc.bench.loadgen import progress_fraction
 
     spec = LoadSpec("calc", "add", total=1000, duration=10).check()
     assert progress_fraction(spec, 100, elapsed=5.0) == 0.5
@@ -320,7 +320,7 @@ def test_progress_with_a_total_and_a_duration_follows_whichever_ends_the_run_fir
 
 
 def test_the_throughput_plot_leaves_out_the_last_partial_bin() -> None:
-    from rpc.loadgen_format import throughput_series
+    from rpc.bench.format import throughput_series
 
     report = {"throughput": {"interval_s": 0.1, "counts": [100, 100, 100, 7]}}
     times, rates = throughput_series(report)
@@ -329,7 +329,7 @@ def test_the_throughput_plot_leaves_out_the_last_partial_bin() -> None:
 
 
 def test_the_throughput_plot_of_a_one_bin_run_keeps_that_bin() -> None:
-    from rpc.loadgen_format import throughput_series
+    from rpc.bench.format import throughput_series
 
     assert throughput_series({"throughput": {"interval_s": 0.1, "counts": [5]}})[1] == \
         pytest.approx([50.0])

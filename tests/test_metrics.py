@@ -15,7 +15,7 @@ from prometheus_client import REGISTRY, CollectorRegistry
 from prometheus_client.parser import text_string_to_metric_families
 
 from rpc import metrics
-from rpc.errors import (
+from rpc.core.errors import (
     BrokerBlocked,
     ConnectionLost,
     MethodNotFound,

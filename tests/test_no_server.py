@@ -10,7 +10,7 @@ import pytest
 
 import rpc
 from rpc import Proxy, Server, ServerUnavailable, UnknownServer
-from rpc.aio import AsyncProxy
+from rpc.client.aio import AsyncProxy
 
 pytestmark = pytest.mark.integration
 

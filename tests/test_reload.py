@@ -10,7 +10,7 @@ import pytest
 from cli_support import Serve, environment, new_server_id, ping, run_rpc, wait_for, wait_serving
 
 from rpc import Proxy, RPCError
-from rpc.exitcodes import ExitCode
+from rpc.cli.exitcodes import ExitCode
 
 pytestmark = pytest.mark.integration
 

@@ -42,7 +42,7 @@ def served(broker_url: str, server_id: str):
 
 
 def records(caplog: pytest.LogCaptureFixture, level: int) -> list[logging.LogRecord]:
-    return [r for r in caplog.records if r.name == "rpc.server" and r.levelno == level]
+    return [r for r in caplog.records if r.name == "rpc.server.server" and r.levelno == level]
 
 
 def wait_for_record(caplog: pytest.LogCaptureFixture, level: int) -> logging.LogRecord:
@@ -122,7 +122,7 @@ def test_start_and_stop_are_logged_with_the_password_masked(broker_url, server_i
     server = Server(broker_url, server_id=server_id)
     server.start()
     server.stop()
-    lines = [r.getMessage() for r in caplog.records if r.name == "rpc.server"]
+    lines = [r.getMessage() for r in caplog.records if r.name == "rpc.server.server"]
     start = next(line for line in lines if line.startswith("serving"))
     assert server_id in start and "guest:**@" in start and "classic" in start
     assert "methods" in start and "concurrency 1" in start
@@ -140,5 +140,5 @@ def test_serve_from_a_script_logs_to_stderr_without_any_logging_setup(broker_url
     done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True,
                           timeout=60)
     assert done.returncode == 0, done.stderr
-    assert f"INFO rpc.server: serving {server_id!r}" in done.stderr
+    assert f"INFO rpc.server.server: serving {server_id!r}" in done.stderr
     assert f"stopped serving {server_id!r}" in done.stderr

@@ -15,7 +15,7 @@ import pytest
 from cli_support import environment, new_server_id
 
 from rpc import Server
-from rpc.exitcodes import ExitCode
+from rpc.cli.exitcodes import ExitCode
 
 pytestmark = pytest.mark.integration
 

@@ -28,8 +28,8 @@ from cli_support import (
 )
 
 from rpc import Proxy, Server
-from rpc.cli import STATUS_COLUMNS
-from rpc.exitcodes import ExitCode
+from rpc.cli.exitcodes import ExitCode
+from rpc.cli.main import STATUS_COLUMNS
 
 pytestmark = pytest.mark.integration
 

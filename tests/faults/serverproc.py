@@ -19,13 +19,13 @@ import time
 from typing import Any
 
 import rpc
-import rpc.link
+import rpc.transport.link
 
 _hook = threading.local()
 
 
 def _install_crash_hook() -> None:
-    for cls in (rpc.link.AMQPLink, rpc.link.KombuLink):
+    for cls in (rpc.transport.link.AMQPLink, rpc.transport.link.KombuLink):
         original = cls.publish
 
         def publish(self: Any, *args: Any, _original: Any = original, **kwargs: Any) -> Any:

@@ -22,7 +22,7 @@ import pytest
 from kombu.connection import Connection
 
 import rpc
-from rpc.errors import MAX_MESSAGE_CHARS, MAX_TRACEBACK_CHARS
+from rpc.core.errors import MAX_MESSAGE_CHARS, MAX_TRACEBACK_CHARS
 
 from .conftest import HB, WAIT, wait_for
 
@@ -101,7 +101,7 @@ def test_duplicate_reply_completes_the_call_once_and_is_counted(fake, proxies, b
 @pytest.mark.parametrize("remote_type", [
     "SystemExit", "KeyboardInterrupt", "GeneratorExit", "BaseException", "builtins.SystemExit",
     "os.system", "subprocess.Popen", "rpc_faults_never_imported.Evil", "object", "type",
-    "rpc.link.AMQPLink",
+    "rpc.transport.link.AMQPLink",
 ])
 def test_error_reply_never_raises_or_builds_a_type_outside_the_allow_list(
         fake, proxies, broker_url, server_id, remote_type):

@@ -20,7 +20,7 @@ from hypothesis import strategies as st
 from kombu.connection import Connection
 
 import rpc
-from rpc.errors import MAX_MESSAGE_CHARS
+from rpc.core.errors import MAX_MESSAGE_CHARS
 
 from .conftest import WAIT, wait_for
 

@@ -1,4 +1,4 @@
-"""rpc.calls: callback states, waking a pending call, futures with dispatched callbacks."""
+"""rpc.core.calls: callback states, waking a pending call, futures with dispatched callbacks."""
 
 from __future__ import annotations
 
@@ -12,7 +12,7 @@ from typing import Any
 import pytest
 
 import rpc
-from rpc.calls import SYNC, CallbackState, CallbackStates, CallFuture, Pending
+from rpc.core.calls import SYNC, CallbackState, CallbackStates, CallFuture, Pending
 
 WAIT = 5.0  # the longest any test here waits for another thread
 

@@ -1,11 +1,11 @@
-"""rpc.config: which broker URL is used, and keeping its password out of messages and logs."""
+"""rpc.transport.urls: which broker URL is used, and keeping its password out of messages and logs."""
 
 from __future__ import annotations
 
 import pytest
 from kombu import Connection
 
-from rpc.config import DEFAULT_URL, URL_ENV, mask_url, resolve_url, scrub, url_password
+from rpc.transport.urls import DEFAULT_URL, URL_ENV, mask_url, resolve_url, scrub, url_password
 
 
 @pytest.fixture(autouse=True)

@@ -7,7 +7,7 @@ import time
 
 import pytest
 
-from rpc.dedup import Completed, CompletedCalls
+from rpc.core.dedup import Completed, CompletedCalls
 
 
 def test_a_new_request_is_claimed_for_running() -> None:

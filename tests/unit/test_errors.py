@@ -1,4 +1,4 @@
-"""rpc.errors: the exception tree, wire names, error payloads and rebuilding exceptions safely."""
+"""rpc.core.errors: the exception tree, wire names, error payloads and rebuilding exceptions safely."""
 
 from __future__ import annotations
 
@@ -13,8 +13,8 @@ from typing import Any
 import pytest
 
 import rpc
-from rpc import errors, serialization
-from rpc.errors import (
+from rpc.core import errors, serialization
+from rpc.core.errors import (
     MAX_MESSAGE_CHARS,
     MAX_TRACEBACK_CHARS,
     BadRequest,
@@ -32,7 +32,7 @@ from rpc.errors import (
     safe_args,
     type_name,
 )
-from rpc.protocol import error_body, parse_reply
+from rpc.core.protocol import error_body, parse_reply
 
 FRAMEWORK_ERRORS = [
     RPCError, rpc.ConnectionError, ConnectionLost, RPCTimeout, UnknownServer, MethodNotFound,
@@ -355,7 +355,7 @@ def test_unknown_builtin_name_comes_back_as_remote_error() -> None:
 
 
 def test_rpc_names_that_are_not_framework_errors_come_back_as_remote_error() -> None:
-    for name in ("rpc.Server", "rpc.errors.RPCError", "rpc.RemoteError", "rpc.register_exception"):
+    for name in ("rpc.Server", "rpc.core.errors.RPCError", "rpc.RemoteError", "rpc.register_exception"):
         assert type(rebuild_exception({"type": name, "message": "m", "args": []})) is RemoteError
 
 

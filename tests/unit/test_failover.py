@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import pytest
 
-from rpc.config import mask_url, resolve_url, scrub, split_urls
-from rpc.connection import Failover
+from rpc.transport.connect import Failover
+from rpc.transport.urls import mask_url, resolve_url, scrub, split_urls
 
 A = "amqp://u:secret@node1:5672//"
 B = "amqp://u:secret@node2:5672//"

@@ -1,4 +1,4 @@
-"""rpc.frames: the AMQP 0-9-1 frames of the per-call path, checked against py-amqp's own codec."""
+"""rpc.core.frames: the AMQP 0-9-1 frames of the per-call path, checked against py-amqp's own codec."""
 
 from __future__ import annotations
 
@@ -12,8 +12,8 @@ from amqp.basic_message import Message
 from amqp.method_framing import frame_writer
 from amqp.serialization import decode_properties_basic, dumps, loads
 
-from rpc import frames
-from rpc.frames import (
+from rpc.core import frames
+from rpc.core.frames import (
     FRAME_BODY,
     FRAME_END,
     FRAME_HEADER,

@@ -1,4 +1,4 @@
-"""rpc.introspection and registration on a Server that is constructed but never started."""
+"""rpc.server.introspection and registration on a Server that is constructed but never started."""
 
 from __future__ import annotations
 
@@ -10,7 +10,7 @@ from typing import Any
 import pytest
 
 from rpc import InvalidArguments, MethodNotFound, Server
-from rpc.serialization import JSON, MSGPACK, PICKLE
+from rpc.core.serialization import JSON, MSGPACK, PICKLE
 
 # Nothing listens here: constructing a Server must not try to connect.
 UNREACHABLE = "amqp://user:s3cret@127.0.0.1:1//"

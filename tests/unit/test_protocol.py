@@ -1,4 +1,4 @@
-"""rpc.protocol: request and reply envelopes, deadlines and reply addresses (wire protocol v1)."""
+"""rpc.core.protocol: request and reply envelopes, deadlines and reply addresses (wire protocol v1)."""
 
 from __future__ import annotations
 
@@ -7,8 +7,8 @@ from typing import Any
 
 import pytest
 
-from rpc.errors import BadRequest, RPCError
-from rpc.protocol import (
+from rpc.core.errors import BadRequest, RPCError
+from rpc.core.protocol import (
     DEADLINE_HEADER,
     DIRECT_REPLY_TO,
     REPLY_TYPE,

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from rpc.ratelimit import RepeatLimiter
+from rpc.core.ratelimit import RepeatLimiter
 
 
 def test_the_first_records_of_a_kind_go_through() -> None:

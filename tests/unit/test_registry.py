@@ -1,4 +1,4 @@
-"""rpc.registry: which names a server dispatches, and the argument check before each call."""
+"""rpc.server.registry: which names a server dispatches, and the argument check before each call."""
 
 from __future__ import annotations
 
@@ -10,8 +10,8 @@ from typing import Any
 
 import pytest
 
-from rpc.errors import InvalidArguments, MethodNotFound
-from rpc.registry import MAX_NAME_LENGTH, Registry
+from rpc.core.errors import InvalidArguments, MethodNotFound
+from rpc.server.registry import MAX_NAME_LENGTH, Registry
 
 
 def add(a: int, b: int) -> int:

@@ -1,4 +1,4 @@
-"""rpc.serialization: kombu-backed serializers, strict accept sets, and refusing bad bodies."""
+"""rpc.core.serialization: kombu-backed serializers, strict accept sets, and refusing bad bodies."""
 
 from __future__ import annotations
 
@@ -16,8 +16,8 @@ import pytest
 from kombu.serialization import registry as kombu_registry
 
 import rpc
-from rpc.errors import BadRequest, SerializationError
-from rpc.serialization import (
+from rpc.core.errors import BadRequest, SerializationError
+from rpc.core.serialization import (
     DEFAULT_ACCEPT,
     JSON,
     MSGPACK,

@@ -9,7 +9,7 @@ from __future__ import annotations
 import threading
 from typing import Any
 
-from .histogram import LatencyHistogram, log_buckets
+from ..core.histogram import LatencyHistogram, log_buckets
 
 #: Version tag of the report layout; bump it when a key changes meaning.
 REPORT_SCHEMA = "rpc-bench/1"

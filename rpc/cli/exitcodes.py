@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from enum import IntEnum
 
-from .errors import AccessRefused
+from ..core.errors import AccessRefused
 
 
 class ExitCode(IntEnum):

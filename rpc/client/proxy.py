@@ -28,8 +28,8 @@ from typing import Any
 
 import tenacity
 
-from . import protocol, serialization, tracing
-from .calls import (
+from ..core import protocol, serialization, tracing
+from ..core.calls import (
     BROADCAST,
     CALLBACK,
     CAST,
@@ -41,16 +41,8 @@ from .calls import (
     CallFuture,
     Pending,
 )
-from .config import BrokerURL, mask_url, resolve_url
-from .connection import (
-    DEFAULT_CONNECT_RETRY,
-    DEFAULT_HEARTBEAT,
-    Failover,
-    FailoverStrategy,
-    open_connection,
-)
-from .context import outgoing_headers
-from .errors import (
+from ..core.context import outgoing_headers
+from ..core.errors import (
     AccessRefused,
     BrokerBlocked,
     ConnectionError,
@@ -62,8 +54,16 @@ from .errors import (
     UnknownServer,
     rebuild_exception,
 )
-from .limits import DEFAULT_MAX_MESSAGE_SIZE
-from .link import Incoming, Link, QueueInfo, open_link
+from ..defaults import DEFAULT_MAX_MESSAGE_SIZE
+from ..transport.connect import (
+    DEFAULT_CONNECT_RETRY,
+    DEFAULT_HEARTBEAT,
+    Failover,
+    FailoverStrategy,
+    open_connection,
+)
+from ..transport.link import Incoming, Link, QueueInfo, open_link
+from ..transport.urls import BrokerURL, mask_url, resolve_url
 from .views import (
     CallOptions,
     CallView,
@@ -176,7 +176,7 @@ class Proxy:
         self._available_until = 0.0
         self._metrics: Any = None
         if metrics:
-            from .metrics import ProxyMetrics
+            from ..metrics import ProxyMetrics
 
             self._metrics = ProxyMetrics(server_id)
         self._heartbeat = heartbeat
@@ -826,7 +826,7 @@ class Proxy:
             self._jobs.put(lambda: self._run_callback(pending))
 
     def _record(self, pending: Pending, ok: bool, value: Any) -> None:
-        from .metrics import proxy_outcome
+        from ..metrics import proxy_outcome
 
         self._metrics.call(pending.method, proxy_outcome(None if ok else value),
                            time.perf_counter() - pending.started)

@@ -17,8 +17,8 @@ import amqp.exceptions
 import tenacity
 from kombu.connection import Connection
 
-from .config import BrokerURL, mask_url, scrub, split_urls
-from .errors import AccessRefused, ConnectionError
+from ..core.errors import AccessRefused, ConnectionError
+from .urls import BrokerURL, mask_url, scrub, split_urls
 
 logger = logging.getLogger(__name__)
 

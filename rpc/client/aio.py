@@ -16,7 +16,7 @@ from collections import deque
 from collections.abc import AsyncIterator, Callable, Iterable, Iterator, Sequence
 from typing import Any
 
-from .errors import RPCError
+from ..core.errors import RPCError
 from .proxy import Proxy
 from .views import check_retries, check_timeout
 

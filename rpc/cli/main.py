@@ -23,9 +23,10 @@ from typing import Any, NoReturn
 import click
 import kombu
 
-from . import __version__, daemon, logconfig
-from .config import URL_ENV, mask_url, resolve_url
-from .errors import (
+from .. import __version__
+from ..bench.loadgen import bench
+from ..client.proxy import BroadcastReply, Proxy
+from ..core.errors import (
     ConnectionError,
     MethodNotFound,
     RemoteError,
@@ -33,10 +34,10 @@ from .errors import (
     UnknownServer,
     type_name,
 )
+from ..core.serialization import content_type_of
+from ..transport.urls import URL_ENV, mask_url, resolve_url
+from . import daemon, logconfig
 from .exitcodes import ExitCode, for_connection_error, table
-from .loadgen import bench
-from .proxy import BroadcastReply, Proxy
-from .serialization import content_type_of
 from .supervisor import Supervisor
 from .worker import WorkerSpec
 

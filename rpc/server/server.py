@@ -27,17 +27,9 @@ from typing import Any, Literal, TypeVar, overload
 
 import amqp.exceptions
 
-from . import context, dedup, protocol, serialization, tracing
-from .config import BrokerURL, mask_url, resolve_url
-from .connection import (
-    DEFAULT_HEARTBEAT,
-    SERVER_CONNECT_RETRY,
-    Failover,
-    FailoverStrategy,
-    open_connection,
-)
-from .context import CallInfo
-from .errors import (
+from ..core import context, dedup, protocol, serialization, tracing
+from ..core.context import CallInfo
+from ..core.errors import (
     AccessRefused,
     BadRequest,
     ConnectionError,
@@ -48,10 +40,18 @@ from .errors import (
     error_payload,
     safe_args,
 )
+from ..core.ratelimit import RepeatLimiter
+from ..defaults import DEFAULT_MAX_MESSAGE_SIZE
+from ..transport.connect import (
+    DEFAULT_HEARTBEAT,
+    SERVER_CONNECT_RETRY,
+    Failover,
+    FailoverStrategy,
+    open_connection,
+)
+from ..transport.link import Incoming, Link, QueueInfo, open_link
+from ..transport.urls import BrokerURL, mask_url, resolve_url
 from .introspection import SystemMethods
-from .limits import DEFAULT_MAX_MESSAGE_SIZE
-from .link import Incoming, Link, QueueInfo, open_link
-from .ratelimit import RepeatLimiter
 from .registry import Method, Registry
 
 logger = logging.getLogger(__name__)
@@ -504,7 +504,7 @@ class Server:
     def _start_metrics(self) -> None:
         if self.metrics_port is None:
             return
-        from . import metrics
+        from .. import metrics
 
         if metrics.available():
             self._metrics = metrics.ServerMetrics(self.server_id)
@@ -519,7 +519,7 @@ class Server:
                              name=f"rpc-metrics-bind-{self.server_id}").start()
 
     def _bind_metrics(self) -> Any:
-        from . import metrics
+        from .. import metrics
 
         assert self.metrics_port is not None
         return metrics.MetricsServer(

@@ -29,9 +29,9 @@ from kombu.connection import Connection
 from kombu.entity import Exchange, Queue
 from kombu.messaging import Consumer, Producer
 
-from . import frames
-from .errors import BrokerBlocked, ConnectionLost
-from .protocol import DIRECT_REPLY_TO
+from ..core import frames
+from ..core.errors import BrokerBlocked, ConnectionLost
+from ..core.protocol import DIRECT_REPLY_TO
 
 logger = logging.getLogger(__name__)
 

@@ -35,11 +35,11 @@ from typing import Any
 
 import click
 
-from .config import mask_url, resolve_url
-from .errors import ConnectionError, RPCTimeout, UnknownServer, type_name
-from .exitcodes import ExitCode, for_connection_error
-from .loadgen_stats import Tally, build_report, error_name, scheduled_time, split_evenly
-from .proxy import Proxy
+from ..cli.exitcodes import ExitCode, for_connection_error
+from ..client.proxy import Proxy
+from ..core.errors import ConnectionError, RPCTimeout, UnknownServer, type_name
+from ..transport.urls import mask_url, resolve_url
+from .stats import Tally, build_report, error_name, scheduled_time, split_evenly
 
 MODES = ("futures", "threads", "callbacks")
 #: Wall-clock cap of a run given only a call count, in seconds.
@@ -442,7 +442,7 @@ def environment(spec: LoadSpec) -> dict[str, str]:
     """Versions a reader needs to compare runs: Python, rpc, kombu, the broker."""
     import kombu
 
-    from . import __version__
+    from .. import __version__
 
     env = {"python": platform.python_version(), "rpc": __version__, "kombu": kombu.__version__}
     version = broker_version(spec.url)
@@ -453,7 +453,7 @@ def environment(spec: LoadSpec) -> dict[str, str]:
 
 def broker_version(url: str | None) -> str | None:
     """The broker's product and version from its connection properties, if it tells them."""
-    from .connection import open_connection
+    from ..transport.connect import open_connection
 
     try:
         conn = open_connection(resolve_url(url), retry_for=0, heartbeat=0, name="rpc-bench")
@@ -626,8 +626,8 @@ def bench(server_id: str, method: str, args: tuple[str, ...], url: str | None, m
     with 7 (no server), 6 (no reply), 4 or 5 (broker) or 1 (the method
     raised), the reason on stderr.
     """
-    from .loadgen_format import plot as write_plot
-    from .loadgen_format import render
+    from .format import plot as write_plot
+    from .format import render
 
     _require_extra()
     try:

@@ -8,7 +8,7 @@ import json
 from pathlib import Path
 from typing import Any
 
-from .histogram import PERCENTILES, percentile_key
+from ..core.histogram import PERCENTILES, percentile_key
 
 FORMATS = ("text", "json", "csv")
 _LATENCY_KEYS = ("min", "mean", *(percentile_key(p) for p in PERCENTILES), "max")

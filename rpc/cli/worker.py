@@ -1,6 +1,6 @@
 """One worker process: import MODULE:ATTR, serve it, stop gracefully when told.
 
-The supervisor (:mod:`rpc.supervisor`) starts each worker as ``python -m rpc.worker``, a fresh
+The supervisor (:mod:`rpc.cli.supervisor`) starts each worker as ``python -m rpc.cli.worker``, a fresh
 interpreter that imports the user's module itself, so a restart also reloads the code. A worker
 reports readiness by writing one byte to a pipe, and says why it could not start through its exit
 code (:mod:`rpc.exitcodes`). The broker URL travels in ``$RPC_BROKER_URL``, never in argv, where
@@ -19,13 +19,13 @@ import threading
 from dataclasses import dataclass
 from types import FrameType
 
+from ..core.errors import ConnectionError
+from ..server.server import Server
+from ..transport.urls import URL_ENV
 from . import logconfig
-from .config import URL_ENV
-from .errors import ConnectionError
 from .exitcodes import ExitCode, for_connection_error
-from .server import Server
 
-logger = logging.getLogger("rpc.worker")  # not __name__: that is "__main__" under python -m
+logger = logging.getLogger("rpc.cli.worker")  # not __name__: that is "__main__" under python -m
 
 #: How often a worker checks that its supervisor is still alive, in seconds.
 PARENT_CHECK_INTERVAL = 0.5
@@ -60,7 +60,7 @@ class WorkerSpec:
     def command(self, ready_fd: int, slot: int = 0) -> list[str]:
         """The argv that starts worker number ``slot`` for this spec (without the URL)."""
         argv = [
-            sys.executable, "-m", "rpc.worker", self.target, "--ready-fd", str(ready_fd),
+            sys.executable, "-m", "rpc.cli.worker", self.target, "--ready-fd", str(ready_fd),
             "--slot", str(slot),
             "--grace", repr(self.grace), "--connect-retry", repr(self.connect_retry),
             "--app-dir", os.path.abspath(self.app_dir),
@@ -236,7 +236,7 @@ def run(spec: WorkerSpec, ready_fd: int | None = None, slot: int = 0) -> int:
 
 
 def _parse(argv: list[str]) -> tuple[WorkerSpec, int | None, int]:
-    parser = argparse.ArgumentParser(prog="python -m rpc.worker", description=__doc__)
+    parser = argparse.ArgumentParser(prog="python -m rpc.cli.worker", description=__doc__)
     parser.add_argument("target")
     parser.add_argument("--ready-fd", type=int)
     parser.add_argument("--slot", type=int, default=0)
@@ -260,7 +260,7 @@ def _parse(argv: list[str]) -> tuple[WorkerSpec, int | None, int]:
 
 
 def main(argv: list[str] | None = None) -> int:
-    """Entry point of ``python -m rpc.worker``."""
+    """Entry point of ``python -m rpc.cli.worker``."""
     spec, ready_fd, slot = _parse(sys.argv[1:] if argv is None else argv)
     logconfig.configure(spec.log_level, spec.log_format)
     return run(spec, ready_fd, slot)

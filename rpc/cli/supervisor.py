@@ -1,6 +1,6 @@
 """The supervisor behind ``rpc serve``: N worker processes, restarted when they die.
 
-Each worker (:mod:`rpc.worker`) is its own interpreter with its own broker connection, consuming
+Each worker (:mod:`rpc.cli.worker`) is its own interpreter with its own broker connection, consuming
 the same queue as the others (competing consumers), so CPU-bound methods use every core. The
 supervisor never touches the broker; it only starts, watches and signals processes:
 

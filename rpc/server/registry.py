@@ -13,7 +13,7 @@ from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
-from .errors import InvalidArguments, MethodNotFound
+from ..core.errors import InvalidArguments, MethodNotFound
 
 MAX_NAME_LENGTH = 255
 #: Methods of a registered instance that the server calls itself and never dispatches.

@@ -10,9 +10,9 @@ import threading
 import time
 from collections.abc import Callable
 
-from .calls import CallbackState
-from .proxy import Proxy
-from .server import Server
+from ..client.proxy import Proxy
+from ..core.calls import CallbackState
+from ..server.server import Server
 
 URL = "memory://"
 SERVER_ID = "demo"

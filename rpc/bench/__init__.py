@@ -1,0 +1,1 @@
+"""The load generator behind ``rpc bench`` and the benchmark suite (extra ``[bench]``)."""

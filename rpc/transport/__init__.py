@@ -1,0 +1,1 @@
+"""Broker connections: URLs and failover, connecting, and the links that carry frames."""
