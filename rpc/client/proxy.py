@@ -52,7 +52,6 @@ from ..core.errors import (
     RPCTimeout,
     ServerUnavailable,
     UnknownServer,
-    rebuild_exception,
 )
 from ..defaults import DEFAULT_MAX_MESSAGE_SIZE
 from ..transport.connect import (
@@ -506,19 +505,10 @@ class Proxy:
         if self._closed:
             raise RPCError("this proxy is closed")
         cid = self._prefix + format(next(self._counter), "x")
-        headers, expiration = protocol.deadline_headers(timeout, time.time())
         extra = outgoing_headers(dict(options.context))
         tracing.inject(extra)
-        if extra:
-            headers = {**(headers or {}), **extra}
         body = serialization.encode(protocol.request_body(method, args, kwargs), self.content_type)
-        props: dict[str, Any] = {
-            "content_type": self.content_type, "correlation_id": cid, "message_id": cid,
-        }
-        if headers:
-            props["headers"] = headers
-        if expiration is not None:
-            props["expiration"] = expiration
+        props = protocol.request_properties(cid, self.content_type, timeout, time.time(), extra)
         deadline = None if timeout is None else time.monotonic() + timeout
         pending = Pending(cid, method, kind, self.content_type, deadline)
         pending.body, pending.props, pending.broadcast = body, props, options.broadcast
@@ -736,7 +726,9 @@ class Proxy:
         if pending is None:
             logger.debug("dropped a reply with unknown correlation id %r", cid)
             return
-        ok, value = self._decode_reply(msg, pending)
+        ok, value = protocol.decode_reply(msg.body, msg.props.get("content_type"),
+                                          pending.content_type, self._accept,
+                                          oversize=msg.oversize, limit=self.max_message_size)
         if pending.kind == BROADCAST:
             server = str(msg.props.get("app_id") or "")
             reply = BroadcastReply(server, value if ok else None, None if ok else value)
@@ -745,24 +737,6 @@ class Proxy:
                     pending.value.append(reply)
             return
         self._complete(pending, ok, value)
-
-    def _decode_reply(self, msg: Incoming, pending: Pending) -> tuple[bool, Any]:
-        content_type = msg.props.get("content_type")
-        try:
-            if msg.oversize:
-                raise RPCError(f"reply of {msg.oversize} bytes exceeds this proxy's limit of "
-                               f"{self.max_message_size} bytes")
-            if content_type not in (pending.content_type, serialization.JSON):
-                raise RPCError(f"reply in content type {content_type!r}, expected "
-                               f"{pending.content_type!r}")
-            ok, value = protocol.parse_reply(serialization.decode(msg.body, content_type, self._accept))
-            if ok and content_type != pending.content_type:
-                raise RPCError(f"a result in {content_type!r}; only errors may come back as JSON")
-        except RPCError as exc:
-            return False, exc
-        if ok:
-            return True, value
-        return False, rebuild_exception(value)
 
     def _on_return(self, msg: Incoming, code: int, text: str) -> None:
         cid = msg.props.get("correlation_id")

@@ -7,11 +7,20 @@ from __future__ import annotations
 
 import functools
 import math
+import pickle
 import re
 from dataclasses import dataclass
 from typing import Any
 
-from .errors import BadRequest, RPCError
+from . import serialization
+from .errors import (
+    BadRequest,
+    RPCError,
+    SerializationError,
+    error_payload,
+    rebuild_exception,
+    safe_args,
+)
 
 #: Header carrying the absolute deadline of a call, in seconds since the epoch (float).
 DEADLINE_HEADER = "rpc-deadline"
@@ -69,6 +78,99 @@ def error_body(error: dict[str, Any]) -> dict[str, Any]:
     return {"error": error}
 
 
+def request_properties(
+    correlation_id: str, content_type: str, timeout: float | None, now: float,
+    headers: dict[str, Any] | None = None,
+) -> dict[str, Any]:
+    """AMQP properties of a request made at ``now`` (epoch seconds); ``reply_to`` is added when
+    it is published, since a reconnect changes it.
+
+    The message id is the correlation id, so a retry publishes the same id and a server answers
+    it from its table of completed calls instead of running it twice.
+    """
+    props: dict[str, Any] = {
+        "content_type": content_type, "correlation_id": correlation_id,
+        "message_id": correlation_id,
+    }
+    if timeout is not None:
+        props["headers"] = {DEADLINE_HEADER: now + timeout, **(headers or {})}
+        props["expiration"] = expiration(timeout)
+    elif headers:
+        props["headers"] = headers
+    return props
+
+
+def reply_properties(correlation_id: Any, content_type: str, server: str) -> dict[str, Any]:
+    """AMQP properties of a reply from ``server`` (its ``host:pid`` identity)."""
+    return {"content_type": content_type, "correlation_id": correlation_id, "type": REPLY_TYPE,
+            "app_id": server}
+
+
+def reply_content_type(request_type: Any, accept: frozenset[str]) -> str:
+    """A reply goes in its request's content type, or JSON when that type is not accepted."""
+    return request_type if request_type in accept else serialization.JSON
+
+
+def error_reply(exc: BaseException, content_type: str, *, include_traceback: bool) -> dict[str, Any]:
+    """The body of an error reply; in pickle, the exception itself travels too, when it pickles."""
+    error = error_payload(exc, include_traceback=include_traceback)
+    if content_type == serialization.PICKLE and isinstance(exc, Exception):
+        try:
+            pickle.dumps(exc)
+            error["instance"] = exc
+        except Exception:
+            pass  # unpicklable: the plain fields still carry type, message and args
+    return error_body(error)
+
+
+def encode_reply(body: dict[str, Any], content_type: str, *, ok: bool,
+                 include_traceback: bool = False) -> tuple[bytes, str]:
+    """The encoded reply and its content type; a reply that cannot be encoded becomes an error
+    reply, with its arguments made safe, and at worst one in JSON carrying only the message."""
+    try:
+        return serialization.encode(body, content_type), content_type
+    except SerializationError as exc:
+        if ok:
+            failure = SerializationError(f"cannot encode the result: {exc}")
+            return encode_reply(error_reply(failure, content_type,
+                                            include_traceback=include_traceback),
+                                content_type, ok=False)
+    error = dict(body["error"])
+    error.pop("instance", None)
+    error["args"] = safe_args(error["args"])
+    try:
+        return serialization.encode(error_body(error), content_type), content_type
+    except SerializationError:
+        error["args"] = [error["message"]]
+        return serialization.encode(error_body(error), serialization.JSON), serialization.JSON
+
+
+def decode_reply(
+    body: bytes, content_type: Any, expected: str, accept: frozenset[str], *,
+    oversize: int = 0, limit: int | None = None,
+) -> tuple[bool, Any]:
+    """A reply's outcome: ``(True, result)``, or ``(False, exception)`` for a remote error
+    rebuilt here and for a reply this side refuses (too large, or in the wrong content type).
+
+    Only errors may come back in JSON when the call was made in another content type: a server
+    answers in JSON when it cannot speak the request's serializer.
+    """
+    try:
+        if oversize:
+            raise RPCError(f"reply of {oversize} bytes exceeds this proxy's limit of "
+                           f"{limit} bytes")
+        if content_type != expected and content_type != serialization.JSON:
+            raise RPCError(f"reply in content type {content_type!r}, expected {expected!r}")
+        ok, value = parse_reply(serialization.decode(body, content_type, accept))
+        if ok and content_type != expected:
+            raise RPCError(f"a result in {content_type!r}; only errors may come back as JSON")
+    except RPCError as exc:
+        return False, exc
+    if ok:
+        return True, value
+    return False, rebuild_exception(value)
+
+
 def parse_reply(body: Any) -> tuple[bool, Any]:
     """Split a decoded reply body into ``(ok, result-or-error-member)``.
 
@@ -81,13 +183,6 @@ def parse_reply(body: Any) -> tuple[bool, Any]:
         if "result" in body:
             return True, body["result"]
     raise RPCError(f"malformed reply: {type(body).__name__} without 'result' or 'error'")
-
-
-def deadline_headers(timeout: float | None, now: float) -> tuple[dict[str, Any] | None, str | None]:
-    """Headers and ``expiration`` property for a call with ``timeout`` seconds, made at ``now``."""
-    if timeout is None:
-        return None, None
-    return {DEADLINE_HEADER: now + timeout}, expiration(timeout)
 
 
 @functools.lru_cache(maxsize=64)

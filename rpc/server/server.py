@@ -15,7 +15,6 @@ import concurrent.futures
 import inspect
 import logging
 import os
-import pickle
 import queue
 import signal
 import socket
@@ -36,9 +35,6 @@ from ..core.errors import (
     ConnectionLost,
     InvalidArguments,
     MethodNotFound,
-    SerializationError,
-    error_payload,
-    safe_args,
 )
 from ..core.ratelimit import RepeatLimiter
 from ..defaults import DEFAULT_MAX_MESSAGE_SIZE
@@ -831,7 +827,8 @@ class Server:
             outcome = "calls"
         else:
             ok = False
-            body = self._error_body(exc, call.reply_type)
+            body = protocol.error_reply(exc, call.reply_type,
+                                       include_traceback=self.send_tracebacks)
             outcome = self._log_failure(exc, call.msg, method, target, info, elapsed)
             if info is not None and self.on_error is not None:
                 self._report(exc, info)
@@ -839,7 +836,8 @@ class Server:
         if self._metrics is not None:
             self._observe(method if target is not None and method else _UNKNOWN_METHOD,
                           _METRIC_OUTCOME[outcome], elapsed if info is not None else None)
-        payload, reply_type = self._encode_reply(body, call.reply_type, ok)
+        payload, reply_type = protocol.encode_reply(body, call.reply_type, ok=ok,
+                                                    include_traceback=self.send_tracebacks)
         if ok and logger.isEnabledFor(logging.DEBUG):
             logger.debug("%s ok in %.2f ms", method, elapsed * 1000)
         if not ok and not call.msg.props.get("reply_to"):
@@ -985,10 +983,8 @@ class Server:
                 link.ack(tag)
                 tag = None
         self._recent_replies.append(reply_to)
-        reply_props = {
-            "content_type": reply_type, "correlation_id": props.get("correlation_id"),
-            "type": protocol.REPLY_TYPE, "app_id": self.identity,
-        }
+        reply_props = protocol.reply_properties(props.get("correlation_id"), reply_type,
+                                                self.identity)
         if self._suspects and reply_to in self._suspects:
             if time.monotonic() > self._suspects_until:
                 self._suspects.clear()
@@ -1050,35 +1046,6 @@ class Server:
         except Exception:
             logger.exception("the server's on_error hook raised")
 
-    def _error_body(self, exc: BaseException, reply_type: str) -> dict[str, Any]:
-        error = error_payload(exc, include_traceback=self.send_tracebacks)
-        if reply_type == serialization.PICKLE and isinstance(exc, Exception):
-            try:
-                pickle.dumps(exc)
-                error["instance"] = exc
-            except Exception:
-                pass  # unpicklable: the plain fields still carry type, message and args
-        return protocol.error_body(error)
-
-    def _encode_reply(
-        self, body: dict[str, Any], reply_type: str, ok: bool,
-    ) -> tuple[bytes, str]:
-        """The encoded reply and its content type; an unencodable one becomes an error reply."""
-        try:
-            return serialization.encode(body, reply_type), reply_type
-        except SerializationError as exc:
-            if ok:
-                failure = SerializationError(f"cannot encode the result: {exc}")
-                return self._encode_reply(self._error_body(failure, reply_type), reply_type, False)
-        error = dict(body["error"])
-        error.pop("instance", None)
-        error["args"] = safe_args(error["args"])
-        try:
-            return serialization.encode(protocol.error_body(error), reply_type), reply_type
-        except SerializationError:
-            error["args"] = [error["message"]]
-            return serialization.encode(protocol.error_body(error), serialization.JSON), serialization.JSON
-
     def __repr__(self) -> str:
         state = "running" if self.running else "stopped"
         return f"<Server server_id={self.server_id!r} {mask_url(self.url)} {state}>"
@@ -1099,8 +1066,7 @@ class _Call:
         self.key = key
         #: The delivery tag still to acknowledge (None once acknowledged).
         self.tag = tag
-        content_type = msg.props.get("content_type")
-        self.reply_type: str = content_type if content_type in accept else serialization.JSON
+        self.reply_type = protocol.reply_content_type(msg.props.get("content_type"), accept)
         self.started = time.perf_counter()
         self.method: str | None = None
         self.target: Method | None = None

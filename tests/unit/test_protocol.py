@@ -13,13 +13,19 @@ from rpc.core.protocol import (
     DIRECT_REPLY_TO,
     REPLY_TYPE,
     Request,
-    deadline_headers,
     deadline_of,
+    decode_reply,
+    encode_reply,
     error_body,
+    error_reply,
+    expiration,
     is_reply_address,
     parse_reply,
     parse_request,
+    reply_content_type,
+    reply_properties,
     request_body,
+    request_properties,
     result_body,
 )
 
@@ -145,38 +151,49 @@ def test_malformed_reply_raises_rpc_error(body: Any) -> None:
 # -- deadlines -------------------------------------------------------------------------------------
 
 def test_no_timeout_means_no_headers_and_no_expiration() -> None:
-    assert deadline_headers(None, 1000.0) == (None, None)
+    props = request_properties("c1", "application/x-msgpack", None, 1000.0)
+    assert "headers" not in props and "expiration" not in props
 
 
 def test_deadline_header_is_now_plus_timeout_in_epoch_seconds() -> None:
-    headers, _ = deadline_headers(2.5, 1_700_000_000.25)
+    headers = request_properties("c1", "application/json", 2.5, 1_700_000_000.25)["headers"]
     assert headers == {DEADLINE_HEADER: 1_700_000_002.75}
     assert isinstance(headers[DEADLINE_HEADER], float)
 
 
+def test_a_request_s_message_id_is_its_correlation_id_so_a_retry_is_a_repeat() -> None:
+    props = request_properties("c1", "application/json", 1.0, 0.0)
+    assert props["message_id"] == props["correlation_id"] == "c1"
+
+
+def test_context_headers_travel_beside_the_deadline() -> None:
+    props = request_properties("c1", "application/json", 1.0, 0.0, {"rpc-context": {"a": 1}})
+    assert props["headers"] == {DEADLINE_HEADER: 1.0, "rpc-context": {"a": 1}}
+
+
 def test_expiration_is_the_timeout_in_milliseconds_as_a_string() -> None:
-    assert deadline_headers(2.5, 0.0)[1] == "2500"
-    assert deadline_headers(10, 0.0)[1] == "10000"
+    assert expiration(2.5) == "2500"
+    assert expiration(10) == "10000"
 
 
 def test_expiration_rounds_a_fraction_of_a_millisecond_up() -> None:
-    assert deadline_headers(0.0015, 0.0)[1] == "2"
-    assert deadline_headers(1.0001, 0.0)[1] == "1001"
+    assert expiration(0.0015) == "2"
+    assert expiration(1.0001) == "1001"
 
 
 def test_expiration_is_at_least_one_millisecond() -> None:
-    assert deadline_headers(0.0001, 0.0)[1] == "1"
-    assert deadline_headers(1e-12, 0.0)[1] == "1"
+    assert expiration(0.0001) == "1"
+    assert expiration(1e-12) == "1"
 
 
 def test_expiration_of_a_whole_number_of_milliseconds_is_exact() -> None:
-    assert deadline_headers(16.1, 0.0)[1] == "16100"
-    assert deadline_headers(2.007, 0.0)[1] == "2007"
+    assert expiration(16.1) == "16100"
+    assert expiration(2.007) == "2007"
 
 
-def test_deadline_of_reads_what_deadline_headers_writes() -> None:
-    headers, _ = deadline_headers(3.0, 1_700_000_000.5)
-    assert deadline_of(headers) == 1_700_000_003.5
+def test_deadline_of_reads_what_a_request_carries() -> None:
+    props = request_properties("c1", "application/json", 3.0, 1_700_000_000.5)
+    assert deadline_of(props["headers"]) == 1_700_000_003.5
 
 
 @pytest.mark.parametrize("value, expected", [
@@ -233,3 +250,49 @@ def test_reply_addresses_of_direct_reply_to_and_server_named_queues_are_accepted
 def test_anything_else_is_not_a_reply_address(address: str) -> None:
     assert not is_reply_address(address)
 
+
+
+# -- replies, both sides ---------------------------------------------------------------------------
+
+MSGPACK = "application/x-msgpack"
+JSON = "application/json"
+ACCEPT = frozenset({MSGPACK, JSON})
+
+
+def test_a_result_round_trips_through_encode_and_decode_reply() -> None:
+    payload, content_type = encode_reply(result_body([1, 2]), MSGPACK, ok=True)
+    assert decode_reply(payload, content_type, MSGPACK, ACCEPT) == (True, [1, 2])
+
+
+def test_a_remote_error_comes_back_as_its_exception() -> None:
+    body = error_reply(KeyError("nope"), MSGPACK, include_traceback=False)
+    ok, value = decode_reply(*encode_reply(body, MSGPACK, ok=False), MSGPACK, ACCEPT)
+    assert not ok and isinstance(value, KeyError)
+
+
+def test_an_unencodable_result_becomes_a_serialization_error_reply() -> None:
+    payload, content_type = encode_reply(result_body(object()), MSGPACK, ok=True)
+    ok, value = decode_reply(payload, content_type, MSGPACK, ACCEPT)
+    assert not ok and "cannot encode the result" in str(value)
+
+
+def test_a_result_in_json_is_refused_when_the_call_was_made_in_msgpack() -> None:
+    payload, _ = encode_reply(result_body(1), JSON, ok=True)
+    ok, value = decode_reply(payload, JSON, MSGPACK, ACCEPT)
+    assert not ok and "only errors may come back as JSON" in str(value)
+
+
+def test_an_oversize_reply_fails_the_call_with_the_limit_named() -> None:
+    ok, value = decode_reply(b"", MSGPACK, MSGPACK, ACCEPT, oversize=10, limit=5)
+    assert not ok and "limit of 5 bytes" in str(value)
+
+
+def test_a_reply_goes_in_json_when_the_request_s_type_is_not_accepted() -> None:
+    assert reply_content_type("application/x-python-pickle", ACCEPT) == JSON
+    assert reply_content_type(MSGPACK, ACCEPT) == MSGPACK
+
+
+def test_reply_properties_mark_a_reply_as_one() -> None:
+    props = reply_properties("c1", MSGPACK, "host:1")
+    assert props == {"content_type": MSGPACK, "correlation_id": "c1", "type": REPLY_TYPE,
+                     "app_id": "host:1"}
