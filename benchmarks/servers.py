@@ -1,8 +1,10 @@
 """Benchmark servers, one process each: ``python -m benchmarks.servers KIND --url URL ...``.
 
 Each prints ``READY`` on standard output once it consumes, and stops cleanly on SIGTERM. KIND is
-``rpc`` (this framework), ``pika`` (the raw floor: BlockingConnection, msgpack ``[method, args]``,
-prefetch 100, ack after the reply), ``nameko`` or ``aiopika`` (``aio_pika.patterns.RPC``).
+``rpc`` (this framework; options not given are left to its defaults, ``--async-handlers`` adds
+the ``async def`` workloads), ``pika`` (the raw floor: BlockingConnection, msgpack
+``[method, args]``, prefetch 100, ack after the reply), ``nameko`` or ``aiopika``
+(``aio_pika.patterns.RPC``).
 """
 
 from __future__ import annotations
@@ -34,21 +36,26 @@ def _stop_event() -> threading.Event:
 
 
 def _functions(options: argparse.Namespace) -> dict[str, Callable[..., Any]]:
-    return {
+    functions = {
         "add": workloads.add,
         "echo": workloads.echo,
         "burn": workloads.burn,
         "task": workloads.task_for(options.label, options.delay_ms),
     }
+    # Only on request: an ``async def`` handler adds ``async_concurrency`` to an rpc server's
+    # default prefetch, which would change every other case.
+    if options.async_handlers:
+        functions["sleep_async"] = workloads.sleep_async
+    return functions
 
 
 def serve_rpc(options: argparse.Namespace) -> None:
     from rpc import Server
 
-    server = Server(
-        options.url, server_id=options.server_id, serializer="pickle",
-        concurrency=options.concurrency, prefetch=options.prefetch,
-    )
+    # An option not given is left to the Server's own default.
+    given = {"concurrency": options.concurrency, "prefetch": options.prefetch}
+    server = Server(options.url, server_id=options.server_id, serializer="pickle",
+                    **{key: value for key, value in given.items() if value is not None})
     for name, func in _functions(options).items():
         server.register_function(func, name)
     stop = _stop_event()
@@ -164,10 +171,12 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("kind", choices=sorted(SERVERS))
     parser.add_argument("--url", required=True)
     parser.add_argument("--server-id", required=True)
-    parser.add_argument("--concurrency", type=int, default=1)
+    parser.add_argument("--concurrency", type=int, default=None)
     parser.add_argument("--prefetch", type=int, default=None)
     parser.add_argument("--label", default="server")
     parser.add_argument("--delay-ms", type=float, default=1.0)
+    parser.add_argument("--async-handlers", action="store_true",
+                        help="also serve the async def workloads (rpc only)")
     options = parser.parse_args(argv)
     SERVERS[options.kind](options)
 

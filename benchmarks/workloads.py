@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import time
 from typing import Any
 
@@ -23,6 +24,12 @@ def burn(n: int) -> int:
     for i in range(n):
         total += i * i
     return total
+
+
+async def sleep_async(seconds: float) -> None:
+    """Awaits without holding a thread: a server runs up to ``async_concurrency`` of these at
+    once on its event loop, so 100 concurrent calls take about one sleep, not 100."""
+    await asyncio.sleep(seconds)
 
 
 def task_for(label: str, delay_ms: float) -> Any:
