@@ -7,18 +7,22 @@ the next line on standard input, once the driver has taken its CPU time.
 
 Kinds: ``rpc`` (this framework, through :func:`rpc.loadgen.run_load`); ``pika`` (the raw floor:
 direct reply-to, one call at a time, or a callback-driven window of ``concurrency`` calls);
-``nameko`` (standalone ``ClusterRpcProxy``: calls, or a ``call_async`` window); ``aiopika``
-(``aio_pika.patterns.RPC``: awaits, or ``concurrency`` tasks in flight).
+``nameko`` (standalone ``ClusterRpcProxy``: calls, or a ``call_async`` window); ``rpc-async``
+(this framework's ``AsyncProxy``) and ``aiopika`` (``aio_pika.patterns.RPC``), both driven alike
+on one event loop: awaits one after another, or ``concurrency`` tasks in flight.
 """
 
 from __future__ import annotations
 
+import asyncio
+import importlib
+import importlib.util
 import itertools
 import json
 import sys
 import time
 from collections import deque
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable, Coroutine
 from typing import Any
 
 from rpc.loadgen_stats import Tally, build_report, error_name
@@ -27,6 +31,8 @@ from .amqp_url import pika_url
 
 #: Seconds a call may take before it counts as a timeout.
 CALL_TIMEOUT = 10.0
+#: Wall-clock cap of an asyncio client's warm-up (the driver waits 60 s for WARM).
+WARMUP_SECONDS = 30.0
 
 
 def _handshake() -> None:
@@ -195,9 +201,73 @@ def run_nameko(case: dict[str, Any]) -> dict[str, Any]:
         return _measured(case, sequential if case["mode"] == "seq" else pipelined)
 
 
-def run_aiopika(case: dict[str, Any]) -> dict[str, Any]:
-    import asyncio
+async def _drive_async(case: dict[str, Any], call: Callable[[], Awaitable[Any]]) -> dict[str, Any]:
+    """Warm up, then measure ``call()`` on the running loop: awaited one after another (mode
+    ``seq``), or with ``concurrency`` tasks in flight, a new one as each ends. The warm-up runs
+    the same way, so a batch of slow concurrent calls warms up in one batch's time."""
 
+    async def one(tally: Tally, slots: asyncio.Semaphore | None = None) -> None:
+        sent = time.perf_counter()
+        try:
+            await call()
+        except Exception as exc:
+            tally.record_error(error_name(exc), sent, time.perf_counter())
+        else:
+            tally.record_ok(sent, time.perf_counter())
+        finally:
+            if slots is not None:
+                slots.release()
+
+    async def phase(clock: _Clock, tally: Tally) -> None:
+        if case["mode"] == "seq":
+            while clock.more():
+                await one(tally)
+            return
+        slots = asyncio.Semaphore(case["concurrency"])
+        tasks: set[asyncio.Task[None]] = set()
+        while clock.more():
+            await slots.acquire()
+            task = asyncio.create_task(one(tally, slots))
+            tasks.add(task)
+            task.add_done_callback(tasks.discard)
+        if tasks:
+            await asyncio.wait(tasks, timeout=CALL_TIMEOUT + 5)
+
+    await phase(_Clock({**case, "total": case["warmup"], "seconds": WARMUP_SECONDS}), Tally())
+    await asyncio.get_running_loop().run_in_executor(None, _handshake)
+    clock = _Clock(case)
+    tally = Tally(clock.start)
+    cpu = time.process_time()
+    await phase(clock, tally)
+    cpu = time.process_time() - cpu
+    loop = type(asyncio.get_running_loop()).__module__.split(".")[0]  # asyncio or uvloop
+    return build_report({**case, "event_loop": loop}, tally, client_cpu_s=cpu)
+
+
+def _run_async(main: Callable[[], Coroutine[Any, Any, dict[str, Any]]]) -> dict[str, Any]:
+    """``main()`` on a new event loop: uvloop's when uvloop is installed (it is not required)."""
+    factory: Callable[[], asyncio.AbstractEventLoop] | None = None
+    if importlib.util.find_spec("uvloop") is not None:
+        factory = importlib.import_module("uvloop").new_event_loop
+    with asyncio.Runner(loop_factory=factory) as runner:
+        return runner.run(main())
+
+
+def run_rpc_async(case: dict[str, Any]) -> dict[str, Any]:
+    from rpc import AsyncProxy
+
+    args = _args(case)
+
+    async def main() -> dict[str, Any]:
+        async with AsyncProxy(case["url"], server_id=case["server_id"], timeout=CALL_TIMEOUT,
+                              serializer=case["serializer"]) as proxy:
+            # as an application writes it: ``await proxy.add(1, 2)``
+            return await _drive_async(case, lambda: getattr(proxy, case["method"])(*args))
+
+    return _run_async(main)
+
+
+def run_aiopika(case: dict[str, Any]) -> dict[str, Any]:
     import aio_pika
     from aio_pika.patterns import RPC
 
@@ -209,48 +279,17 @@ def run_aiopika(case: dict[str, Any]) -> dict[str, Any]:
         conn = await aio_pika.connect(case["url"])
         try:
             rpc = await RPC.create(await conn.channel())
-            for _ in range(case["warmup"]):
-                await rpc.call(name, kwargs=kwargs)
-            await asyncio.get_running_loop().run_in_executor(None, _handshake)
-            clock = _Clock(case)
-            tally = Tally(clock.start)
-            cpu = time.process_time()
-
-            async def one(slots: asyncio.Semaphore | None = None) -> None:
-                sent = time.perf_counter()
-                try:
-                    await asyncio.wait_for(rpc.call(name, kwargs=kwargs), CALL_TIMEOUT)
-                except Exception as exc:
-                    tally.record_error(error_name(exc), sent, time.perf_counter())
-                else:
-                    tally.record_ok(sent, time.perf_counter())
-                finally:
-                    if slots is not None:
-                        slots.release()
-
-            if case["mode"] == "seq":
-                while clock.more():
-                    await one()
-            else:
-                slots = asyncio.Semaphore(case["concurrency"])
-                tasks = set()
-                while clock.more():
-                    await slots.acquire()
-                    task = asyncio.create_task(one(slots))
-                    tasks.add(task)
-                    task.add_done_callback(tasks.discard)
-                if tasks:
-                    await asyncio.wait(tasks, timeout=CALL_TIMEOUT + 5)
-            cpu = time.process_time() - cpu
-            return build_report(dict(case), tally, client_cpu_s=cpu)
+            return await _drive_async(
+                case, lambda: asyncio.wait_for(rpc.call(name, kwargs=kwargs), CALL_TIMEOUT))
         finally:
             await conn.close()
 
-    return asyncio.run(main())
+    return _run_async(main)
 
 
 CLIENTS: dict[str, Callable[[dict[str, Any]], dict[str, Any]]] = {
-    "rpc": run_rpc, "pika": run_pika, "nameko": run_nameko, "aiopika": run_aiopika,
+    "rpc": run_rpc, "rpc-async": run_rpc_async, "pika": run_pika, "nameko": run_nameko,
+    "aiopika": run_aiopika,
 }
 
 
