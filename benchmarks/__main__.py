@@ -18,8 +18,8 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
 
-from rpc.config import mask_url
-from rpc.loadgen import broker_version
+from rpc.bench.loadgen import broker_version
+from rpc.transport.urls import mask_url
 
 from .analysis import RESULT_SCHEMA, add_ratios, headlines, markdown, summarize
 from .matrix import build_matrix

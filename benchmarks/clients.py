@@ -5,7 +5,7 @@ server and broker CPU in between), runs the measured phase and prints ``RESULT <
 report in the layout of ``rpc bench --format json``, whatever the client's framework. It exits at
 the next line on standard input, once the driver has taken its CPU time.
 
-Kinds: ``rpc`` (this framework, through :func:`rpc.loadgen.run_load`); ``pika`` (the raw floor:
+Kinds: ``rpc`` (this framework, through :func:`rpc.bench.loadgen.run_load`); ``pika`` (the raw floor:
 direct reply-to, one call at a time, or a callback-driven window of ``concurrency`` calls);
 ``nameko`` (standalone ``ClusterRpcProxy``: calls, or a ``call_async`` window); ``rpc-async``
 (this framework's ``AsyncProxy``) and ``aiopika`` (``aio_pika.patterns.RPC``), both driven alike
@@ -25,7 +25,7 @@ from collections import deque
 from collections.abc import Awaitable, Callable, Coroutine
 from typing import Any
 
-from rpc.loadgen_stats import Tally, build_report, error_name
+from rpc.bench.stats import Tally, build_report, error_name
 
 from .amqp_url import pika_url
 
@@ -76,7 +76,7 @@ def _measured(case: dict[str, Any], run: Callable[[_Clock, Tally], None]) -> dic
 
 
 def run_rpc(case: dict[str, Any]) -> dict[str, Any]:
-    from rpc.loadgen import LoadSpec, run_load
+    from rpc.bench.loadgen import LoadSpec, run_load
 
     mode = case["mode"]
     spec = LoadSpec(

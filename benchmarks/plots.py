@@ -5,7 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-from rpc.loadgen_format import pyplot
+from rpc.bench.format import pyplot
 
 #: Colours by who made the figure.
 COLOURS = {"rpc": "tab:blue", "pika": "tab:gray", "nameko": "tab:red", "aiopika": "tab:orange"}
