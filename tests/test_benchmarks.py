@@ -98,7 +98,7 @@ def test_a_result_matches_its_schema_and_renders_as_markdown() -> None:
                         fake_run("rpc seq add", 0, 1500)])
     assert result_problems(result) == []
     table = markdown(result)
-    assert "| sequential calls/s vs raw pika sequential | **1.50×** | >= 1.0 |" in table
+    assert "| sequential calls/s vs raw pika sequential | **1.50×** | >= 1.5 |" in table
     assert "| rpc seq add | 1.50 |" in table
     del result["runs"][0]["rep"]
     assert result_problems(result) == ["run 0 has no 'rep'"]
