@@ -35,6 +35,7 @@ from ..core.errors import (
     type_name,
 )
 from ..core.serialization import content_type_of
+from ..defaults import DEFAULT_GRACE, SERVER_CONNECT_RETRY
 from ..transport.urls import URL_ENV, mask_url, resolve_url
 from . import daemon, logconfig
 from .exitcodes import ExitCode, for_connection_error, table
@@ -117,10 +118,10 @@ def _timeout_option(default: float) -> _Deco:
               help="Worker processes, each with its own connection, all on the same queue.")
 @click.option("--concurrency", type=click.IntRange(min=1), envvar="RPC_CONCURRENCY",
               show_envvar=True, help="Calls run at once per process [default: the Server's].")
-@click.option("--grace", type=click.FloatRange(min=0), default=30.0, show_default=True,
+@click.option("--grace", type=click.FloatRange(min=0), default=DEFAULT_GRACE, show_default=True,
               envvar="RPC_GRACE", show_envvar=True, metavar="SECONDS",
               help="On SIGTERM/SIGINT, time for calls in flight to finish.")
-@_connect_retry_option(10.0)
+@_connect_retry_option(SERVER_CONNECT_RETRY)
 @click.option("--app-dir", default=".", show_default=True, envvar="RPC_APP_DIR",
               show_envvar=True, type=click.Path(file_okay=False),
               help="Directory put first on sys.path to import MODULE from.")

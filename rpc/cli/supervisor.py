@@ -34,6 +34,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from types import FrameType
 
+from ..defaults import DEFAULT_GRACE
 from .exitcodes import STARTUP_FAILURES, ExitCode, describe
 from .worker import ALIVE_INTERVAL, READY, WorkerSpec
 
@@ -105,7 +106,7 @@ class Supervisor:
         spec: WorkerSpec,
         processes: int = 1,
         *,
-        grace: float = 30.0,
+        grace: float = DEFAULT_GRACE,
         on_ready: Callable[[], None] | None = None,
         on_reload: Callable[[], None] | None = None,
         liveness_file: str | None = None,

@@ -20,6 +20,7 @@ from dataclasses import dataclass
 from types import FrameType
 
 from ..core.errors import ConnectionError
+from ..defaults import DEFAULT_GRACE, SERVER_CONNECT_RETRY
 from ..server.server import Server
 from ..transport.urls import URL_ENV
 from . import logconfig
@@ -47,8 +48,8 @@ class WorkerSpec:
     url: str | None = None
     server_id: str | None = None
     concurrency: int | None = None
-    grace: float = 30.0
-    connect_retry: float = 10.0
+    grace: float = DEFAULT_GRACE
+    connect_retry: float = SERVER_CONNECT_RETRY
     app_dir: str = "."
     log_level: str = "INFO"
     log_format: str = "text"
@@ -244,7 +245,7 @@ def _parse(argv: list[str]) -> tuple[WorkerSpec, int | None, int]:
     parser.add_argument("--queue-type", choices=("classic", "quorum"))
     parser.add_argument("--server-id")
     parser.add_argument("--concurrency", type=int)
-    parser.add_argument("--grace", type=float, default=30.0)
+    parser.add_argument("--grace", type=float, default=DEFAULT_GRACE)
     parser.add_argument("--connect-retry", type=float, default=10.0)
     parser.add_argument("--app-dir", default=".")
     parser.add_argument("--log-level", default="INFO")

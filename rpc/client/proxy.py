@@ -53,10 +53,14 @@ from ..core.errors import (
     ServerUnavailable,
     UnknownServer,
 )
-from ..defaults import DEFAULT_MAX_MESSAGE_SIZE
-from ..transport.connect import (
+from ..defaults import (
+    BROADCAST_TIMEOUT,
     DEFAULT_CONNECT_RETRY,
     DEFAULT_HEARTBEAT,
+    DEFAULT_MAX_MESSAGE_SIZE,
+    DEFAULT_TIMEOUT,
+)
+from ..transport.connect import (
     Failover,
     FailoverStrategy,
     open_connection,
@@ -75,10 +79,6 @@ from .views import (
 
 logger = logging.getLogger(__name__)
 
-#: Seconds a broadcast collects replies unless told otherwise.
-BROADCAST_TIMEOUT = 1.0
-#: Seconds a call waits for its reply unless told otherwise (oslo.messaging's default).
-DEFAULT_TIMEOUT = 60.0
 #: Seconds a check that a server consumes the queue holds before it is made again.
 AVAILABILITY_TTL = 1.0
 #: Longest wait for the broker's answer to that check; without one, the call goes ahead.

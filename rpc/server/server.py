@@ -37,10 +37,14 @@ from ..core.errors import (
     MethodNotFound,
 )
 from ..core.ratelimit import RepeatLimiter
-from ..defaults import DEFAULT_MAX_MESSAGE_SIZE
-from ..transport.connect import (
+from ..defaults import (
+    DEFAULT_ASYNC_CONCURRENCY,
+    DEFAULT_GRACE,
     DEFAULT_HEARTBEAT,
+    DEFAULT_MAX_MESSAGE_SIZE,
     SERVER_CONNECT_RETRY,
+)
+from ..transport.connect import (
     Failover,
     FailoverStrategy,
     open_connection,
@@ -58,7 +62,6 @@ _F = TypeVar("_F", bound=Callable[..., Any])
 #: that kept 100 pipelined calls at the raw pika loop's pace (docs/protocol.md, benchmarks/).
 PREFETCH_PER_WORKER = 4
 #: ``async def`` handler calls run at once on the server's loop unless told otherwise.
-DEFAULT_ASYNC_CONCURRENCY = 100
 #: Deliveries of one request before a quorum queue dead-letters it (``queue_type="quorum"``).
 DEFAULT_DELIVERY_LIMIT = 20
 #: The AMQP code RabbitMQ closes a connection with when a reply goes to a caller that is gone.
@@ -383,7 +386,7 @@ class Server:
             for sig, handler in previous.items():
                 signal.signal(sig, handler)
 
-    def stop(self, grace: float | None = 30.0) -> int:
+    def stop(self, grace: float | None = DEFAULT_GRACE) -> int:
         """Stop consuming, finish the calls in flight (up to ``grace`` s), then disconnect.
 
         Requests prefetched but not started are requeued for another server. Returns how many

@@ -18,16 +18,11 @@ import tenacity
 from kombu.connection import Connection
 
 from ..core.errors import AccessRefused, ConnectionError
+from ..defaults import DEFAULT_CONNECT_RETRY, DEFAULT_HEARTBEAT
 from .urls import BrokerURL, mask_url, scrub, split_urls
 
 logger = logging.getLogger(__name__)
 
-#: Seconds between heartbeats unless told otherwise; RabbitMQ advises 5 to 20.
-DEFAULT_HEARTBEAT = 10.0
-#: Retry window for a proxy's connection: short, so a wrong URL fails fast.
-DEFAULT_CONNECT_RETRY = 3.0
-#: Retry window for a server's first connection (``rpc serve`` waits for a broker to come up).
-SERVER_CONNECT_RETRY = 10.0
 #: Seconds a broker may take to answer the AMQP handshake: a frozen node accepts TCP
 #: connections but never answers, and this moves on to the next one.
 HANDSHAKE_TIMEOUT = 5.0
