@@ -15,6 +15,8 @@ from collections.abc import Iterable
 from statistics import median
 from typing import Any
 
+from .matrix import ASYNC_HANDLER
+
 RESULT_SCHEMA = "rpc-benchmarks/1"
 SIDES = ("client", "server", "broker")
 
@@ -119,8 +121,15 @@ def pair_ratio(runs: list[dict[str, Any]], name: str, base: str,
     return _median(ratio(found.get((rep, name)), found.get((rep, base))) for rep in sorted(reps))
 
 
-#: The figures the project tracks: (label, case, compared with, figure, target).
-HEADLINES = (
+def case_median(runs: list[dict[str, Any]], name: str, key: str) -> float | None:
+    """Median over reps of ``name``'s own figure ``key`` (a report key, such as elapsed_s)."""
+    return _median(run["report"][key] for run in runs
+                   if _usable(run) and run["case"]["name"] == name)
+
+
+#: The figures the project tracks: (label, case, compared with, figure, target). A same-run
+#: ratio of ``figure`` to the case compared with; with None, the case's own ``figure`` (seconds).
+HEADLINES: tuple[tuple[str, str, str | None, str, str | None], ...] = (
     ("sequential calls/s vs raw pika sequential", "rpc seq add", "pika seq add",
      "calls_per_s", ">= 1.5"),
     ("100 futures in flight calls/s vs raw pika pipelined (100)",
@@ -139,22 +148,44 @@ HEADLINES = (
      "rpc futures 100 in flight add", "aiopika 100 in flight add", "calls_per_s", None),
     ("2 server processes vs 1, CPU-bound function", "rpc 2 server processes burn, 16 in flight",
      "rpc 1 server process burn, 16 in flight", "calls_per_s", ">= 1.7"),
+    ("AsyncProxy sequential calls/s vs sync Proxy sequential", "rpc-async seq add",
+     "rpc seq add", "calls_per_s", ">= 0.95"),
+    ("AsyncProxy 100 in flight calls/s vs raw pika pipelined", "rpc-async 100 in flight add",
+     "pika 100 in flight add", "calls_per_s", ">= 1.3"),
+    ("AsyncProxy sequential vs aio-pika RPC sequential", "rpc-async seq add", "aiopika seq add",
+     "calls_per_s", ">= 3.0"),
+    ("AsyncProxy 100 in flight vs aio-pika 100 in flight", "rpc-async 100 in flight add",
+     "aiopika 100 in flight add", "calls_per_s", ">= 3.0"),
+    ("100 concurrent calls of an async def handler sleeping 0.1 s, default server: wall seconds",
+     ASYNC_HANDLER, None, "elapsed_s", "< 0.5 s"),
 )
 
 
 def headlines(runs: list[dict[str, Any]]) -> list[dict[str, Any]]:
-    """The tracked figures that this run measured, each a same-run ratio (median over reps)."""
-    out = []
+    """The tracked figures that this run measured, median over reps: a same-run ``ratio``, or
+    (``versus`` None) the case's own figure as ``value`` in ``unit``, with ``ratio`` None."""
+    out: list[dict[str, Any]] = []
     for label, name, base, key, target in HEADLINES:
+        entry = {"label": label, "case": name, "versus": base, "figure": key, "target": target}
+        if base is None:
+            value = case_median(runs, name, key)
+            if value is not None:
+                out.append({**entry, "ratio": None, "value": round(value, 3), "unit": "s"})
+            continue
         value = pair_ratio(runs, name, base, key)
         if value is not None:
-            out.append({"label": label, "case": name, "versus": base, "figure": key,
-                        "ratio": round(value, 3), "target": target})
+            out.append({**entry, "ratio": round(value, 3)})
     return out
 
 
 def _fmt(value: float | None, digits: int = 2) -> str:
     return "–" if value is None else f"{value:.{digits}f}"
+
+
+def _headline_figure(headline: dict[str, Any]) -> str:
+    if headline["ratio"] is None:
+        return f"{headline['value']:.2f} {headline['unit']}"
+    return f"{headline['ratio']:.2f}×"
 
 
 def _cpu(row: dict[str, Any]) -> str:
@@ -174,12 +205,12 @@ def markdown(result: dict[str, Any]) -> str:
         "Ratios are same-run: each figure divided by its baseline measured in the same rep, "
         "median over reps. Absolute figures hold for this machine only.",
         "",
-        "## Headline ratios",
+        "## Headline figures",
         "",
-        "| figure | ratio | target |",
+        "| figure | value | target |",
         "|---|---|---|",
     ]
-    lines += [f"| {h['label']} | **{h['ratio']:.2f}×** | {h['target'] or ''} |"
+    lines += [f"| {h['label']} | **{_headline_figure(h)}** | {h['target'] or ''} |"
               for h in result["headlines"]]
     lines += [
         "",

@@ -19,23 +19,36 @@ FAIR_DELAYS = (1.0, 10.0)
 
 BASE_SEQ = "pika seq add"
 BASE_PIPE = "pika 100 in flight add"
+#: One batch of concurrent calls of an ``async def`` handler that sleeps, on a server with
+#: default settings: its wall time is the figure.
+ASYNC_HANDLER_CALLS = 100
+ASYNC_SLEEP_S = 0.1
+ASYNC_HANDLER = (f"rpc-async {ASYNC_HANDLER_CALLS} in flight sleep_async {ASYNC_SLEEP_S:g} s, "
+                 "default server")
 
 
 @dataclass(frozen=True)
 class ServerSetup:
-    """Server processes serving one queue: their framework, count and options."""
+    """Server processes serving one queue: their framework, count and options.
+
+    ``concurrency`` None leaves the server's own default; ``async_handlers`` serves the
+    ``async def`` workloads too (on rpc they raise the default prefetch, so only when asked).
+    """
 
     kind: str
     processes: int = 1
-    concurrency: int = 1
+    concurrency: int | None = 1
     prefetch: int | None = None
     delays_ms: tuple[float, ...] = ()
+    async_handlers: bool = False
 
     def argv(self, index: int) -> list[str]:
         """Extra command-line arguments of server process ``index``."""
-        args = ["--concurrency", str(self.concurrency)]
+        args = [] if self.concurrency is None else ["--concurrency", str(self.concurrency)]
         if self.prefetch is not None:
             args += ["--prefetch", str(self.prefetch)]
+        if self.async_handlers:
+            args.append("--async-handlers")
         if self.delays_ms:
             delay = self.delays_ms[index % len(self.delays_ms)]
             args += ["--delay-ms", f"{delay:g}", "--label", f"{delay:g}ms"]
@@ -59,6 +72,9 @@ class Case:
     baseline: str | None = BASE_SEQ
     count_results: bool = False
     calls_scale: float = 1.0
+    #: Calls of the measured phase and of the warm-up whatever ``--total`` and ``--warmup``
+    #: say: one batch of this many, for a case whose figure is the batch's wall time.
+    calls: int | None = None
     tags: dict[str, Any] = field(default_factory=dict, hash=False, compare=False)
 
     def client_spec(self, url: str, server_id: str, seconds: float, total: int,
@@ -68,8 +84,8 @@ class Case:
             "client": self.client, "url": url, "server_id": server_id, "method": self.method,
             "args": list(self.args), "mode": self.mode, "concurrency": self.concurrency,
             "payload_size": self.payload_size, "serializer": self.serializer,
-            "seconds": seconds, "total": max(int(total * self.calls_scale), 1),
-            "warmup": max(int(warmup * self.calls_scale), 1),
+            "seconds": seconds, "total": self.calls or max(int(total * self.calls_scale), 1),
+            "warmup": self.calls or max(int(warmup * self.calls_scale), 1),
             "count_results": self.count_results,
         }
 
@@ -117,6 +133,9 @@ def build_matrix(quick: bool, peers: frozenset[str] = frozenset()) -> list[Case]
                           concurrency=c, baseline=BASE_PIPE))
     cases.append(Case("rpc callbacks 100 in flight add", "concurrency", "rpc", ours,
                       mode="callbacks", concurrency=100, baseline=BASE_PIPE))
+    cases.append(Case("rpc-async seq add", "asyncio", "rpc-async", ours))
+    cases.append(Case("rpc-async 100 in flight add", "asyncio", "rpc-async", ours, mode="pipe",
+                      concurrency=100, baseline=BASE_PIPE))
 
     cases += [Case(f"rpc seq echo {_size(n)}", "payload", "rpc", ours,
                    baseline=f"pika seq echo {_size(n)}", **_echo(n)) for n in payloads]
@@ -134,6 +153,14 @@ def build_matrix(quick: bool, peers: frozenset[str] = frozenset()) -> list[Case]
             "rpc", ServerSetup("rpc-serve", processes=n), method="burn", args=(BURN_N,),
             mode="futures", concurrency=16, baseline=None if n == 1 else one, calls_scale=0.05,
         ))
+
+    # Its figure is the batch's wall time (report elapsed_s), not a ratio: no baseline.
+    cases.append(Case(
+        ASYNC_HANDLER, "async handlers", "rpc-async",
+        ServerSetup("rpc", concurrency=None, async_handlers=True), method="sleep_async",
+        args=(ASYNC_SLEEP_S,), mode="pipe", concurrency=ASYNC_HANDLER_CALLS, baseline=None,
+        calls=ASYNC_HANDLER_CALLS,
+    ))
 
     for peer in sorted(peers):
         setup = ServerSetup(peer)

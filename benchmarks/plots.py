@@ -8,7 +8,8 @@ from typing import Any
 from rpc.bench.format import pyplot
 
 #: Colours by who made the figure.
-COLOURS = {"rpc": "tab:blue", "pika": "tab:gray", "nameko": "tab:red", "aiopika": "tab:orange"}
+COLOURS = {"rpc": "tab:blue", "rpc-async": "tab:cyan", "pika": "tab:gray", "nameko": "tab:red",
+           "aiopika": "tab:orange"}
 
 
 def _colour(name: str) -> str:
@@ -45,10 +46,12 @@ def _bars(result: dict[str, Any], path: Path, labels: list[str], values: list[fl
 
 
 def _headlines(result: dict[str, Any], path: Path) -> Path:
-    """The tracked same-run ratios (the README plot): above 1 is better, except for CPU."""
-    rows = result["headlines"]
+    """The tracked same-run ratios (the README plot): above 1 is better, except for CPU. The
+    figures in seconds are left to the table: they are not on this scale."""
+    rows = [h for h in result["headlines"] if h["ratio"] is not None]
     return _bars(result, path, [h["label"] for h in rows], [h["ratio"] for h in rows],
-                 ["tab:purple" if h["figure"] == "client_server" else "tab:blue" for h in rows],
+                 ["tab:purple" if h["figure"] == "client_server" else _colour(h["case"])
+                  for h in rows],
                  "rpc against raw pika and its peers, same-run ratios (CPU: lower is better)",
                  "ratio (×)")
 
@@ -91,7 +94,8 @@ def _cpu(result: dict[str, Any], path: Path) -> Path:
     """CPU µs per call of client, server and broker for the `add` cases, stacked."""
     plt = pyplot()
     rows = [r for r in result["summary"] if r["cpu_client_us"] is not None
-            and r["group"] in ("baseline", "latency", "concurrency", "peers", "serializer")
+            and r["group"] in ("baseline", "latency", "concurrency", "asyncio", "peers",
+                               "serializer")
             and "echo" not in r["name"]]
     fig, ax = plt.subplots(figsize=(10, 0.32 * len(rows) + 1.6))
     try:

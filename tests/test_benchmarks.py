@@ -17,7 +17,12 @@ from benchmarks.analysis import (  # noqa: E402
     result_problems,
     summarize,
 )
-from benchmarks.matrix import BASE_PIPE, BASE_SEQ, build_matrix  # noqa: E402
+from benchmarks.matrix import (  # noqa: E402
+    ASYNC_HANDLER,
+    BASE_PIPE,
+    BASE_SEQ,
+    build_matrix,
+)
 
 
 def fake_run(name: str, rep: int, calls_per_s: float, *, baseline: str | None = BASE_SEQ,
@@ -28,6 +33,7 @@ def fake_run(name: str, rep: int, calls_per_s: float, *, baseline: str | None = 
         "case": {"name": name, "group": group, "baseline": baseline, "tags": {}},
         "rep": rep,
         "report": {"calls_per_s": calls_per_s, "count": calls, "errors": 0,
+                   "elapsed_s": calls / calls_per_s if calls_per_s else 0.0,
                    "latency_ms": {"p50": 1.0, "p99": 2.0}, "results": None},
         "cpu_s": dict(zip(("client", "server", "broker"), cpu, strict=True)),
         "error": None,
@@ -84,6 +90,36 @@ def test_headlines_cover_the_tracked_figures_measured() -> None:
     assert not any("aio-pika" in label for label in found)
 
 
+def test_asyncproxy_headlines_compare_with_the_sync_proxy_raw_pika_and_aio_pika() -> None:
+    runs = [fake_run(BASE_SEQ, 0, 1000, baseline=None),
+            fake_run(BASE_PIPE, 0, 2000, baseline=None),
+            fake_run("rpc seq add", 0, 1600),
+            fake_run("rpc-async seq add", 0, 1520, group="asyncio"),
+            fake_run("rpc-async 100 in flight add", 0, 2800, baseline=BASE_PIPE, group="asyncio"),
+            fake_run("aiopika seq add", 0, 500, group="peers"),
+            fake_run("aiopika 100 in flight add", 0, 700, baseline=BASE_PIPE, group="peers")]
+    add_ratios(runs)
+    found = {h["label"]: (h["ratio"], h["target"]) for h in headlines(runs)}
+    assert found["AsyncProxy sequential calls/s vs sync Proxy sequential"] == (0.95, ">= 0.95")
+    assert found["AsyncProxy 100 in flight calls/s vs raw pika pipelined"] == (1.4, ">= 1.3")
+    assert found["AsyncProxy sequential vs aio-pika RPC sequential"] == (3.04, ">= 3.0")
+    assert found["AsyncProxy 100 in flight vs aio-pika 100 in flight"] == (4.0, ">= 3.0")
+    assert found["sequential calls/s vs raw pika sequential"] == (1.6, ">= 1.5")
+    assert found["client+server CPU per call, sequential, vs raw pika"][1] == "<= 0.4"
+
+
+def test_the_async_handler_headline_is_the_batchs_wall_time_not_a_ratio() -> None:
+    # 100 calls in 0.2 s, then 0.4 s in a second rep: the median is 0.3 s.
+    runs = [fake_run(ASYNC_HANDLER, rep, calls_per_s, baseline=None, calls=100,
+                     group="async handlers") for rep, calls_per_s in ((0, 500), (1, 250))]
+    result = result_of(runs)
+    [headline] = result["headlines"]
+    assert headline["case"] == ASYNC_HANDLER and headline["versus"] is None
+    assert headline["ratio"] is None
+    assert (headline["value"], headline["unit"], headline["target"]) == (0.3, "s", "< 0.5 s")
+    assert f"| {headline['label']} | **0.30 s** | < 0.5 s |" in markdown(result)
+
+
 def result_of(runs: list[dict]) -> dict:
     add_ratios(runs)
     return {"schema": RESULT_SCHEMA, "started": "2026-01-01T00:00:00+00:00",
@@ -129,6 +165,27 @@ def test_every_baseline_a_case_names_is_measured_in_the_same_matrix() -> None:
         assert {BASE_SEQ, BASE_PIPE} <= names
         assert all(case.baseline in names for case in cases if case.baseline)
         assert len(names) == len(cases)
+
+
+def test_both_matrices_measure_asyncproxy_on_the_usual_server_against_the_baselines() -> None:
+    for quick in (True, False):
+        cases = {case.name: case for case in build_matrix(quick)}
+        seq, window = cases["rpc-async seq add"], cases["rpc-async 100 in flight add"]
+        assert seq.server == window.server == cases["rpc seq add"].server
+        assert (seq.client, seq.mode, seq.baseline) == ("rpc-async", "seq", BASE_SEQ)
+        assert (window.mode, window.concurrency, window.baseline) == ("pipe", 100, BASE_PIPE)
+
+
+def test_the_async_handler_case_is_one_batch_of_100_calls_on_a_default_server() -> None:
+    for quick in (True, False):
+        case = next(case for case in build_matrix(quick) if case.name == ASYNC_HANDLER)
+        assert (case.client, case.method, case.args) == ("rpc-async", "sleep_async", (0.1,))
+        # no --concurrency: the server's defaults, with the async def workloads registered
+        assert case.server.argv(0) == ["--async-handlers"]
+        spec = case.client_spec("amqp://", "q", seconds=1.0, total=20_000, warmup=200)
+        assert spec["total"] == spec["warmup"] == spec["concurrency"] == 100
+    # no other server registers it: an async def handler raises an rpc server's default prefetch
+    assert not any(c.server.async_handlers for c in build_matrix(True) if c.name != ASYNC_HANDLER)
 
 
 def test_peers_are_measured_only_when_installed() -> None:
