@@ -44,7 +44,16 @@ def ratio(value: float | None, base: float | None) -> float | None:
 
 
 def _usable(run: dict[str, Any]) -> bool:
-    return run.get("error") is None and run.get("report") is not None
+    """Whether a run's figures count: it ran, and none of its calls failed (a call that fails
+    fast would pass for a fast call)."""
+    report = run.get("report")
+    return run.get("error") is None and report is not None and report["errors"] == 0
+
+
+def _call_failures(run: dict[str, Any]) -> str:
+    report = run["report"]
+    kinds = ", ".join(f"{name} {n}" for name, n in report["errors_by_type"].items())
+    return f"{report['errors']} of {report['count']} calls failed ({kinds})"
 
 
 def add_ratios(runs: list[dict[str, Any]]) -> None:
@@ -77,16 +86,18 @@ def summarize(runs: list[dict[str, Any]]) -> list[dict[str, Any]]:
     rows = []
     for name, group in order.items():
         good = [run for run in group if _usable(run)]
+        ran = [run for run in group if run.get("report") is not None]
         case = group[0]["case"]
         row: dict[str, Any] = {
             "name": name, "group": case["group"], "baseline": case["baseline"],
             "tags": case.get("tags", {}), "reps": len(good),
-            "failed": [run["error"] for run in group if run.get("error")],
+            "failed": [run["error"] for run in group if run.get("error")]
+                      + [_call_failures(run) for run in ran if run["report"]["errors"]],
             "ratio": _median(run["ratio"] for run in good),
             "cpu_ratio": _median(run["cpu_ratio"] for run in good),
             "calls_per_s": _median(run["report"]["calls_per_s"] for run in good),
             "calls": sum(run["report"]["count"] for run in good),
-            "errors": sum(run["report"]["errors"] for run in good),
+            "errors": sum(run["report"]["errors"] for run in ran),
             "noise": _median(run.get("other_share") for run in good),
         }
         for key in ("p50", "p99"):

@@ -80,6 +80,22 @@ def test_a_failed_run_has_no_ratio_and_does_not_break_the_summary() -> None:
     assert row["reps"] == 0 and row["failed"] == ["RuntimeError: server died"]
 
 
+def test_a_rep_whose_calls_failed_gives_no_figure_but_its_errors_are_counted() -> None:
+    # Calls failing at once look fast: that rep must not make a ratio or a headline.
+    failing = fake_run("rpc-async seq add", 1, 90000, calls=20000, group="asyncio")
+    failing["report"].update(errors=20000, errors_by_type={"TypeError": 20000})
+    runs = [fake_run(BASE_SEQ, 0, 1000, baseline=None), fake_run("rpc seq add", 0, 1000),
+            fake_run("rpc-async seq add", 0, 900, group="asyncio"),
+            fake_run(BASE_SEQ, 1, 1000, baseline=None), fake_run("rpc seq add", 1, 1000),
+            failing]
+    add_ratios(runs)
+    assert failing["ratio"] is None
+    row = next(row for row in summarize(runs) if row["name"] == "rpc-async seq add")
+    assert (row["reps"], row["ratio"], row["errors"]) == (1, 0.9, 20000)
+    assert row["failed"] == ["20000 of 20000 calls failed (TypeError 20000)"]
+    assert pair_ratio(runs, "rpc-async seq add", "rpc seq add") == pytest.approx(0.9)
+
+
 def test_headlines_cover_the_tracked_figures_measured() -> None:
     runs = [fake_run(BASE_SEQ, 0, 1000, baseline=None), fake_run("rpc seq add", 0, 1200),
             fake_run("nameko seq add", 0, 300)]
