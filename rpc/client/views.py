@@ -8,16 +8,15 @@ from __future__ import annotations
 import math
 from collections.abc import Callable
 from dataclasses import dataclass, replace
-from typing import TYPE_CHECKING, Any
-
-if TYPE_CHECKING:
-    from .proxy import Proxy
+from typing import Any
 
 #: Longest timeout accepted: a year, far below what clocks and AMQP expiration can carry.
 MAX_TIMEOUT = 365 * 24 * 3600.0
 
 OnSuccess = Callable[[Any], Any]
 OnError = Callable[[BaseException], Any]
+#: A proxy's one entry point for calls: ``invoke(options, method, args, kwargs)``.
+Invoke = Callable[["CallOptions", str, tuple[Any, ...], dict[str, Any]], Any]
 
 
 def check_timeout(timeout: float | None) -> float | None:
@@ -62,16 +61,22 @@ def check_retries(retries: int) -> int:
 
 
 class CallView:
-    """``proxy.<modifier>``: takes further modifiers, or calls a method with these options."""
+    """``proxy.<modifier>``: takes further modifiers, or calls a method with these options.
 
-    __slots__ = ("_proxy", "_options")
+    Both proxies hand out the same views: a call goes to the proxy's ``invoke``, which returns
+    the result (:class:`~rpc.Proxy`) or a coroutine (:class:`~rpc.AsyncProxy`).
+    """
 
-    def __init__(self, proxy: Proxy, options: CallOptions) -> None:
-        self._proxy = proxy
+    __slots__ = ("_invoke", "_wait_default", "_options")
+
+    def __init__(self, invoke: Invoke, wait_default: Callable[[], bool],
+                 options: CallOptions) -> None:
+        self._invoke = invoke
+        self._wait_default = wait_default
         self._options = options
 
     def _with(self, **changes: Any) -> CallView:
-        return CallView(self._proxy, replace(self._options, **changes))
+        return CallView(self._invoke, self._wait_default, replace(self._options, **changes))
 
     def set_timeout(self, timeout: float | None) -> CallView:
         """This call's timeout in seconds (None: wait for ever)."""
@@ -94,7 +99,7 @@ class CallView:
         """Whether this call's request may wait in the queue for a server."""
         if self._options.wait_for_ready is not None:
             return self._options.wait_for_ready
-        return self._proxy.default_wait_for_ready or self._options.broadcast
+        return self._wait_default() or self._options.broadcast
 
     def wait_for_ready(self, wait: bool = True) -> CallView:
         """Let the request wait in the queue for a server, up to its deadline, instead of
@@ -103,7 +108,8 @@ class CallView:
 
     @property
     def future(self) -> CallView:
-        """Return a ``concurrent.futures.Future``."""
+        """Return a future at once: a ``concurrent.futures.Future`` from :class:`~rpc.Proxy`,
+        an ``asyncio.Task`` from :class:`~rpc.AsyncProxy`."""
         return self._with(future=True, callbacks=None)
 
     @property
@@ -137,7 +143,7 @@ class CallView:
 
     def call(self, method: str, /, *args: Any, **kwargs: Any) -> Any:
         """Call ``method`` by name with these options."""
-        return self._proxy._invoke(self._options, method, args, kwargs)
+        return self._invoke(self._options, method, args, kwargs)
 
 
 def _header_safe(value: Any) -> bool:
@@ -169,3 +175,75 @@ class RemoteMethod:
 
     def __repr__(self) -> str:
         return f"<remote method {self._name!r}>"
+
+
+#: Options of a plain call, and of a call through each one-word view.
+PLAIN = CallOptions()
+FUTURE_CALL = CallOptions(future=True)
+CAST_CALL = CallOptions(cast=True)
+BROADCAST_CALL = CallOptions(broadcast=True)
+
+
+class ProxyBase:
+    """The surface both proxies share: remote methods as attributes, ``call`` by name, and the
+    one-call views. A proxy supplies how a call is made (:meth:`_invoke`) and its defaults."""
+
+    def _invoke(
+        self, options: CallOptions, method: str, args: tuple[Any, ...], kwargs: dict[str, Any],
+    ) -> Any:
+        raise NotImplementedError
+
+    def _view(self, options: CallOptions = PLAIN) -> CallView:
+        return CallView(self._invoke, self._waits_by_default, options)
+
+    def _waits_by_default(self) -> bool:
+        raise NotImplementedError
+
+    def __getattr__(self, name: str) -> RemoteMethod:
+        if name.startswith("_"):
+            raise AttributeError(name)
+        return RemoteMethod(self._view(), name)
+
+    def call(self, method: str, /, *args: Any, **kwargs: Any) -> Any:
+        """Call ``method`` by name: for names that clash with the proxy's own attributes."""
+        return self._invoke(PLAIN, method, args, kwargs)
+
+    def set_timeout(self, timeout: float | None) -> CallView:
+        """A one-call view with this timeout: ``proxy.set_timeout(10).add(2, 3)``."""
+        return self._view().set_timeout(timeout)
+
+    def set_retries(self, retries: int) -> CallView:
+        """A one-call view with this many retries: ``proxy.set_retries(3).add(2, 3)``."""
+        return self._view().set_retries(retries)
+
+    def wait_for_ready(self, wait: bool = True) -> CallView:
+        """A one-call view whose request waits in the queue for a server, up to its timeout."""
+        return self._view().wait_for_ready(wait)
+
+    def callback(self, on_success: OnSuccess | None, on_error: OnError | None = None) -> CallView:
+        """A one-call view that returns a uid at once and later runs one of the functions."""
+        return self._view().callback(on_success, on_error)
+
+    @property
+    def future(self) -> CallView:
+        """A one-call view that returns a future at once (see :attr:`CallView.future`)."""
+        return self._view(FUTURE_CALL)
+
+    @property
+    def cast(self) -> CallView:
+        """A one-call view that publishes without a reply and returns None at once."""
+        return self._view(CAST_CALL)
+
+    @property
+    def broadcast(self) -> CallView:
+        """A view that calls every running server of this ``server_id`` and lists the replies.
+
+        ``proxy.broadcast(timeout=2).reload()`` waits 2 s (default 1 s) and returns a
+        :class:`~rpc.BroadcastReply` per answer; ``proxy.broadcast.cast.reload()`` waits for
+        none.
+        """
+        return self._view(BROADCAST_CALL)
+
+    def with_context(self, **context: Any) -> CallView:
+        """A one-call view sending ``context`` (small values) for ``rpc.current_call()``."""
+        return self._view().with_context(**context)

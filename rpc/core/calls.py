@@ -1,7 +1,9 @@
-"""Pending calls and callback states: the bookkeeping a proxy does per call (no I/O)."""
+"""Pending calls, the table that correlates replies with them, and callback states: the
+bookkeeping both proxies do per call (no I/O)."""
 
 from __future__ import annotations
 
+import heapq
 import threading
 from collections import OrderedDict
 from collections.abc import Callable
@@ -12,6 +14,8 @@ from typing import Any
 SYNC, FUTURE, CALLBACK, BROADCAST, CAST = 0, 1, 2, 3, 4
 #: The proxy's own question to the broker (is anyone consuming?), awaited like a sync call.
 CHECK = 5
+#: Kinds nobody waits for on a thread of their own: the table times them out.
+BACKGROUND = frozenset({FUTURE, CALLBACK})
 
 
 class CallbackState(IntEnum):
@@ -34,7 +38,7 @@ class Pending:
         "cid", "method", "kind", "content_type", "deadline", "done", "ok", "value",
         "future", "on_success", "on_error", "_signal", "_signalled",
         "body", "props", "broadcast", "wait_for_ready", "retries", "attempt", "unavailable",
-        "started",
+        "started", "waiter",
     )
 
     def __init__(
@@ -64,6 +68,9 @@ class Pending:
         #: Whether the last attempt found no server consuming (it backs off for longer).
         self.unavailable = False
         self.started = 0.0
+        #: What an asyncio caller awaits (an ``asyncio.Future``); the blocking proxy sleeps on
+        #: its own signal instead.
+        self.waiter: Any = None
 
     def arm(self) -> None:
         """Prepare a synchronous call to sleep until :meth:`wake` (again, for a retry)."""
@@ -84,6 +91,68 @@ class Pending:
         wait = -1 if timeout is None else min(max(timeout, 0), threading.TIMEOUT_MAX)
         if self._signal.acquire(timeout=wait):
             self._signalled = False
+
+
+class CallTable:
+    """Calls awaiting replies, by correlation id, and the deadlines of those nobody waits on.
+
+    Synchronous callers time themselves out; the calls in the table's timer heap (futures and
+    callbacks) are expired by whoever drives the table, through :meth:`expired`. Not
+    thread-safe: the blocking proxy holds its lock around it, the asyncio proxy runs on one loop.
+    """
+
+    __slots__ = ("_calls", "_timers", "background")
+
+    def __init__(self) -> None:
+        self._calls: dict[str, Pending] = {}
+        self._timers: list[tuple[float, str]] = []
+        #: Calls in the table nobody waits on synchronously (futures and callbacks).
+        self.background = 0
+
+    def __len__(self) -> int:
+        return len(self._calls)
+
+    def add(self, pending: Pending, *, background: bool = False) -> None:
+        """Track ``pending``; a background call with a deadline gets a timer."""
+        self._calls[pending.cid] = pending
+        if background:
+            self.background += 1
+            if pending.deadline is not None:
+                heapq.heappush(self._timers, (pending.deadline, pending.cid))
+
+    def get(self, cid: Any) -> Pending | None:
+        """The call ``cid`` names, left in the table (a broadcast collects many replies)."""
+        return self._calls.get(cid) if type(cid) is str else None
+
+    def take(self, cid: Any) -> Pending | None:
+        """Remove the call ``cid`` names, to complete it; None if it is gone (or never was)."""
+        pending = self._calls.pop(cid, None) if type(cid) is str else None
+        if pending is not None and pending.kind in BACKGROUND:
+            self.background -= 1
+        return pending
+
+    def next_deadline(self) -> float | None:
+        """The earliest timer, or None."""
+        return self._timers[0][0] if self._timers else None
+
+    def expired(self, now: float) -> list[Pending]:
+        """Remove and return the background calls whose deadline has passed."""
+        expired = []
+        timers = self._timers
+        while timers and timers[0][0] <= now:
+            _, cid = heapq.heappop(timers)
+            pending = self.take(cid)
+            if pending is not None:
+                expired.append(pending)
+        return expired
+
+    def drain(self) -> list[Pending]:
+        """Remove and return every call (the connection is gone, or the proxy closes)."""
+        calls = list(self._calls.values())
+        self._calls.clear()
+        self._timers.clear()
+        self.background = 0
+        return calls
 
 
 class CallbackStates:

@@ -1,0 +1,289 @@
+"""What both proxies do for a call, with no I/O: build the request, read the reply, decide on a
+retry and its backoff, remember whether a server consumes, and count.
+
+:class:`~rpc.Proxy` (blocking) and :class:`~rpc.AsyncProxy` (asyncio) each hold a
+:class:`CallMaker` and differ only in how they write, read and wait.
+"""
+
+from __future__ import annotations
+
+import itertools
+import logging
+import secrets
+import time
+from collections.abc import Iterable, Iterator, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import tenacity
+
+from ..core import protocol, serialization, tracing
+from ..core.calls import BROADCAST, CALLBACK, CAST, CHECK, FUTURE, SYNC, Pending
+from ..core.context import outgoing_headers
+from ..core.errors import (
+    AccessRefused,
+    BrokerBlocked,
+    ConnectionError,
+    Refused,
+    RPCError,
+    RPCTimeout,
+    ServerUnavailable,
+    UnknownServer,
+)
+from ..defaults import BROADCAST_TIMEOUT
+from ..transport.link import Incoming, QueueInfo
+from .views import CallOptions, check_retries, check_timeout
+
+logger = logging.getLogger("rpc.client")
+
+#: Seconds a check that a server consumes the queue holds before it is made again.
+AVAILABILITY_TTL = 1.0
+#: Longest wait for the broker's answer to that check; without one, the call goes ahead.
+AVAILABILITY_CHECK_TIMEOUT = 2.0
+#: Backoff between retries of a call: 50 ms doubling up to 1 s, with jitter.
+_BACKOFF = tenacity.wait_exponential(multiplier=0.05, max=1.0) + tenacity.wait_random(0, 0.05)
+#: Backoff after no server was consuming: 0.5 s doubling up to 4 s, with jitter.
+_BACKOFF_UNAVAILABLE = (tenacity.wait_exponential(multiplier=0.5, max=4.0)
+                        + tenacity.wait_random(0, 0.1))
+_RETRYING = tenacity.Retrying(wait=_BACKOFF)
+#: One call of a batch: method, positional and keyword arguments.
+Request = tuple[str, tuple[Any, ...], dict[str, Any]]
+
+
+@dataclass(frozen=True, slots=True)
+class BroadcastReply:
+    """One server's answer to a broadcast: who answered, and its result or error."""
+
+    server: str
+    result: Any
+    error: Exception | None
+
+
+class CallMaker:
+    """A proxy's settings and the per-call decisions that do not depend on how it does I/O."""
+
+    def __init__(
+        self, server_id: str, *, serializer: str, timeout: float | None, retries: int,
+        wait_for_ready: bool, max_message_size: int, metrics: bool,
+    ) -> None:
+        self.server_id = server_id
+        self.content_type = serialization.content_type_of(serializer)
+        self.accept = frozenset({self.content_type, serialization.JSON})
+        self.default_timeout = check_timeout(timeout)
+        self.default_retries = check_retries(retries)
+        self.default_wait_for_ready = wait_for_ready
+        self.max_message_size = max_message_size
+        self.metrics: Any = None
+        if metrics:
+            from ..metrics import ProxyMetrics
+
+            self.metrics = ProxyMetrics(server_id)
+        #: Until when (monotonic) a server is known to consume, so calls skip the question.
+        self.available_until = 0.0
+        #: Replies that matched no pending call (late after a timeout, duplicates, forgeries).
+        self.replies_dropped = 0
+        self._prefix = secrets.token_hex(8) + "."
+        self._counter = itertools.count(1)
+
+    # -- requests --------------------------------------------------------------------------------
+
+    def prepare(
+        self, options: CallOptions, method: str, args: tuple[Any, ...], kwargs: dict[str, Any],
+    ) -> Pending:
+        """Check the options, and encode the request once: it is published again on a retry.
+
+        Raises:
+            TypeError: options that do not go together (a cast with a future, ...).
+            ValueError: a broadcast without a timeout.
+            SerializationError: an argument the serializer cannot encode.
+        """
+        kind = self.kind_of(options)
+        if options.timeout_set:
+            timeout = options.timeout
+        else:
+            timeout = BROADCAST_TIMEOUT if options.broadcast else self.default_timeout
+        if kind == BROADCAST and timeout is None:
+            raise ValueError("a broadcast needs a timeout: how long to collect replies")
+        cid = self._prefix + format(next(self._counter), "x")
+        extra = outgoing_headers(dict(options.context))
+        tracing.inject(extra)
+        body = serialization.encode(protocol.request_body(method, args, kwargs), self.content_type)
+        deadline = None if timeout is None else time.monotonic() + timeout
+        pending = Pending(cid, method, kind, self.content_type, deadline)
+        pending.body = body
+        pending.props = protocol.request_properties(cid, self.content_type, timeout, time.time(),
+                                                    extra)
+        pending.broadcast = options.broadcast
+        if kind == BROADCAST:
+            pending.value = []
+        else:
+            pending.retries = (self.default_retries if options.retries is None
+                               else options.retries)
+        pending.wait_for_ready = options.broadcast or (
+            self.default_wait_for_ready if options.wait_for_ready is None
+            else options.wait_for_ready)
+        if options.callbacks is not None:
+            pending.on_success, pending.on_error = options.callbacks
+        pending.started = time.perf_counter()
+        return pending
+
+    @staticmethod
+    def kind_of(options: CallOptions) -> int:
+        """How a call with these options is made and awaited.
+
+        Raises:
+            TypeError: a cast or broadcast asked for callbacks or a future.
+        """
+        if options.cast:
+            if options.callbacks is not None or options.future:
+                raise TypeError("a cast has no reply: it takes no callbacks and no future")
+            return CAST
+        if options.broadcast:
+            if options.callbacks is not None or options.future:
+                raise TypeError("a broadcast returns its replies: no callbacks and no future")
+            return BROADCAST
+        if options.future:
+            return FUTURE
+        if options.callbacks is not None:
+            return CALLBACK
+        return SYNC
+
+    def routing(self, pending: Pending) -> tuple[str, str]:
+        """``(exchange, routing key)`` to publish a request with."""
+        if pending.broadcast:
+            return protocol.broadcast_exchange(self.server_id), ""
+        return "", self.server_id
+
+    # -- is anyone serving? ----------------------------------------------------------------------
+
+    def needs_check(self, pending: Pending) -> bool:
+        """Whether to ask the broker if a server consumes before publishing ``pending``."""
+        return not pending.wait_for_ready and time.monotonic() >= self.available_until
+
+    def check(self, deadline: float | None) -> Pending:
+        """A pending question to the broker: does a server consume the queue?"""
+        now = time.monotonic()
+        limit = now + AVAILABILITY_CHECK_TIMEOUT
+        return Pending(f"{self._prefix}check.{next(self._counter):x}", "(availability check)",
+                       CHECK, self.content_type, min(deadline or limit, limit))
+
+    def checked(self, info: QueueInfo | None) -> None:
+        """Take the broker's answer (None: none came, or no such queue: the publish will tell).
+
+        Raises:
+            ServerUnavailable: the queue exists and no server consumes it.
+        """
+        if info is not None and info.consumers == 0:
+            raise ServerUnavailable(
+                f"no server is consuming {self.server_id!r} ({info.messages} requests waiting)")
+        self.available_until = time.monotonic() + AVAILABILITY_TTL
+
+    # -- replies ---------------------------------------------------------------------------------
+
+    def outcome(self, msg: Incoming, pending: Pending) -> tuple[bool, Any]:
+        """``(True, result)`` or ``(False, exception)`` from a reply to ``pending``."""
+        return protocol.decode_reply(msg.body, msg.props.get("content_type"),
+                                     pending.content_type, self.accept,
+                                     oversize=msg.oversize, limit=self.max_message_size)
+
+    def broadcast_reply(self, msg: Incoming, pending: Pending) -> BroadcastReply:
+        ok, value = self.outcome(msg, pending)
+        server = str(msg.props.get("app_id") or "")
+        return BroadcastReply(server, value if ok else None, None if ok else value)
+
+    def dropped(self, cid: Any) -> None:
+        """Count a reply that matched no pending call."""
+        self.replies_dropped += 1
+        if self.metrics is not None:
+            self.metrics.dropped_reply()
+        logger.debug("dropped a reply with unknown correlation id %r", cid)
+
+    def returned(self, pending: Pending | None, routing_key: str, code: int,
+                 text: str) -> tuple[bool, Any]:
+        """The outcome of a request the broker returned: nobody is bound to hear it."""
+        if pending is None or pending.kind == BROADCAST:
+            if pending is None:
+                logger.warning("request to %r returned by the broker (%s %s): no server is "
+                               "serving it", routing_key or self.server_id, code, text)
+            return True, []
+        return False, UnknownServer(
+            f"no server is serving {routing_key!r}: the broker returned the request "
+            f"({code} {text})")
+
+    @staticmethod
+    def nacked(pending: Pending) -> Refused:
+        return Refused(f"the broker did not accept the request to {pending.method}() "
+                       f"(basic.nack)")
+
+    @staticmethod
+    def blocked(pending: Pending, reason: str) -> BrokerBlocked:
+        return BrokerBlocked(
+            f"the broker blocked publishing ({reason}) before accepting the request to "
+            f"{pending.method}(); it may still run later, within its deadline")
+
+    def timed_out(self, pending: Pending) -> RPCTimeout:
+        """The error of a call whose deadline passed, counted."""
+        if self.metrics is not None and pending.kind != CHECK:
+            self.metrics.timeout()
+        return RPCTimeout(f"no reply to {pending.method}() within the call's timeout")
+
+    # -- retries ---------------------------------------------------------------------------------
+
+    def may_retry(self, pending: Pending, error: BaseException) -> bool:
+        """Whether a failed call has a retry left, for an error a retry may cure, in time; if so
+        it counts the attempt."""
+        if pending.retries <= 0 or isinstance(error, AccessRefused):
+            return False
+        if not isinstance(error, (ConnectionError, Refused, ServerUnavailable)):
+            return False
+        if pending.deadline is not None and time.monotonic() >= pending.deadline:
+            return False
+        pending.retries -= 1
+        pending.attempt += 1
+        pending.unavailable = isinstance(error, ServerUnavailable)
+        logger.info("retrying %s() (attempt %d) after %s: %s", pending.method,
+                    pending.attempt + 1, type(error).__name__, error)
+        return True
+
+    @staticmethod
+    def backoff(pending: Pending) -> float:
+        """Seconds before the next attempt, within the call's deadline."""
+        state = tenacity.RetryCallState(retry_object=_RETRYING, fn=None, args=(), kwargs={})
+        state.attempt_number = pending.attempt
+        # Servers take seconds to come back; a broker's hiccup, milliseconds.
+        wait = float((_BACKOFF_UNAVAILABLE if pending.unavailable else _BACKOFF)(state))
+        if pending.deadline is not None:
+            wait = min(wait, max(pending.deadline - time.monotonic(), 0.0))
+        return wait
+
+    # -- counting --------------------------------------------------------------------------------
+
+    def record(self, pending: Pending, ok: bool, value: Any) -> None:
+        """Count a finished call, when metrics are on."""
+        if self.metrics is not None and pending.kind != CHECK:
+            from ..metrics import proxy_outcome
+
+            self.metrics.call(pending.method, proxy_outcome(None if ok else value),
+                              time.perf_counter() - pending.started)
+
+
+def closed_error() -> RPCError:
+    return RPCError("this proxy is closed")
+
+
+def batch(calls: Iterable[Sequence[Any]]) -> Iterator[Request]:
+    """``(method, args[, kwargs])`` items of :meth:`gather`, as requests."""
+    for call in calls:
+        yield (call[0], tuple(call[1]) if len(call) > 1 else (),
+               dict(call[2]) if len(call) > 2 else {})
+
+
+def mapped(method: str, iterable: Iterable[Any]) -> Iterator[Request]:
+    """The requests of :meth:`map`: each item an ``args`` tuple or a single argument."""
+    for args in iterable:
+        yield method, args if isinstance(args, tuple) else (args,), {}
+
+
+def check_concurrency(concurrency: int) -> None:
+    if concurrency < 1:
+        raise ValueError("concurrency must be at least 1")
