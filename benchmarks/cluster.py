@@ -165,8 +165,9 @@ def compare(runs: list[dict[str, Any]]) -> list[dict[str, Any]]:
             ref_cpu = per_call_us(ref)
             figures["ratio"] = run["report"]["calls_per_s"] / ref["report"]["calls_per_s"]
             for key in ("client_server", "broker", "total"):
-                if cpu[key] is not None and ref_cpu[key]:
-                    figures[f"cpu_ratio_{key}"] = cpu[key] / ref_cpu[key]
+                value, ref_value = cpu[key], ref_cpu[key]
+                if value is not None and ref_value:
+                    figures[f"cpu_ratio_{key}"] = value / ref_value
         for key, value in figures.items():
             if value is not None:
                 row.setdefault(key, []).append(float(value))

@@ -380,7 +380,9 @@ class RabbitCluster:
                 info = self.queue_info(name)
             except ClusterError:
                 return False
-            return bool(info) and sorted(info.get("online") or []) == sorted(info["members"])
+            if not info:
+                return False
+            return sorted(info.get("online") or []) == sorted(info["members"])
 
         self.wait(online, timeout, f"every member of {name!r} online", interval=0.5)
 

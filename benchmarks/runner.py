@@ -89,10 +89,10 @@ def run_case(case: Case, servers: Servers, *, seconds: float, total: int, warmup
         "client": report["client_cpu_s"], "server": used["server"], "broker": used["broker"],
     }
     ours = sum(used[key] or 0.0 for key in ("server", "broker", "client", "driver"))
-    cpu["other"] = max((used["machine"] or 0.0) - ours, 0.0)
+    cpu["other"] = other = max((used["machine"] or 0.0) - ours, 0.0)
     cores = psutil.cpu_count() or 1
     return {"case": case.describe(), "report": report, "cpu_s": cpu, "error": None,
-            "other_share": round(cpu["other"] / max(used["wall"] or 1e-9, 1e-9) / cores, 3)}
+            "other_share": round(other / max(used["wall"] or 1e-9, 1e-9) / cores, 3)}
 
 
 def _delta(before: float | None, after: float | None) -> float | None:
