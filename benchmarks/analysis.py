@@ -204,7 +204,7 @@ def _cpu(row: dict[str, Any]) -> str:
 
 
 def markdown(result: dict[str, Any]) -> str:
-    """The Markdown report: headline ratios, then every case, then the prefetch trade-off."""
+    """The Markdown report: headline figures, then every case, then the prefetch trade-off."""
     env = result.get("environment", {})
     lines = [
         f"# Benchmarks {result['started']}",
