@@ -12,7 +12,16 @@ from typing import Any
 import pytest
 
 import rpc
-from rpc.core.calls import SYNC, CallbackState, CallbackStates, CallFuture, Pending
+from rpc.core.calls import (
+    BROADCAST,
+    FUTURE,
+    SYNC,
+    CallbackState,
+    CallbackStates,
+    CallFuture,
+    CallTable,
+    Pending,
+)
 
 WAIT = 5.0  # the longest any test here waits for another thread
 
@@ -381,3 +390,64 @@ def test_a_done_callback_may_block_without_blocking_the_completing_thread() -> N
     assert time.monotonic() - started < 1.0
     release.set()
     work.get(timeout=WAIT)()
+
+
+# -- CallTable -------------------------------------------------------------------------------------
+
+def pending(cid: str, kind: int = SYNC, deadline: float | None = None) -> Pending:
+    return Pending(cid, "add", kind, "application/json", deadline)
+
+
+def test_a_reply_finds_its_call_by_correlation_id_once() -> None:
+    table = CallTable()
+    call = pending("c1")
+    table.add(call)
+    assert table.take("c1") is call
+    assert table.take("c1") is None
+    assert len(table) == 0
+
+
+def test_a_correlation_id_that_is_not_a_string_matches_nothing() -> None:
+    table = CallTable()
+    table.add(pending("1"))
+    assert table.take(1) is None and table.get(b"1") is None
+
+
+def test_get_leaves_a_broadcast_in_the_table_for_more_replies() -> None:
+    table = CallTable()
+    table.add(pending("b", BROADCAST))
+    assert table.get("b") is table.get("b") is not None
+
+
+def test_background_calls_are_counted_until_taken() -> None:
+    table = CallTable()
+    table.add(pending("f", FUTURE, 10.0), background=True)
+    table.add(pending("s"))
+    assert table.background == 1
+    table.take("f")
+    assert table.background == 0
+
+
+def test_expired_returns_background_calls_past_their_deadline_in_order() -> None:
+    table = CallTable()
+    for cid, deadline in (("late", 20.0), ("early", 10.0), ("never", None)):
+        table.add(pending(cid, FUTURE, deadline), background=True)
+    assert table.next_deadline() == 10.0
+    assert [c.cid for c in table.expired(15.0)] == ["early"]
+    assert [c.cid for c in table.expired(25.0)] == ["late"]
+    assert table.background == 1 and table.get("never") is not None
+
+
+def test_a_call_taken_before_its_deadline_does_not_expire() -> None:
+    table = CallTable()
+    table.add(pending("f", FUTURE, 10.0), background=True)
+    table.take("f")
+    assert table.expired(11.0) == []
+
+
+def test_drain_empties_the_table_and_its_timers() -> None:
+    table = CallTable()
+    table.add(pending("f", FUTURE, 10.0), background=True)
+    table.add(pending("s"))
+    assert {c.cid for c in table.drain()} == {"f", "s"}
+    assert len(table) == 0 and table.background == 0 and table.next_deadline() is None
