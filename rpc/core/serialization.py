@@ -74,6 +74,12 @@ def encode(value: Any, content_type: str) -> bytes:
     Raises:
         SerializationError: the value cannot be represented in that format.
     """
+    if content_type == MSGPACK:  # the default, straight to msgpack: kombu's registry costs more
+        try:
+            return _pack_msgpack(value)
+        except Exception as exc:
+            raise SerializationError(
+                f"cannot encode {type(value).__name__} as {content_type}: {exc}") from exc
     try:
         _, _, body = registry.dumps(value, serializer=registry.type_to_name[content_type])
     except (EncodeError, SerializerNotInstalled, KeyError) as exc:
@@ -98,6 +104,11 @@ def decode(body: bytes, content_type: str | None, accept: frozenset[str]) -> Any
         raise BadRequest(
             f"refused content type {content_type!r}; accepted: {sorted(accept)}"
         )
+    if content_type == MSGPACK:
+        try:
+            return _unpack_msgpack(body)
+        except Exception as exc:  # msgpack raises several types for malformed input
+            raise BadRequest(f"cannot decode {content_type} body: {exc}") from exc
     try:
         return registry.loads(body, content_type, "binary", accept=accept)
     except ContentDisallowed as exc:

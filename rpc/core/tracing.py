@@ -22,7 +22,7 @@ except ImportError:  # the integration is optional
 
 def inject(headers: dict[str, Any]) -> None:
     """Add the current trace context to a request's headers."""
-    if AVAILABLE:
+    if AVAILABLE and otel_context.get_current():  # an empty context has nothing to carry
         propagate.inject(headers)
 
 
