@@ -10,7 +10,7 @@ ENV PYTHONDONTWRITEBYTECODE=1 \
 WORKDIR /app
 COPY pyproject.toml README.md ./
 COPY rpc ./rpc
-RUN pip install .
+RUN pip install '.[cli]'
 COPY examples ./examples
 
 # Never run the server as root.
