@@ -1,9 +1,13 @@
-"""AMQP 0-9-1 frames for the per-call path: publish, ack, reject, and parsing deliveries (no I/O).
+"""AMQP 0-9-1 frames for the per-call path, as a codec: values in, bytes out, and back (no I/O).
 
 py-amqp opens the connection and declares; once consuming, the link writes and parses the few
-frames a call needs itself, so that a publish (or a reply plus its ack) is one ``send`` and a
-burst of deliveries is one ``recv``: py-amqp reads each frame in two or three small ``recv``
-calls, which is most of its per-call cost.
+frames a call needs itself (:class:`rpc.core.session.Session` holds the state), so that a publish
+(or a reply plus its ack) is one ``send`` and a burst of deliveries is one ``recv``: py-amqp
+reads each frame in two or three small ``recv`` calls, which is most of its per-call cost.
+
+Content properties are decoded here too, for every property of ``basic``; a header table holding
+a type other than the common ones (strings, floats, integers, booleans) is handed to py-amqp's
+decoder, so an unusual table decodes exactly as py-amqp would.
 """
 
 from __future__ import annotations
@@ -11,42 +15,64 @@ from __future__ import annotations
 from struct import Struct
 from typing import Any
 
-from amqp.serialization import decode_properties_basic, dumps
+from amqp.serialization import dumps, loads
 
 FRAME_METHOD, FRAME_HEADER, FRAME_BODY, FRAME_HEARTBEAT = 1, 2, 3, 8
 FRAME_END = 0xCE
 FRAME_OVERHEAD = 8  # 7-byte header + frame-end octet
 
+CONNECTION, CONNECTION_CLOSE, CONNECTION_CLOSE_OK = 10, 50, 51
+CONNECTION_BLOCKED, CONNECTION_UNBLOCKED = 60, 61
+CHANNEL, CHANNEL_OPEN, CHANNEL_OPEN_OK, CHANNEL_CLOSE, CHANNEL_CLOSE_OK = 20, 10, 11, 40, 41
+EXCHANGE, EXCHANGE_DECLARE = 40, 10
+QUEUE, QUEUE_DECLARE, QUEUE_DECLARE_OK = 50, 10, 11
 BASIC = 60
 BASIC_QOS, BASIC_CONSUME, BASIC_CANCEL, BASIC_CANCEL_OK = 10, 20, 30, 31
 BASIC_PUBLISH, BASIC_RETURN, BASIC_DELIVER = 40, 50, 60
 BASIC_ACK, BASIC_REJECT, BASIC_NACK = 80, 90, 120
-CHANNEL, CHANNEL_OPEN, CHANNEL_OPEN_OK, CHANNEL_CLOSE, CHANNEL_CLOSE_OK = 20, 10, 11, 40, 41
-QUEUE, QUEUE_DECLARE, QUEUE_DECLARE_OK = 50, 10, 11
-CONNECTION, CONNECTION_CLOSE, CONNECTION_CLOSE_OK = 10, 50, 51
-CONNECTION_BLOCKED, CONNECTION_UNBLOCKED = 60, 61
+
+
+def method_key(class_id: int, method_id: int) -> int:
+    """A method's class and method ids as the one 32-bit number that opens its frame payload."""
+    return class_id << 16 | method_id
+
 
 FRAME_HEADER_STRUCT = Struct(">BHI")
+#: The first four bytes of a method payload, read as one number (see :func:`method_key`).
+METHOD_KEY = Struct(">I")
 _METHOD_ID = Struct(">HH")
 _ACK = Struct(">BHIHHQBB")
 _SHORT = Struct(">H")
-_DELIVERY_TAG = Struct(">QB")
+_LONG = Struct(">I")
+_SIGNED_LONG = Struct(">i")
+_LONGLONG = Struct(">q")
+_ULONGLONG = Struct(">Q")
+_DOUBLE = Struct(">d")
+#: A delivery tag and the bit octet after it (redelivered, or the multiple flag of a confirm).
+DELIVERY_TAG = Struct(">QB")
+#: A content header's body size, after its class id and weight.
+BODY_SIZE = Struct(">Q")
 _COUNTS = Struct(">II")
 _HEARTBEAT = bytes([FRAME_HEARTBEAT, 0, 0, 0, 0, 0, 0, FRAME_END])
 
 # Property flags, in the order their values follow the flags on the wire.
 _F_CONTENT_TYPE = 1 << 15
+_F_CONTENT_ENCODING = 1 << 14
 _F_HEADERS = 1 << 13
 _F_DELIVERY_MODE = 1 << 12
+_F_PRIORITY = 1 << 11
 _F_CORRELATION_ID = 1 << 10
 _F_REPLY_TO = 1 << 9
 _F_EXPIRATION = 1 << 8
 _F_MESSAGE_ID = 1 << 7
+_F_TIMESTAMP = 1 << 6
 _F_TYPE = 1 << 5
 _F_USER_ID = 1 << 4
 _F_APP_ID = 1 << 3
-EXCHANGE, EXCHANGE_DECLARE = 40, 10
+_F_CLUSTER_ID = 1 << 2
 
+
+# -- encoding ----------------------------------------------------------------------------------
 
 def shortstr(value: str) -> bytes:
     """An AMQP short string: a length octet and at most 255 bytes of UTF-8."""
@@ -57,7 +83,12 @@ def shortstr(value: str) -> bytes:
 
 
 def encode_properties(props: dict[str, Any]) -> bytes:
-    """Property flags and values for the properties the protocol uses."""
+    """Property flags and values for the properties the protocol uses.
+
+    Those are ``content_type``, ``headers``, ``delivery_mode``, ``correlation_id``,
+    ``reply_to``, ``expiration``, ``message_id``, ``type``, ``user_id`` and ``app_id``; None
+    values and empty headers are left out.
+    """
     flags = 0
     parts: list[bytes] = []
     value = props.get("content_type")
@@ -103,10 +134,6 @@ def encode_properties(props: dict[str, Any]) -> bytes:
     return _SHORT.pack(flags) + b"".join(parts)
 
 
-_DOUBLE = Struct(">d")
-_LONG = Struct(">I")
-
-
 def encode_table(table: dict[str, Any]) -> bytes:
     """An AMQP field table; string keys with float or string values are encoded here directly
     (the deadline header of every call), anything else by py-amqp."""
@@ -127,6 +154,23 @@ def _frame(kind: int, channel: int, payload: bytes) -> bytes:
     return FRAME_HEADER_STRUCT.pack(kind, channel, len(payload)) + payload + b"\xce"
 
 
+_PUBLISH_METHODS: dict[tuple[int, str, str, bool], bytes] = {}
+
+
+def _publish_method(channel: int, exchange: str, routing_key: str, mandatory: bool) -> bytes:
+    """The whole ``basic.publish`` method frame, cached: a proxy publishes to few addresses."""
+    key = (channel, exchange, routing_key, mandatory)
+    frame = _PUBLISH_METHODS.get(key)
+    if frame is None:
+        frame = _frame(FRAME_METHOD, channel, (
+            _METHOD_ID.pack(BASIC, BASIC_PUBLISH) + b"\x00\x00" + shortstr(exchange)
+            + shortstr(routing_key) + (b"\x01" if mandatory else b"\x00")))
+        if len(_PUBLISH_METHODS) >= 1024:  # reply addresses are many on a busy server
+            _PUBLISH_METHODS.clear()
+        _PUBLISH_METHODS[key] = frame
+    return frame
+
+
 def publish_frames(
     channel: int,
     routing_key: str,
@@ -138,18 +182,22 @@ def publish_frames(
     exchange: str = "",
 ) -> bytes:
     """The method, header and body frames of one ``basic.publish``, as one buffer."""
-    method = (
-        _METHOD_ID.pack(BASIC, BASIC_PUBLISH) + b"\x00\x00" + shortstr(exchange)
-        + shortstr(routing_key) + (b"\x01" if mandatory else b"\x00")
-    )
-    header = _METHOD_ID.pack(BASIC, 0) + len(body).to_bytes(8, "big") + encode_properties(props)
-    out = [_frame(FRAME_METHOD, channel, method), _frame(FRAME_HEADER, channel, header)]
+    size = len(body)
+    header = _METHOD_ID.pack(BASIC, 0) + size.to_bytes(8, "big") + encode_properties(props)
+    method = _publish_method(channel, exchange, routing_key, mandatory)
+    pack = FRAME_HEADER_STRUCT.pack
     chunk = frame_max - FRAME_OVERHEAD
+    if size <= chunk:
+        if not size:
+            return b"".join((method, pack(FRAME_HEADER, channel, len(header)), header, b"\xce"))
+        return b"".join((method, pack(FRAME_HEADER, channel, len(header)), header, b"\xce",
+                         pack(FRAME_BODY, channel, size), body, b"\xce"))
+    out: list[bytes | memoryview] = [method, pack(FRAME_HEADER, channel, len(header)), header, b"\xce"]
     view = memoryview(body)
-    for start in range(0, len(body), chunk):
+    for start in range(0, size, chunk):
         part = view[start:start + chunk]
-        out.append(FRAME_HEADER_STRUCT.pack(FRAME_BODY, channel, len(part)))
-        out.append(bytes(part))
+        out.append(pack(FRAME_BODY, channel, len(part)))
+        out.append(part)
         out.append(b"\xce")
     return b"".join(out)
 
@@ -170,15 +218,32 @@ def passive_declare_frame(channel: int, queue: str) -> bytes:
 
 
 def channel_open_frame(channel: int) -> bytes:
-    """A ``channel.open`` (to reopen a channel the broker closed)."""
+    """A ``channel.open``."""
     return method_frame(channel, CHANNEL, CHANNEL_OPEN, b"\x00")
 
 
-def parse_declare_ok(payload: bytes) -> tuple[str, int, int]:
-    """``queue.declare-ok`` arguments: queue name, message count, consumer count."""
-    name, offset = read_shortstr(payload, 4)
-    messages, consumers = _COUNTS.unpack_from(payload, offset)
-    return name, messages, consumers
+def cancel_frame(channel: int, consumer_tag: str) -> bytes:
+    """A ``basic.cancel`` of ``consumer_tag`` (the broker answers with cancel-ok)."""
+    return method_frame(channel, BASIC, BASIC_CANCEL, shortstr(consumer_tag) + b"\x00")
+
+
+def cancel_ok_frame(channel: int, consumer_tag: str) -> bytes:
+    """A ``basic.cancel-ok``, the answer to the broker cancelling a consumer."""
+    return method_frame(channel, BASIC, BASIC_CANCEL_OK, shortstr(consumer_tag))
+
+
+def close_frame(channel: int, code: int = 200, text: str = "bye") -> bytes:
+    """A ``connection.close`` (on channel 0) or a ``channel.close``, not caused by any method."""
+    class_id, method = (CONNECTION, CONNECTION_CLOSE) if channel == 0 else (CHANNEL, CHANNEL_CLOSE)
+    return method_frame(channel, class_id, method,
+                        _SHORT.pack(code) + shortstr(text) + b"\x00\x00\x00\x00")
+
+
+def close_ok_frame(channel: int) -> bytes:
+    """The answer to the broker closing the connection (channel 0) or a channel."""
+    if channel == 0:
+        return method_frame(0, CONNECTION, CONNECTION_CLOSE_OK)
+    return method_frame(channel, CHANNEL, CHANNEL_CLOSE_OK)
 
 
 def ack_frame(channel: int, delivery_tag: int) -> bytes:
@@ -203,8 +268,10 @@ def method_frame(channel: int, class_id: int, method_id: int, args: bytes = b"")
     return _frame(FRAME_METHOD, channel, _METHOD_ID.pack(class_id, method_id) + args)
 
 
+# -- decoding ----------------------------------------------------------------------------------
+
 def read_shortstr(buf: bytes, offset: int) -> tuple[str, int]:
-    """A short string at ``offset`` and the offset after it."""
+    """A short string at ``offset`` and the offset after it (invalid UTF-8 is replaced)."""
     length = buf[offset]
     end = offset + 1 + length
     return buf[offset + 1:end].decode("utf-8", "replace"), end
@@ -213,7 +280,7 @@ def read_shortstr(buf: bytes, offset: int) -> tuple[str, int]:
 def parse_deliver(payload: bytes) -> tuple[str, int, bool, str, str]:
     """``basic.deliver`` arguments: consumer tag, delivery tag, redelivered, exchange, key."""
     tag, offset = read_shortstr(payload, 4)
-    delivery_tag, bits = _DELIVERY_TAG.unpack_from(payload, offset)
+    delivery_tag, bits = DELIVERY_TAG.unpack_from(payload, offset)
     exchange, offset = read_shortstr(payload, offset + 9)
     routing_key, _ = read_shortstr(payload, offset)
     return tag, delivery_tag, bool(bits & 1), exchange, routing_key
@@ -230,7 +297,7 @@ def parse_return(payload: bytes) -> tuple[int, str, str, str]:
 
 def parse_confirm(payload: bytes) -> tuple[int, bool]:
     """``basic.ack`` / ``basic.nack`` arguments: delivery tag and the multiple flag."""
-    delivery_tag, bits = _DELIVERY_TAG.unpack_from(payload, 4)
+    delivery_tag, bits = DELIVERY_TAG.unpack_from(payload, 4)
     return delivery_tag, bool(bits & 1)
 
 
@@ -241,15 +308,142 @@ def parse_close(payload: bytes) -> tuple[int, str]:
     return code, text
 
 
+def parse_declare_ok(payload: bytes) -> tuple[str, int, int]:
+    """``queue.declare-ok`` arguments: queue name, message count, consumer count."""
+    name, offset = read_shortstr(payload, 4)
+    messages, consumers = _COUNTS.unpack_from(payload, offset)
+    return name, messages, consumers
+
+
 def parse_content_header(payload: bytes) -> tuple[int, dict[str, Any]]:
     """A content header's body size and properties."""
-    body_size = int.from_bytes(payload[4:12], "big")
-    props, _ = decode_properties_basic(payload, 12)
-    if "application_headers" in props:  # py-amqp's name for the headers table
-        props["headers"] = props.pop("application_headers")
-    return body_size, props
+    return int.from_bytes(payload[4:12], "big"), decode_properties(payload, 12)
 
 
 def method_id(payload: bytes) -> tuple[int, int]:
     """The class and method ids that open a method frame's payload."""
     return _METHOD_ID.unpack_from(payload, 0)
+
+
+def decode_properties(buf: bytes, offset: int) -> dict[str, Any]:
+    """The ``basic`` content properties at ``offset``: what py-amqp's ``decode_properties_basic``
+    gives, with the header table named ``headers``.
+
+    Short strings that are not UTF-8 (py-amqp raises on them) are decoded with replacement
+    characters, so a hostile publisher cannot stop a reader.
+    """
+    try:
+        return _decode_properties(buf, offset, "surrogatepass")
+    except UnicodeDecodeError:
+        return _decode_properties(buf, offset, "replace")
+
+
+def _decode_properties(buf: bytes, offset: int, errors: str) -> dict[str, Any]:
+    (flags,) = _SHORT.unpack_from(buf, offset)
+    offset += 2
+    props: dict[str, Any] = {}
+    if flags & _F_CONTENT_TYPE:
+        end = offset + 1 + buf[offset]
+        props["content_type"] = buf[offset + 1:end].decode("utf-8", errors)
+        offset = end
+    if flags & _F_CONTENT_ENCODING:
+        end = offset + 1 + buf[offset]
+        props["content_encoding"] = buf[offset + 1:end].decode("utf-8", errors)
+        offset = end
+    if flags & _F_HEADERS:
+        props["headers"], offset = decode_table(buf, offset)
+    if flags & _F_DELIVERY_MODE:
+        props["delivery_mode"] = buf[offset]
+        offset += 1
+    if flags & _F_PRIORITY:
+        props["priority"] = buf[offset]
+        offset += 1
+    if flags & _F_CORRELATION_ID:
+        end = offset + 1 + buf[offset]
+        props["correlation_id"] = buf[offset + 1:end].decode("utf-8", errors)
+        offset = end
+    if flags & _F_REPLY_TO:
+        end = offset + 1 + buf[offset]
+        props["reply_to"] = buf[offset + 1:end].decode("utf-8", errors)
+        offset = end
+    if flags & _F_EXPIRATION:
+        end = offset + 1 + buf[offset]
+        props["expiration"] = buf[offset + 1:end].decode("utf-8", errors)
+        offset = end
+    if flags & _F_MESSAGE_ID:
+        end = offset + 1 + buf[offset]
+        props["message_id"] = buf[offset + 1:end].decode("utf-8", errors)
+        offset = end
+    if flags & _F_TIMESTAMP:
+        (props["timestamp"],) = _ULONGLONG.unpack_from(buf, offset)
+        offset += 8
+    if flags & _F_TYPE:
+        end = offset + 1 + buf[offset]
+        props["type"] = buf[offset + 1:end].decode("utf-8", errors)
+        offset = end
+    if flags & _F_USER_ID:
+        end = offset + 1 + buf[offset]
+        props["user_id"] = buf[offset + 1:end].decode("utf-8", errors)
+        offset = end
+    if flags & _F_APP_ID:
+        end = offset + 1 + buf[offset]
+        props["app_id"] = buf[offset + 1:end].decode("utf-8", errors)
+        offset = end
+    if flags & _F_CLUSTER_ID:
+        end = offset + 1 + buf[offset]
+        props["cluster_id"] = buf[offset + 1:end].decode("utf-8", errors)
+    return props
+
+
+# Field-table value types decoded here; any other goes to py-amqp's decoder.
+_T_LONGSTR, _T_DOUBLE, _T_LONGLONG, _T_LONG, _T_BOOL, _T_VOID = b"SdlItV"
+
+
+def decode_table(buf: bytes, offset: int) -> tuple[dict[Any, Any], int]:
+    """A field table at ``offset`` and the offset after it, as py-amqp decodes it.
+
+    Long strings, doubles, 32- and 64-bit signed integers, booleans and voids are decoded here;
+    a table with any other value type is decoded by py-amqp (``amqp.serialization.loads``).
+    """
+    start = offset
+    (size,) = _LONG.unpack_from(buf, offset)
+    offset += 4
+    limit = offset + size
+    table: dict[Any, Any] = {}
+    while offset < limit:
+        end = offset + 1 + buf[offset]
+        raw = buf[offset + 1:end]
+        kind = buf[end]
+        offset = end + 1
+        try:
+            key: Any = raw.decode("utf-8", "surrogatepass")
+        except UnicodeDecodeError:
+            key = raw
+        if kind == _T_DOUBLE:
+            (table[key],) = _DOUBLE.unpack_from(buf, offset)
+            offset += 8
+        elif kind == _T_LONGSTR:
+            (length,) = _LONG.unpack_from(buf, offset)
+            raw = buf[offset + 4:offset + 4 + length]
+            offset += 4 + length
+            try:
+                table[key] = raw.decode("utf-8", "surrogatepass")
+            except UnicodeDecodeError:
+                table[key] = raw
+        elif kind == _T_LONGLONG:
+            (table[key],) = _LONGLONG.unpack_from(buf, offset)
+            offset += 8
+        elif kind == _T_LONG:
+            (table[key],) = _SIGNED_LONG.unpack_from(buf, offset)
+            offset += 4
+        elif kind == _T_BOOL:
+            table[key] = bool(buf[offset])
+            offset += 1
+        elif kind == _T_VOID:
+            table[key] = None
+        else:
+            (decoded,), offset = loads("F", buf, start)
+            return decoded, offset
+    if offset != limit:
+        raise ValueError("malformed AMQP field table")
+    return table, limit

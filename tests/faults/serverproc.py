@@ -19,13 +19,14 @@ import time
 from typing import Any
 
 import rpc
-import rpc.transport.link
+import rpc.transport.amqp
+import rpc.transport.kombu
 
 _hook = threading.local()
 
 
 def _install_crash_hook() -> None:
-    for cls in (rpc.transport.link.AMQPLink, rpc.transport.link.KombuLink):
+    for cls in (rpc.transport.amqp.AMQPLink, rpc.transport.kombu.KombuLink):
         original = cls.publish
 
         def publish(self: Any, *args: Any, _original: Any = original, **kwargs: Any) -> Any:

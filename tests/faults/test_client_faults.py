@@ -101,7 +101,7 @@ def test_duplicate_reply_completes_the_call_once_and_is_counted(fake, proxies, b
 @pytest.mark.parametrize("remote_type", [
     "SystemExit", "KeyboardInterrupt", "GeneratorExit", "BaseException", "builtins.SystemExit",
     "os.system", "subprocess.Popen", "rpc_faults_never_imported.Evil", "object", "type",
-    "rpc.transport.link.AMQPLink",
+    "rpc.transport.amqp.AMQPLink",
 ])
 def test_error_reply_never_raises_or_builds_a_type_outside_the_allow_list(
         fake, proxies, broker_url, server_id, remote_type):

@@ -1,0 +1,313 @@
+"""The blocking link to RabbitMQ: py-amqp connects and declares, then this drives the socket.
+
+It owns the socket, the poll, the write lock and TLS; the protocol is a
+:class:`rpc.core.session.Session`, which turns what :meth:`AMQPLink.read` receives into
+callbacks and each command into the bytes to write. A publish is one ``send``; a burst of
+deliveries one ``recv``.
+"""
+
+from __future__ import annotations
+
+import logging
+import select
+import socket
+import ssl
+import struct
+import threading
+import time
+import uuid
+from collections.abc import Callable
+from typing import Any, NamedTuple
+
+from kombu.connection import Connection
+
+from ..core.errors import ConnectionLost
+from ..core.protocol import DIRECT_REPLY_TO
+from ..core.session import Heartbeat, Session
+from ..core.session import Incoming as _Incoming
+from .link import Incoming, Link, OnCancel, OnMessage, OnQueueInfo, OnReturn
+
+logger = logging.getLogger(__name__)
+
+#: Seconds a write may wait for the broker to read before the connection counts as dead.
+SEND_TIMEOUT = 10.0
+
+
+class Detached(NamedTuple):
+    """What :meth:`AMQPLink.detach` hands to another driver."""
+
+    sock: socket.socket
+    session: Session[Link]
+    heartbeat: float
+    connection: Connection
+
+
+class AMQPLink(Link):
+    """RabbitMQ through py-amqp, with the per-call frames written and parsed by a Session."""
+
+    direct_reply_to = True
+    _CHUNK = 65536
+
+    def __init__(
+        self, conn: Connection, on_message: OnMessage,
+        on_return: OnReturn | None, on_cancel: OnCancel | None, max_body: int | None,
+    ) -> None:
+        super().__init__(on_message, on_return, on_cancel, max_body)
+        self._kombu = conn
+        self._amqp = conn.connection
+        self._channel = self._amqp.channel()
+        self._sock: socket.socket = self._amqp.transport.sock
+        # OpenSSL forbids reading and writing one TLS connection from two threads at once: once
+        # our reader takes over from py-amqp, a TLS socket is non-blocking and every read and
+        # write holds _wlock (a plain socket is safe to read and write at once).
+        self._ssl = isinstance(self._sock, ssl.SSLSocket)
+        if not self._ssl:
+            self._sock.setsockopt(socket.SOL_SOCKET, socket.SO_SNDTIMEO,
+                                  struct.pack("ll", int(SEND_TIMEOUT), 0))
+        self.heartbeat = float(self._amqp.heartbeat or 0)
+        # Queue inspections take two channels of their own, since the broker closes the channel
+        # of a passive declare of a missing queue.
+        aux = max(self._amqp.channels or {0: None}) + 1
+        self.session: Session[Link] = Session(
+            self, channel=self._channel.channel_id, aux_channels=(aux, aux + 1),
+            frame_max=int(self._amqp.frame_max), on_message=on_message,
+            on_return=self.on_return, on_cancel=self.on_cancel, max_body=max_body,
+        )
+        self._wlock = threading.Lock()
+        self._poller = select.poll()
+        self._poller.register(self._sock, select.POLLIN | select.POLLERR | select.POLLHUP)
+        self._chunk = bytearray(self._CHUNK)
+        self._chunk_view = memoryview(self._chunk)
+        self._hb = Heartbeat(self.heartbeat, time.monotonic())
+        self._detached = False
+
+    @property
+    def blocked(self) -> str | None:
+        return self.session.blocked
+
+    # -- setup, before anyone reads ------------------------------------------------------------
+
+    def declare_queue(self, name: str, *, durable: bool, arguments: dict[str, Any] | None = None) -> str:
+        result = self._channel.queue_declare(
+            name, durable=durable, auto_delete=False, arguments=arguments or None,
+        )
+        return str(result.queue)
+
+    def reply_queue(self) -> str:
+        self._channel.basic_consume(
+            DIRECT_REPLY_TO, no_ack=True, callback=self._from_amqp,
+        )
+        return DIRECT_REPLY_TO
+
+    def enable_confirms(
+        self, on_nack: Callable[[Any], None],
+        on_blocked: Callable[[list[Any], str], None] | None = None,
+    ) -> None:
+        self._channel.confirm_select()
+        self.session.enable_confirms(on_nack, on_blocked)
+
+    def consume(self, queue: str, *, prefetch: int) -> str:
+        self._channel.basic_qos(0, prefetch, False)
+        return str(self._channel.basic_consume(queue, no_ack=False, callback=self._from_amqp))
+
+    def broadcast_queue(self, exchange: str) -> str:
+        name = f"{exchange}.{uuid.uuid4().hex}"
+        self._channel.exchange_declare(exchange, "fanout", durable=True, auto_delete=False)
+        self._channel.queue_declare(name, exclusive=True, auto_delete=True)
+        self._channel.queue_bind(name, exchange)
+        return name
+
+    def _from_amqp(self, message: Any) -> None:
+        """A delivery py-amqp read during setup (the session parses every later one)."""
+        props = dict(message.properties)
+        if "application_headers" in props:
+            props["headers"] = props.pop("application_headers")
+        info = message.delivery_info
+        msg: Incoming = _Incoming(
+            bytes(message.body), props, info.get("delivery_tag"), bool(info.get("redelivered")),
+            str(info.get("routing_key", "")), self.session.owner)
+        self.session.on_message(msg)
+
+    def detach(self) -> Detached:
+        """Hand the socket, the session and the connection to another driver (the asyncio link).
+
+        This link is closed from then on; the new driver becomes the session's owner.
+        """
+        with self._wlock:
+            self._detached = self.closed = True
+            self._poller.unregister(self._sock)
+        return Detached(self._sock, self.session, self.heartbeat, self._kombu)
+
+    # -- writing, from any thread ----------------------------------------------------------------
+
+    def declare_fanout(self, exchange: str) -> None:
+        self._send(self.session.declare_fanout(exchange))
+
+    def cancel(self, consumer_tag: str) -> None:
+        self._send(self.session.cancel(consumer_tag))
+
+    def inspect_queue(self, queue: str, on_info: OnQueueInfo) -> None:
+        with self._wlock:
+            self._check_open()
+            data = self.session.inspect_queue(queue, on_info)
+            try:
+                self._write(data)
+            except ConnectionLost:
+                self.session.forget_inspection()
+                raise
+
+    def publish(
+        self, routing_key: str, body: bytes, props: dict[str, Any], *,
+        mandatory: bool = False, ack: int | None = None, exchange: str = "",
+        track: Any = None,
+    ) -> None:
+        session = self.session
+        data = session.publish(routing_key, body, props, mandatory=mandatory, ack=ack,
+                               exchange=exchange)
+        with self._wlock:
+            if self.closed:
+                raise ConnectionLost("the connection is closed")
+            self._write(data)
+            session.published(track)
+
+    def ack(self, delivery_tag: int) -> None:
+        self._send(self.session.ack(delivery_tag))
+
+    def reject(self, delivery_tag: int, *, requeue: bool) -> None:
+        self._send(self.session.reject(delivery_tag, requeue=requeue))
+
+    def _send(self, data: bytes) -> None:
+        with self._wlock:
+            if self.closed:
+                raise ConnectionLost("the connection is closed")
+            self._write(data)
+
+    def _check_open(self) -> None:
+        if self.closed:
+            raise ConnectionLost("the connection is closed")
+
+    def _write(self, data: bytes) -> None:
+        """Write all of ``data``; the caller holds the write lock."""
+        try:
+            if self._ssl:
+                self._send_tls(data)
+            else:
+                self._sock.sendall(data)
+        except OSError as exc:
+            self._fail()
+            if isinstance(exc, (BlockingIOError, TimeoutError)):
+                raise ConnectionLost(f"the broker read nothing for {SEND_TIMEOUT:g} s "
+                                     f"(blocked or stalled)") from exc
+            raise ConnectionLost(f"cannot write to the broker: {exc}") from exc
+        self._hb.last_sent = time.monotonic()
+
+    def _send_tls(self, data: bytes) -> None:
+        view = memoryview(data)
+        deadline = time.monotonic() + SEND_TIMEOUT
+        while view:
+            try:
+                view = view[self._sock.send(view):]
+            except (ssl.SSLWantWriteError, ssl.SSLWantReadError, BlockingIOError):
+                if time.monotonic() > deadline:
+                    raise TimeoutError("TLS write timed out") from None
+                select.select([], [self._sock], [], 0.05)
+
+    def tick(self) -> None:
+        if not self.heartbeat or self.closed:
+            return
+        try:
+            due = self._hb.check(time.monotonic())
+        except ConnectionLost:
+            self._fail()
+            raise
+        if due:
+            self._send(self.session.heartbeat())
+
+    # -- reading, one thread at a time -----------------------------------------------------------
+
+    def read(self, timeout: float | None) -> bool:
+        if self.closed:
+            raise ConnectionLost("the connection is closed")
+        if self._ssl:
+            return self._read_tls(timeout)
+        if timeout is not None and not self._poller.poll(max(0, int(timeout * 1000 + 0.999))):
+            return False
+        try:
+            count = self._sock.recv_into(self._chunk)
+        except (BlockingIOError, InterruptedError):
+            return False
+        except OSError as exc:
+            self._fail()
+            raise ConnectionLost(f"connection to the broker failed: {exc}") from exc
+        return self._received(count)
+
+    def _read_tls(self, timeout: float | None) -> bool:
+        if self._sock.getblocking():
+            with self._wlock:
+                self._sock.setblocking(False)
+        if not self._sock.pending():  # type: ignore[attr-defined]
+            wait = -1 if timeout is None else max(0, int(timeout * 1000 + 0.999))
+            if not self._poller.poll(wait):
+                return False
+        with self._wlock:
+            try:
+                count = self._sock.recv_into(self._chunk)
+            except (ssl.SSLWantReadError, ssl.SSLWantWriteError, BlockingIOError):
+                return False  # a partial TLS record: poll again
+            except OSError as exc:
+                self._fail()
+                raise ConnectionLost(f"connection to the broker failed: {exc}") from exc
+        return self._received(count)
+
+    def _received(self, count: int) -> bool:
+        if not count:
+            self._fail()
+            raise ConnectionLost("the broker closed the connection")
+        self._hb.last_recv = time.monotonic()
+        session = self.session
+        try:
+            session.receive(self._chunk_view[:count])
+        except ConnectionLost:
+            self._answer_and_fail()
+            raise
+        answer = session.data_to_send()
+        if answer:
+            self._send(answer)
+        return True
+
+    def _answer_and_fail(self) -> None:
+        """Send what the broker is owed for its close (best effort), and mark the link dead."""
+        answer = self.session.data_to_send()
+        if answer and not self.closed:
+            with self._wlock:
+                try:
+                    self._write(answer)
+                except ConnectionLost:
+                    pass
+        self._fail()
+
+    # -- closing ---------------------------------------------------------------------------------
+
+    def _fail(self) -> None:
+        """Mark the link dead and wake any reader blocked on the socket."""
+        if self.closed:
+            return
+        self.closed = True
+        try:
+            self._sock.shutdown(socket.SHUT_RDWR)
+        except OSError:
+            pass
+
+    def close(self) -> None:
+        if self._detached:
+            return
+        if not self.closed:
+            try:
+                self._send(self.session.close())
+            except ConnectionLost:
+                pass
+            self._fail()
+        try:
+            self._kombu.collect()
+        except Exception:  # the socket is already gone; nothing left to release
+            logger.debug("error collecting a closed connection", exc_info=True)

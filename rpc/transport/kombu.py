@@ -1,0 +1,209 @@
+"""The link for every kombu transport but RabbitMQ's (``memory://``, ``redis://``): kombu's own
+producer and consumer, serialised by one lock."""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+import uuid
+from typing import Any
+
+from kombu.connection import Connection
+from kombu.entity import Exchange, Queue
+from kombu.messaging import Consumer, Producer
+
+from ..core.errors import ConnectionLost
+from ..core.session import Incoming as _Incoming
+from ..core.session import QueueInfo
+from .link import Incoming, Link, OnCancel, OnMessage, OnQueueInfo, OnReturn
+
+logger = logging.getLogger(__name__)
+
+
+def _no_inflate(message_class: type) -> type:
+    """The channel's message class, minus kombu's decompression of ``compression`` headers.
+
+    kombu inflates such bodies before any size or content check (a zip bomb); a compressed body
+    reaches the server as it came and fails to decode like any other malformed one.
+    """
+
+    class NoInflateMessage(message_class):  # type: ignore[misc]
+        def __init__(self, *args: Any, **kwargs: Any) -> None:
+            headers = kwargs.get("headers")
+            if headers and "compression" in headers:
+                kwargs["headers"] = {k: v for k, v in headers.items() if k != "compression"}
+            super().__init__(*args, **kwargs)
+
+    return NoInflateMessage
+
+
+class KombuLink(Link):
+    """Any kombu transport, through kombu's producer and consumer under one lock."""
+
+    _SLICE = 0.005  # longest hold of the lock while reading, so publishers get their turn
+
+    def __init__(
+        self, conn: Connection, on_message: OnMessage,
+        on_return: OnReturn | None, on_cancel: OnCancel | None, max_body: int | None,
+    ) -> None:
+        super().__init__(on_message, on_return, on_cancel, max_body)
+        self._conn = conn
+        self._lock = threading.RLock()
+        self._channel = conn.channel()
+        self._channel.Message = _no_inflate(self._channel.Message)
+        self._producer = Producer(self._channel, serializer=None)
+        self._consumers: dict[str, Consumer] = {}
+        self._messages: dict[int, Any] = {}
+
+    def declare_queue(self, name: str, *, durable: bool, arguments: dict[str, Any] | None = None) -> str:
+        with self._lock:
+            queue = Queue(name, durable=durable, auto_delete=False, queue_arguments=arguments,
+                          channel=self._channel)
+            queue.declare()
+            return name
+
+    def reply_queue(self) -> str:
+        with self._lock:
+            queue = Queue("", exclusive=True, auto_delete=True, channel=self._channel)
+            queue.declare()
+            consumer = Consumer(self._channel, [queue], no_ack=True, on_message=self._deliver,
+                                accept=None)
+            consumer.consume()
+            self._consumers[str(queue.name)] = consumer
+            return str(queue.name)
+
+    def consume(self, queue: str, *, prefetch: int) -> str:
+        with self._lock:
+            consumer = Consumer(self._channel, [Queue(queue, no_declare=True)], no_ack=False,
+                                on_message=self._deliver, prefetch_count=prefetch, accept=None)
+            consumer.consume()
+            tag = str(consumer.queues[0].name)
+            self._consumers[tag] = consumer
+            return tag
+
+    def broadcast_queue(self, exchange: str) -> str:
+        with self._lock:
+            fanout = Exchange(exchange, "fanout", durable=True, auto_delete=False)
+            queue = Queue(f"{exchange}.{uuid.uuid4().hex}", fanout, exclusive=True,
+                          auto_delete=True, channel=self._channel)
+            queue.declare()
+            return str(queue.name)
+
+    def declare_fanout(self, exchange: str) -> None:
+        with self._lock:
+            Exchange(exchange, "fanout", durable=True, auto_delete=False)(self._channel).declare()
+
+    def cancel(self, consumer_tag: str) -> None:
+        with self._lock:
+            consumer = self._consumers.pop(consumer_tag, None)
+            if consumer is not None:
+                consumer.cancel()
+
+    def _deliver(self, message: Any) -> None:
+        info = message.delivery_info or {}
+        props = dict(message.properties)
+        props["content_type"] = message.content_type
+        props["headers"] = message.headers
+        tag = message.delivery_tag
+        if tag is not None:
+            self._messages[tag] = message
+        body = message.body if isinstance(message.body, bytes) else bytes(message.body, "utf-8")
+        msg: Incoming = _Incoming(body, props, tag, bool(info.get("redelivered")),
+                                  str(info.get("routing_key", "")), self)
+        if self.max_body is not None and len(body) > self.max_body:
+            msg.body, msg.oversize = b"", len(body)
+        self.on_message(msg)
+
+    def inspect_queue(self, queue: str, on_info: OnQueueInfo) -> None:
+        with self._lock:
+            if self.closed:
+                raise ConnectionLost("the connection is closed")
+            try:
+                ok = self._channel.queue_declare(queue=queue, passive=True)
+            except self._conn.channel_errors:
+                info = None
+            else:  # a real AMQP channel counts consumers; kombu's virtual channels report 0
+                counts = tuple(ok)
+                virtual = self._conn.transport.driver_type != "amqp"
+                info = QueueInfo(int(counts[1]), None if virtual else int(counts[2]))
+        on_info(info)
+
+    def _queue_exists(self, name: str) -> bool:
+        try:
+            self._channel.queue_declare(queue=name, passive=True)
+        except self._conn.channel_errors:
+            return False
+        return True
+
+    def publish(
+        self, routing_key: str, body: bytes, props: dict[str, Any], *,
+        mandatory: bool = False, ack: int | None = None, exchange: str = "",
+        track: Any = None,
+    ) -> None:
+        with self._lock:
+            if self.closed:
+                raise ConnectionLost("the connection is closed")
+            if mandatory and not exchange and not self._queue_exists(routing_key):
+                returned: Incoming = _Incoming(body, props, None, False, routing_key, self)
+                self.on_return(returned, 312, "NO_ROUTE")
+            else:
+                extra = {k: v for k, v in props.items()
+                         if k not in ("content_type", "headers", "expiration") and v is not None}
+                expiration = props.get("expiration")
+                try:
+                    self._producer.publish(
+                        body, routing_key=routing_key, exchange=exchange,
+                        content_type=props.get("content_type"), content_encoding="binary",
+                        headers=props.get("headers") or {},
+                        expiration=int(expiration) / 1000 if expiration else None,
+                        retry=False, **extra,
+                    )
+                except self._conn.connection_errors as exc:
+                    self.closed = True
+                    raise ConnectionLost(f"cannot publish: {exc}") from exc
+            if ack is not None:
+                self.ack(ack)
+
+    def ack(self, delivery_tag: int) -> None:
+        with self._lock:
+            message = self._messages.pop(delivery_tag, None)
+            if message is not None and not self.closed:
+                message.ack()
+
+    def reject(self, delivery_tag: int, *, requeue: bool) -> None:
+        with self._lock:
+            message = self._messages.pop(delivery_tag, None)
+            if message is not None and not self.closed:
+                message.reject(requeue=requeue)
+
+    def read(self, timeout: float | None) -> bool:
+        if self.closed:
+            raise ConnectionLost("the connection is closed")
+        deadline = None if timeout is None else time.monotonic() + timeout
+        while True:
+            remaining = self._SLICE if deadline is None else min(self._SLICE, deadline - time.monotonic())
+            with self._lock:
+                if self.closed:
+                    raise ConnectionLost("the connection is closed")
+                try:
+                    self._conn.drain_events(timeout=max(remaining, 0))
+                    return True
+                except TimeoutError:
+                    pass
+                except self._conn.connection_errors as exc:
+                    self.closed = True
+                    raise ConnectionLost(f"connection to the broker failed: {exc}") from exc
+            if deadline is not None and time.monotonic() >= deadline:
+                return False
+            time.sleep(0)  # let a publisher take the lock
+
+    def close(self) -> None:
+        with self._lock:
+            if self.closed:
+                return
+            self.closed = True
+            try:
+                self._conn.release()
+            except Exception:
+                logger.debug("error releasing a kombu connection", exc_info=True)
