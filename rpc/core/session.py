@@ -117,12 +117,13 @@ class Heartbeat:
     intervals without a byte from it (RabbitMQ sends one every half interval).
     """
 
-    __slots__ = ("interval", "last_sent", "last_recv")
+    __slots__ = ("interval", "last_sent", "last_recv", "_last_tick")
 
     def __init__(self, interval: float, now: float) -> None:
         self.interval = interval
         self.last_sent = now
         self.last_recv = now
+        self._last_tick = now
 
     def check(self, now: float) -> bool:
         """Whether to send a heartbeat now.
@@ -142,6 +143,26 @@ class Heartbeat:
         """Seconds from ``now`` until :meth:`check` may next have something to do."""
         due = min(self.last_sent + self.interval / 2, self.last_recv + 2 * self.interval)
         return max(due - now, self.interval / 20)
+
+    def tick(self, now: float, *, received: bool, sent: bool) -> tuple[bool, float]:
+        """For a driver that notes only whether anything came or went since its last tick:
+        whether to send a heartbeat now (it counts as sent), and the seconds to the next tick.
+
+        A write since the last tick counts as made at the last tick, so a heartbeat is never
+        late; a read counts as made now.
+
+        Raises:
+            ConnectionLost: nothing came from the broker for two intervals.
+        """
+        if received:
+            self.last_recv = now
+        if sent:
+            self.last_sent = max(self.last_sent, self._last_tick)
+        self._last_tick = now
+        due = self.check(now)
+        if due:
+            self.last_sent = now
+        return due, min(self.next_check(now), self.interval / 4)
 
 
 class Session(Generic[LinkT]):

@@ -1,0 +1,529 @@
+"""Links driven from an asyncio event loop, with no I/O thread for RabbitMQ.
+
+:func:`open_async_link` connects in the loop's default executor (py-amqp's handshake and the
+declarations block), then drives the connection from the loop:
+
+* RabbitMQ (an :class:`~rpc.transport.amqp.AMQPLink`): the loop takes over the socket.
+  ``add_reader`` reads each burst with one ``recv_into`` into a reused buffer and feeds it to the
+  link's :class:`~rpc.core.session.Session`, which calls back on the loop's thread; a publish is
+  one ``send``, and what the socket does not take at once waits for ``add_writer``. TLS sockets
+  too. Heartbeats go out, and a silent broker is noticed, from ``call_later`` timers.
+* Any other transport (a :class:`~rpc.transport.kombu.KombuLink`, for ``memory://`` and
+  ``redis://``): a bridge. A reader thread calls ``link.read`` and hands every callback to the
+  loop with ``call_soon_threadsafe``; publishes go straight to the thread-safe kombu link.
+
+Example::
+
+    def connect() -> Link:                      # runs in the executor
+        link = open_link(open_connection(url), on_reply, on_return)
+        link.enable_confirms(on_nack, on_blocked)
+        return link
+
+    link = await open_async_link(connect, on_lost=fail_pending_calls)
+    link.publish("calc", body, props, mandatory=True, track=call_id)
+    ...
+    await link.close()
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import socket
+import ssl
+import threading
+import time
+from collections.abc import Callable
+from typing import Any, TypeAlias
+
+from ..core.errors import ConnectionLost
+from ..core.session import Heartbeat, OnQueueInfo, QueueInfo, Session
+from ..core.session import Incoming as _Incoming
+from .amqp import SEND_TIMEOUT, AMQPLink, Detached
+from .link import Link
+
+__all__ = ["AsyncIncoming", "AsyncLink", "OnLost", "QueueInfo", "open_async_link"]
+
+logger = logging.getLogger(__name__)
+
+#: Hears, once and on the loop, that the connection failed.
+OnLost: TypeAlias = Callable[[ConnectionLost], None]
+
+
+class AsyncLink:
+    """A broker connection driven by an asyncio loop; every method runs on the loop's thread and
+    none blocks. Open one with :func:`open_async_link`.
+
+    The callbacks given to the blocking link it came from (``on_message``, ``on_return``,
+    ``on_cancel``, and the ``on_nack`` and ``on_blocked`` of ``enable_confirms``) run on the
+    loop's thread, and each message's ``link`` is this link.
+    """
+
+    #: Whether the broker offers RabbitMQ's direct reply-to.
+    direct_reply_to = False
+
+    def __init__(self) -> None:
+        #: Set once the connection failed or :meth:`close` began.
+        self.closed = False
+
+    @property
+    def blocked(self) -> str | None:
+        """Why the broker blocks publishing (a resource alarm), or None while it does not."""
+        return None
+
+    def publish(
+        self, routing_key: str, body: bytes, props: dict[str, Any], *,
+        mandatory: bool = False, ack: int | None = None, exchange: str = "",
+        track: Any = None,
+    ) -> None:
+        """Publish a message; ``ack`` acknowledges that delivery in the same write.
+
+        ``track`` names the publish to ``on_nack`` (and ``on_blocked``) under confirms.
+
+        Raises:
+            BrokerBlocked: the broker has blocked publishing (a resource alarm).
+            ConnectionLost: the connection failed or is closed.
+        """
+        raise NotImplementedError
+
+    def ack(self, delivery_tag: int) -> None:
+        """Acknowledge a delivery."""
+        raise NotImplementedError
+
+    def reject(self, delivery_tag: int, *, requeue: bool) -> None:
+        """Reject a delivery, back to its queue if ``requeue``."""
+        raise NotImplementedError
+
+    def declare_fanout(self, exchange: str) -> None:
+        """Declare the durable fanout ``exchange`` (no answer is awaited)."""
+        raise NotImplementedError
+
+    def inspect_queue(self, queue: str, on_info: OnQueueInfo) -> None:
+        """Ask for ``queue``'s message and consumer counts; ``on_info`` runs on the loop with
+        them, or with None when there is no such queue.
+
+        Raises:
+            ConnectionLost: the connection failed or is closed.
+        """
+        raise NotImplementedError
+
+    def cancel(self, consumer_tag: str) -> None:
+        """Stop deliveries to ``consumer_tag`` (those already sent still arrive)."""
+        raise NotImplementedError
+
+    async def close(self) -> None:
+        """Close the connection; ``on_lost`` is not called."""
+        raise NotImplementedError
+
+
+#: A message read through an :class:`AsyncLink`.
+AsyncIncoming: TypeAlias = _Incoming[AsyncLink]
+
+
+async def open_async_link(open_blocking: Callable[[], Link], *, on_lost: OnLost) -> AsyncLink:
+    """Connect with ``open_blocking`` in the loop's default executor, then drive the link from
+    the running loop.
+
+    ``open_blocking`` does the blocking part: connecting, ``reply_queue()``,
+    ``enable_confirms(...)``, declarations. Deliveries py-amqp reads while it runs reach the
+    callbacks on the executor's thread; from the return of this coroutine on, every callback
+    runs on the loop's thread, and nothing reads the connection from another thread.
+
+    Args:
+        open_blocking: returns a blocking :class:`~rpc.transport.link.Link`, made with the
+            callbacks the async link will call.
+        on_lost: called once, on the loop, when the connection fails (a socket error, the
+            broker closing it or the channel, missed heartbeats), never by :meth:`AsyncLink.close`.
+
+    Raises:
+        whatever ``open_blocking`` raises (``rpc.ConnectionError`` when the broker is unreachable).
+    """
+    loop = asyncio.get_running_loop()
+    opening = loop.run_in_executor(None, open_blocking)
+    try:
+        link = await asyncio.shield(opening)
+    except asyncio.CancelledError:
+        opening.add_done_callback(_close_abandoned)
+        raise
+    try:
+        if isinstance(link, AMQPLink):
+            return _SocketLink(loop, link.detach(), on_lost)
+        return _BridgeLink(loop, link, on_lost)
+    except BaseException:
+        link.close()
+        raise
+
+
+def _close_abandoned(opening: asyncio.Future[Link]) -> None:
+    """Close a link whose opener was cancelled while it connected."""
+    if not opening.cancelled() and opening.exception() is None:
+        opening.result().close()
+
+
+class _SocketLink(AsyncLink):
+    """RabbitMQ: the loop reads and writes the socket; a Session does the protocol."""
+
+    direct_reply_to = True
+    _CHUNK = 65536
+
+    def __init__(self, loop: asyncio.AbstractEventLoop, detached: Detached, on_lost: OnLost) -> None:
+        super().__init__()
+        self._loop = loop
+        self._on_lost = on_lost
+        self._sock = detached.sock
+        self._conn = detached.connection
+        self._tls = isinstance(self._sock, ssl.SSLSocket)
+        # The session's messages name this link from now on.
+        self._session: Session[Any] = detached.session
+        self._session.owner = self
+        self._sock.setblocking(False)
+        self._fd = self._sock.fileno()
+        self._chunk = bytearray(self._CHUNK)
+        self._view = memoryview(self._chunk)
+        self._wbuf = bytearray()  # what the socket has not taken yet
+        self._writing = False  # whether add_writer is on
+        self._read_wants_write = False  # a TLS read that must wait for the socket to be writable
+        self._written = 0  # bytes the socket took, to tell a stalled broker from a slow one
+        self._drained: asyncio.Future[None] | None = None
+        self._stall_timer: asyncio.TimerHandle | None = None
+        # Heartbeats: whether anything came and went since the last timer, and the timer.
+        self._heartbeat = Heartbeat(detached.heartbeat, time.monotonic())
+        self._received = self._sent = False
+        self._timer: asyncio.TimerHandle | None = None
+        loop.add_reader(self._fd, self._on_readable)
+        if detached.heartbeat:
+            self._timer = loop.call_later(detached.heartbeat / 4, self._on_timer)
+        if self._tls:  # TLS may hold decrypted bytes the socket will not signal
+            loop.call_soon(self._on_readable)
+
+    @property
+    def blocked(self) -> str | None:
+        return self._session.blocked
+
+    # -- reading -----------------------------------------------------------------------------
+
+    def _on_readable(self) -> None:
+        if self.closed:
+            return
+        if self._wbuf and not self._writing:
+            self._flush()  # a TLS write that waited for the socket to be readable
+        try:
+            count = self._sock.recv_into(self._chunk)
+        except (BlockingIOError, InterruptedError, ssl.SSLWantReadError):
+            return
+        except ssl.SSLWantWriteError:
+            self._read_wants_write = True
+            self._want_writable()
+            return
+        except OSError as exc:
+            self._lose(ConnectionLost(f"connection to the broker failed: {exc}"))
+            return
+        if not count:
+            self._lose(ConnectionLost("the broker closed the connection"))
+            return
+        self._received = True
+        self._feed(self._view[:count])
+        if self._tls and not self.closed and self._sock.pending():  # type: ignore[attr-defined]
+            self._on_readable()
+
+    def _feed(self, data: bytes | memoryview) -> None:
+        session = self._session
+        while True:
+            try:
+                session.receive(data)
+            except ConnectionLost as exc:
+                answer = session.data_to_send()
+                if answer:
+                    try:
+                        self._write(answer)
+                    except ConnectionLost:
+                        pass
+                self._lose(exc)
+                return
+            except Exception:
+                logger.exception("a callback of the asyncio link raised")
+                if self.closed:
+                    return
+                data = b""  # parse on from where the callback stopped it
+                continue
+            break
+        answer = session.data_to_send()
+        if answer:
+            try:
+                self._write(answer)
+            except ConnectionLost:
+                pass
+
+    # -- writing -----------------------------------------------------------------------------
+
+    def _write(self, data: bytes) -> None:
+        """Send ``data`` now, or queue what the socket does not take; never blocks."""
+        if self.closed:
+            raise ConnectionLost("the connection is closed")
+        self._sent = True
+        if self._wbuf:
+            self._wbuf += data
+            return
+        try:
+            sent = self._sock.send(data)
+        except (BlockingIOError, InterruptedError, ssl.SSLWantWriteError):
+            sent = 0
+        except ssl.SSLWantReadError:  # the reader's callback retries
+            self._wbuf += data
+            return
+        except OSError as exc:
+            lost = ConnectionLost(f"cannot write to the broker: {exc}")
+            self._lose(lost)
+            raise lost from exc
+        if sent < len(data):
+            self._wbuf += memoryview(data)[sent:]
+            self._want_writable()
+
+    def _want_writable(self) -> None:
+        if not self._writing:
+            self._writing = True
+            self._loop.add_writer(self._fd, self._on_writable)
+            if self._stall_timer is None:
+                self._stall_timer = self._loop.call_later(
+                    SEND_TIMEOUT, self._check_stalled, self._written)
+
+    def _on_writable(self) -> None:
+        if self.closed:
+            return
+        if self._read_wants_write:
+            self._read_wants_write = False
+            self._on_readable()
+        if self._wbuf:
+            self._flush()
+        if not self._wbuf and not self._read_wants_write and self._writing:
+            self._writing = False
+            self._loop.remove_writer(self._fd)
+
+    def _flush(self) -> None:
+        try:
+            sent = self._sock.send(self._wbuf)
+        except (BlockingIOError, InterruptedError, ssl.SSLWantWriteError, ssl.SSLWantReadError):
+            return
+        except OSError as exc:
+            self._lose(ConnectionLost(f"cannot write to the broker: {exc}"))
+            return
+        del self._wbuf[:sent]
+        self._written += sent
+        if not self._wbuf and self._drained is not None and not self._drained.done():
+            self._drained.set_result(None)
+
+    def _check_stalled(self, written: int) -> None:
+        self._stall_timer = None
+        if self.closed or not self._writing:
+            return
+        if self._wbuf and self._written == written:
+            self._lose(ConnectionLost(f"the broker read nothing for {SEND_TIMEOUT:g} s "
+                                      f"(blocked or stalled)"))
+        else:
+            self._stall_timer = self._loop.call_later(
+                SEND_TIMEOUT, self._check_stalled, self._written)
+
+    # -- heartbeats --------------------------------------------------------------------------
+
+    def _on_timer(self) -> None:
+        if self.closed:
+            return
+        try:
+            due, delay = self._heartbeat.tick(time.monotonic(), received=self._received,
+                                              sent=self._sent)
+        except ConnectionLost as exc:
+            self._lose(exc)
+            return
+        self._received = self._sent = False
+        if due:
+            try:
+                self._write(self._session.heartbeat())
+            except ConnectionLost:
+                return
+        self._timer = self._loop.call_later(delay, self._on_timer)
+
+    # -- commands ----------------------------------------------------------------------------
+
+    def publish(
+        self, routing_key: str, body: bytes, props: dict[str, Any], *,
+        mandatory: bool = False, ack: int | None = None, exchange: str = "",
+        track: Any = None,
+    ) -> None:
+        session = self._session
+        data = session.publish(routing_key, body, props, mandatory=mandatory, ack=ack,
+                               exchange=exchange)
+        self._write(data)
+        session.published(track)
+
+    def ack(self, delivery_tag: int) -> None:
+        self._write(self._session.ack(delivery_tag))
+
+    def reject(self, delivery_tag: int, *, requeue: bool) -> None:
+        self._write(self._session.reject(delivery_tag, requeue=requeue))
+
+    def declare_fanout(self, exchange: str) -> None:
+        self._write(self._session.declare_fanout(exchange))
+
+    def cancel(self, consumer_tag: str) -> None:
+        self._write(self._session.cancel(consumer_tag))
+
+    def inspect_queue(self, queue: str, on_info: OnQueueInfo) -> None:
+        if self.closed:
+            raise ConnectionLost("the connection is closed")
+        data = self._session.inspect_queue(queue, on_info)
+        try:
+            self._write(data)
+        except ConnectionLost:
+            self._session.forget_inspection()
+            raise
+
+    # -- closing -----------------------------------------------------------------------------
+
+    def _lose(self, exc: ConnectionLost) -> None:
+        if self.closed:
+            return
+        self._release()
+        self._loop.call_soon(self._on_lost, exc)
+
+    def _release(self) -> None:
+        """Stop watching the socket and let the connection go."""
+        self.closed = True
+        for timer in (self._timer, self._stall_timer):
+            if timer is not None:
+                timer.cancel()
+        self._loop.remove_reader(self._fd)
+        if self._writing:
+            self._writing = False
+            self._loop.remove_writer(self._fd)
+        try:
+            self._sock.shutdown(socket.SHUT_RDWR)
+        except OSError:
+            pass
+        try:
+            self._conn.collect()
+        except Exception:  # the socket is already gone; nothing left to release
+            logger.debug("error collecting a closed connection", exc_info=True)
+
+    async def close(self) -> None:
+        if self.closed:
+            return
+        try:
+            self._write(self._session.close())
+        except ConnectionLost:
+            return
+        if self._wbuf:  # let the close (and what was queued before it) go out, briefly
+            self._drained = self._loop.create_future()
+            try:
+                await asyncio.wait_for(self._drained, 1.0)
+            except TimeoutError:
+                pass
+        if not self.closed:
+            self._release()
+
+
+class _BridgeLink(AsyncLink):
+    """Any other transport: a reader thread reads, the loop runs the callbacks."""
+
+    _READ_SLICE = 0.05  # longest read, so a close is noticed soon
+
+    def __init__(self, loop: asyncio.AbstractEventLoop, link: Link, on_lost: OnLost) -> None:
+        super().__init__()
+        self._loop = loop
+        self._link = link
+        self._on_lost = on_lost
+        self.direct_reply_to = link.direct_reply_to
+        on_message, on_return, on_cancel = link.on_message, link.on_return, link.on_cancel
+        call_soon = loop.call_soon_threadsafe
+
+        def deliver(msg: _Incoming[Any]) -> None:
+            msg.link = self
+            call_soon(on_message, msg)
+
+        def returned(msg: _Incoming[Any], code: int, text: str) -> None:
+            msg.link = self
+            call_soon(on_return, msg, code, text)
+
+        def cancelled(tag: str) -> None:
+            call_soon(on_cancel, tag)
+
+        link.on_message = deliver
+        link.on_return = returned
+        link.on_cancel = cancelled
+        self._reader = threading.Thread(target=self._read, name="rpc-async-bridge", daemon=True)
+        self._reader.start()
+
+    @property
+    def blocked(self) -> str | None:
+        return self._link.blocked
+
+    def _read(self) -> None:
+        link = self._link
+        while not self.closed:
+            try:
+                link.read(self._READ_SLICE)
+            except ConnectionLost as exc:
+                self._loop.call_soon_threadsafe(self._lose, exc)
+                return
+            except Exception as exc:
+                logger.exception("the asyncio bridge's reader failed")
+                self._loop.call_soon_threadsafe(self._lose, ConnectionLost(f"read failed: {exc}"))
+                return
+
+    def _lose(self, exc: ConnectionLost) -> None:
+        if self.closed:
+            return
+        self.closed = True
+        self._on_lost(exc)
+        self._loop.run_in_executor(None, self._link.close)
+
+    def _check_open(self) -> None:
+        if self.closed:
+            raise ConnectionLost("the connection is closed")
+
+    def publish(
+        self, routing_key: str, body: bytes, props: dict[str, Any], *,
+        mandatory: bool = False, ack: int | None = None, exchange: str = "",
+        track: Any = None,
+    ) -> None:
+        self._check_open()
+        self._link.publish(routing_key, body, props, mandatory=mandatory, ack=ack,
+                           exchange=exchange, track=track)
+
+    def ack(self, delivery_tag: int) -> None:
+        self._check_open()
+        self._link.ack(delivery_tag)
+
+    def reject(self, delivery_tag: int, *, requeue: bool) -> None:
+        self._check_open()
+        self._link.reject(delivery_tag, requeue=requeue)
+
+    def declare_fanout(self, exchange: str) -> None:
+        self._check_open()
+        self._link.declare_fanout(exchange)
+
+    def cancel(self, consumer_tag: str) -> None:
+        self._check_open()
+        self._link.cancel(consumer_tag)
+
+    def inspect_queue(self, queue: str, on_info: OnQueueInfo) -> None:
+        self._check_open()
+        call_soon = self._loop.call_soon_threadsafe
+
+        def answer(info: QueueInfo | None) -> None:
+            call_soon(on_info, info)
+
+        def inspect() -> None:
+            try:
+                self._link.inspect_queue(queue, answer)
+            except ConnectionLost as exc:  # the reader hears of it too
+                logger.debug("queue inspection not sent: %s", exc)
+
+        self._loop.run_in_executor(None, inspect)
+
+    async def close(self) -> None:
+        if self.closed:
+            return
+        self.closed = True
+        await self._loop.run_in_executor(None, self._reader.join)
+        await self._loop.run_in_executor(None, self._link.close)
+
