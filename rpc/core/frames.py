@@ -23,7 +23,7 @@ FRAME_OVERHEAD = 8  # 7-byte header + frame-end octet
 
 CONNECTION, CONNECTION_CLOSE, CONNECTION_CLOSE_OK = 10, 50, 51
 CONNECTION_BLOCKED, CONNECTION_UNBLOCKED = 60, 61
-CHANNEL, CHANNEL_OPEN, CHANNEL_OPEN_OK, CHANNEL_CLOSE, CHANNEL_CLOSE_OK = 20, 10, 11, 40, 41
+CHANNEL, CHANNEL_OPEN, CHANNEL_CLOSE, CHANNEL_CLOSE_OK = 20, 10, 40, 41
 EXCHANGE, EXCHANGE_DECLARE = 40, 10
 QUEUE, QUEUE_DECLARE, QUEUE_DECLARE_OK = 50, 10, 11
 BASIC = 60
@@ -277,15 +277,6 @@ def read_shortstr(buf: bytes, offset: int) -> tuple[str, int]:
     return buf[offset + 1:end].decode("utf-8", "replace"), end
 
 
-def parse_deliver(payload: bytes) -> tuple[str, int, bool, str, str]:
-    """``basic.deliver`` arguments: consumer tag, delivery tag, redelivered, exchange, key."""
-    tag, offset = read_shortstr(payload, 4)
-    delivery_tag, bits = DELIVERY_TAG.unpack_from(payload, offset)
-    exchange, offset = read_shortstr(payload, offset + 9)
-    routing_key, _ = read_shortstr(payload, offset)
-    return tag, delivery_tag, bool(bits & 1), exchange, routing_key
-
-
 def parse_return(payload: bytes) -> tuple[int, str, str, str]:
     """``basic.return`` arguments: reply code, reply text, exchange, routing key."""
     (code,) = _SHORT.unpack_from(payload, 4)
@@ -313,16 +304,6 @@ def parse_declare_ok(payload: bytes) -> tuple[str, int, int]:
     name, offset = read_shortstr(payload, 4)
     messages, consumers = _COUNTS.unpack_from(payload, offset)
     return name, messages, consumers
-
-
-def parse_content_header(payload: bytes) -> tuple[int, dict[str, Any]]:
-    """A content header's body size and properties."""
-    return int.from_bytes(payload[4:12], "big"), decode_properties(payload, 12)
-
-
-def method_id(payload: bytes) -> tuple[int, int]:
-    """The class and method ids that open a method frame's payload."""
-    return _METHOD_ID.unpack_from(payload, 0)
 
 
 def decode_properties(buf: bytes, offset: int) -> dict[str, Any]:

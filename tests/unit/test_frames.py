@@ -23,10 +23,7 @@ from rpc.core.frames import (
     encode_properties,
     heartbeat_frame,
     method_frame,
-    method_id,
     parse_close,
-    parse_content_header,
-    parse_deliver,
     parse_return,
     publish_frames,
     read_shortstr,
@@ -75,6 +72,16 @@ def py_amqp_publish(
     message = Message(body, **{PY_AMQP_NAMES.get(k, k): v for k, v in props.items()})
     write_frame(FRAME_METHOD, channel, spec.Basic.Publish, args, message)
     return bytes(written)
+
+
+def method_id(payload: bytes) -> tuple[int, int]:
+    """The class and method ids that open a method frame's payload."""
+    return unpack_from(">HH", payload)
+
+
+def parse_content_header(payload: bytes) -> tuple[int, dict[str, Any]]:
+    """A content header's body size and properties, as the session reads them."""
+    return int.from_bytes(payload[4:12], "big"), frames.decode_properties(payload, 12)
 
 
 def decoded_props(props: dict[str, Any]) -> dict[str, Any]:
@@ -283,24 +290,6 @@ def test_method_frame_without_arguments() -> None:
 
 
 # -- parsing what the broker sends -----------------------------------------------------------------
-
-def test_parse_deliver_reads_py_amqps_encoding() -> None:
-    payload = pack(">HH", *spec.Basic.Deliver) + dumps(
-        "sLbss", ("amq.ctag-Xy_z", 2**40 + 3, True, "", "amq.rabbitmq.reply-to.abc"))
-    assert parse_deliver(payload) == ("amq.ctag-Xy_z", 2**40 + 3, True, "",
-                                      "amq.rabbitmq.reply-to.abc")
-
-
-def test_parse_deliver_of_a_first_delivery_is_not_redelivered() -> None:
-    payload = pack(">HH", *spec.Basic.Deliver) + dumps("sLbss", ("t", 1, False, "ex", "calc"))
-    assert parse_deliver(payload) == ("t", 1, False, "ex", "calc")
-
-
-def test_parse_deliver_with_long_unicode_names() -> None:
-    tag, key = "ç" * 127, "ü" * 127
-    payload = pack(">HH", *spec.Basic.Deliver) + dumps("sLbss", (tag, 5, False, "", key))
-    assert parse_deliver(payload) == (tag, 5, False, "", key)
-
 
 def test_parse_return_reads_py_amqps_encoding() -> None:
     payload = pack(">HH", *spec.Basic.Return) + dumps(
