@@ -37,7 +37,8 @@ class Detached(NamedTuple):
     """What :meth:`AMQPLink.detach` hands to another driver."""
 
     sock: socket.socket
-    session: Session[Link]
+    #: The session, whose owner the new driver becomes.
+    session: Session[Any]
     heartbeat: float
     connection: Connection
 
