@@ -11,7 +11,7 @@ from typing import Any
 
 import pytest
 
-import rpc.client.proxy
+import rpc.client.aio
 from rpc import (
     BroadcastReply,
     ConnectionError,
@@ -317,7 +317,7 @@ def test_close_fails_the_calls_still_pending(connect, gates):
 
 def test_a_lost_connection_is_reopened_off_the_event_loop(connect, monkeypatch):
     threads: list[threading.Thread] = []
-    real_open = rpc.client.proxy.open_connection
+    real_open = rpc.client.aio.open_connection
 
     def recording_open(*args, **kwargs):
         threads.append(threading.current_thread())
@@ -325,8 +325,8 @@ def test_a_lost_connection_is_reopened_off_the_event_loop(connect, monkeypatch):
 
     async def scenario():
         async with connect() as proxy:
-            monkeypatch.setattr(rpc.client.proxy, "open_connection", recording_open)
-            proxy._sync._link.close()  # what a broker-side close_connection looks like
+            monkeypatch.setattr(rpc.client.aio, "open_connection", recording_open)
+            await proxy._link.close()
             return await proxy.add(2, 2)
 
     assert run(scenario()) == 4

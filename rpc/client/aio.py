@@ -1,40 +1,52 @@
-"""asyncio: :class:`AsyncProxy`, a :class:`~rpc.Proxy` whose calls are awaited.
+"""The asyncio proxy: :class:`AsyncProxy`, whose remote methods are coroutines.
 
-It wraps a synchronous proxy and starts each call as one of its futures: the proxy's own I/O
-thread reads the reply and hands it to the event loop with ``call_soon_threadsafe``, so no call
-takes a thread of its own and no call blocks the loop. Publishing a request is one socket write
-on the loop's thread; connecting, reconnecting, closing and broadcasts (which wait out their
-timeout) run on the loop's default executor.
+It is native: its connection is read by the event loop itself (:mod:`rpc.transport.aio`), a
+reply resolves the awaiting task's future directly, and no call takes a thread or hops between
+threads. Only connecting (py-amqp's handshake and setup) runs on the loop's default executor.
+What a call is — the request, reading the reply, retries, the availability check, counting — is
+:class:`~rpc.client.calling.CallMaker`'s, shared with the blocking :class:`~rpc.Proxy`, and
+the views are the same :class:`~rpc.client.views.CallView`.
 """
 
 from __future__ import annotations
 
 import asyncio
-import concurrent.futures
 import inspect
+import logging
+import time
 from collections import deque
-from collections.abc import AsyncIterator, Callable, Iterable, Iterator, Sequence
+from collections.abc import AsyncIterator, Iterable, Sequence
+from dataclasses import replace
 from typing import Any
 
-from ..core.errors import RPCError
-from .proxy import Proxy
-from .views import check_retries, check_timeout
+from ..core.calls import (
+    BROADCAST,
+    CAST,
+    FUTURE,
+    SYNC,
+    CallbackState,
+    CallbackStates,
+    CallTable,
+    Pending,
+)
+from ..core.errors import ConnectionLost, RPCError
+from ..defaults import (
+    DEFAULT_CONNECT_RETRY,
+    DEFAULT_HEARTBEAT,
+    DEFAULT_MAX_MESSAGE_SIZE,
+    DEFAULT_TIMEOUT,
+)
+from ..transport.aio import AsyncLink, open_async_link
+from ..transport.connect import Failover, FailoverStrategy, open_connection
+from ..transport.link import Incoming, Link, QueueInfo, open_link
+from ..transport.urls import BrokerURL, mask_url, resolve_url
+from .calling import CallMaker, Request, batch, check_concurrency, closed_error, mapped
+from .views import FUTURE_CALL, CallOptions, ProxyBase, check_timeout
 
-#: Turns the synchronous proxy into the view one call is made through (its timeout, ...).
-_View = Callable[[Any], Any]
-#: One call of a batch: method, positional and keyword arguments.
-_Request = tuple[str, tuple[Any, ...], dict[str, Any]]
+logger = logging.getLogger(__name__)
 
 
-def _plain(proxy: Proxy) -> Any:
-    return proxy
-
-
-def _broadcast(proxy: Proxy) -> Any:
-    return proxy.broadcast
-
-
-class AsyncProxy:
+class AsyncProxy(ProxyBase):
     """A dynamic client for ``server_id`` whose remote methods are coroutines.
 
     Example::
@@ -44,28 +56,117 @@ class AsyncProxy:
             await proxy.math.mul(2, 4)                   # 8
             await proxy.call("add", 2, 3)                # by name
             await proxy.set_timeout(1).add(2, 3)         # RPCTimeout after 1 s without a reply
+            task = proxy.future.add(2, 3)                # an asyncio.Task, already sent
+            await proxy.gather([("add", (1, 2)), ("add", (3, 4))])   # [3, 7]
 
     Construction does not connect: ``async with``, :meth:`connect` or the first call does, off
-    the event loop. Cancelling the task that awaits a call forgets the call; its late reply is
-    dropped (and counted in :attr:`replies_dropped`).
+    the event loop. A proxy belongs to the loop that connected it. Cancelling the task that
+    awaits a call forgets the call; its late reply is dropped (and counted in
+    :attr:`replies_dropped`).
 
     Args:
-        url: broker URL, as for :class:`~rpc.Proxy`.
-        options: the keyword options of :class:`~rpc.Proxy` (``server_id``, ``serializer``,
-            ``timeout``, ``heartbeat``, ``connect_retry``, the URL in pieces).
-
-    Raises:
-        TypeError: an option :class:`~rpc.Proxy` does not take.
+        url: broker URL; the options are those of :class:`~rpc.Proxy`, with the same meaning.
     """
 
-    def __init__(self, url: str | None = None, **options: Any) -> None:
-        inspect.signature(Proxy).bind(url, **options)  # a misspelt option fails here, not later
-        self._url = url
-        self._options = options
-        self._sync: Proxy | None = None
-        self._connecting: asyncio.Future[Proxy] | None = None
+    def __init__(
+        self,
+        url: BrokerURL | None = None,
+        *,
+        server_id: str = "calc",
+        serializer: str = "msgpack",
+        timeout: float | None = DEFAULT_TIMEOUT,
+        retries: int = 0,
+        wait_for_ready: bool = False,
+        failover: FailoverStrategy = "round-robin",
+        metrics: bool = False,
+        heartbeat: float = DEFAULT_HEARTBEAT,
+        connect_retry: float = DEFAULT_CONNECT_RETRY,
+        max_message_size: int = DEFAULT_MAX_MESSAGE_SIZE,
+        ssl: dict[str, Any] | None = None,
+        hostname: str | None = None,
+        port: int | None = None,
+        username: str | None = None,
+        password: str | None = None,
+        vhost: str | None = None,
+    ) -> None:
+        self._url = resolve_url(
+            url, hostname=hostname, port=port, username=username, password=password, vhost=vhost,
+        )
+        self._calls = CallMaker(
+            server_id, serializer=serializer, timeout=timeout, retries=retries,
+            wait_for_ready=wait_for_ready, max_message_size=max_message_size, metrics=metrics,
+        )
+        self._failover = Failover(self._url, failover)
+        self._heartbeat = heartbeat
+        self._connect_retry = connect_retry
+        self._ssl = ssl
+        self._table = CallTable()
+        self._states = CallbackStates()
+        self._link: AsyncLink | None = None
+        self._reply_to = ""
+        self._connecting: asyncio.Future[AsyncLink] | None = None
         self._checking: asyncio.Future[None] | None = None
+        self._declared: set[str] = set()
+        self._tasks: set[asyncio.Task[Any]] = set()
+        self._loop: asyncio.AbstractEventLoop | None = None
         self._closed = False
+
+    # -- settings --------------------------------------------------------------------------------
+
+    @property
+    def server_id(self) -> str:
+        """The server (request queue) this proxy calls."""
+        return self._calls.server_id
+
+    @property
+    def default_timeout(self) -> float | None:
+        """Seconds a call waits unless ``set_timeout`` says otherwise (None: for ever)."""
+        return self._calls.default_timeout
+
+    @default_timeout.setter
+    def default_timeout(self, timeout: float | None) -> None:
+        self._calls.default_timeout = check_timeout(timeout)
+
+    @property
+    def default_wait_for_ready(self) -> bool:
+        """Whether requests wait in the queue for a server unless a call says otherwise."""
+        return self._calls.default_wait_for_ready
+
+    def _waits_by_default(self) -> bool:
+        return self._calls.default_wait_for_ready
+
+    @property
+    def replies_dropped(self) -> int:
+        """Replies that matched no pending call (late after a timeout or a cancellation, ...)."""
+        return self._calls.replies_dropped
+
+    @property
+    def pending_calls(self) -> int:
+        """Calls awaiting their reply."""
+        return len(self._table)
+
+    @property
+    def connected(self) -> bool:
+        """Whether the connection is up (the next call reconnects if it is not)."""
+        return self._link is not None and not self._link.closed
+
+    @property
+    def node(self) -> str | None:
+        """``host:port`` of the broker node this proxy is connected to."""
+        return self._failover.node()
+
+    @property
+    def checks_availability(self) -> bool:
+        """Whether the next call asks the broker first if a server consumes (once a second)."""
+        return time.monotonic() >= self._calls.available_until
+
+    def get_callback_state(self, uid: str) -> CallbackState:
+        """The state of a callback call (see :meth:`rpc.Proxy.get_callback_state`)."""
+        return self._states.get(uid)
+
+    def get_num_waiting_callbacks(self) -> int:
+        """How many callback calls have not finished yet."""
+        return self._states.waiting()
 
     # -- connecting and closing ------------------------------------------------------------------
 
@@ -75,43 +176,81 @@ class AsyncProxy:
         Raises:
             rpc.ConnectionError: the broker stayed unreachable for ``connect_retry`` seconds.
         """
-        await self._ready()
+        await self._live_link()
         return self
 
-    async def _ready(self) -> Proxy:
+    async def _live_link(self) -> AsyncLink:
+        link = self._link
+        if link is not None and not link.closed:
+            return link
         if self._closed:
-            raise RPCError("this proxy is closed")
-        if self._sync is not None:
-            return self._sync
+            raise closed_error()
+        loop = asyncio.get_running_loop()
+        if self._loop is None:
+            self._loop = loop
+        elif loop is not self._loop:
+            raise RPCError("this AsyncProxy belongs to another event loop: make one per loop")
         connecting = self._connecting
-        # a failed attempt is not cached: the next call tries again
-        if connecting is None or (connecting.done() and connecting.exception() is not None):
-            loop = asyncio.get_running_loop()
-            connecting = self._connecting = loop.run_in_executor(None, self._open)
-        # shielded: a caller cancelled while connecting must not orphan the connection
+        # A finished attempt is not reused: it failed, or its connection has since been lost.
+        if connecting is None or connecting.done():
+            connecting = self._connecting = asyncio.ensure_future(self._open())
+        # Shielded: a caller cancelled while connecting must not orphan the connection.
         return await asyncio.shield(connecting)
 
-    def _open(self) -> Proxy:
-        proxy = Proxy(self._url, **self._options)
+    async def _open(self) -> AsyncLink:
+        reconnect = self._link is not None
+        link = await open_async_link(self._open_blocking, on_lost=self._on_lost)
         if self._closed:  # closed while this connected
-            proxy.close()
-            raise RPCError("this proxy is closed")
-        self._sync = proxy
-        return proxy
+            await link.close()
+            raise closed_error()
+        self._link = link
+        self._declared.clear()
+        self._calls.available_until = 0.0
+        if reconnect:
+            logger.info("proxy for %r reconnected to %s", self.server_id,
+                        mask_url(self._failover.current or self._url))
+            if self._calls.metrics is not None:
+                self._calls.metrics.reconnected()
+        return link
+
+    def _open_blocking(self) -> Link:
+        """Connect and set up, on the executor; the loop takes the connection over after."""
+        conn = open_connection(
+            self._failover, heartbeat=self._heartbeat, retry_for=self._connect_retry,
+            name=f"rpc-proxy {self.server_id}", ssl=self._ssl,
+        )
+        try:
+            link = open_link(conn, self._on_reply, self._on_return,
+                             max_body=self._calls.max_message_size)
+            self._reply_to = link.reply_queue()
+            link.enable_confirms(self._on_nack, self._on_blocked)
+        except Exception:
+            conn.release()
+            raise
+        return link
 
     async def close(self) -> None:
-        """Fail the calls still pending and close the connection, off the event loop."""
+        """Fail the calls still pending and close the connection (on the proxy's own loop, when
+        another loop's task closes it)."""
+        owner = self._loop
+        if owner is not None and owner is not asyncio.get_running_loop() and owner.is_running():
+            await asyncio.wrap_future(asyncio.run_coroutine_threadsafe(self._close(), owner))
+        else:
+            await self._close()
+
+    async def _close(self) -> None:
         if self._closed:
             return
         self._closed = True
+        self._fail_all(RPCError("the proxy was closed while the call was pending"))
         connecting = self._connecting
-        if self._sync is None and connecting is not None:
+        if connecting is not None and not connecting.done():
             try:
                 await asyncio.shield(connecting)
             except Exception:
-                return
-        if self._sync is not None:
-            await asyncio.to_thread(self._sync.close)
+                pass  # it closes what it opened, seeing the proxy closed
+        if self._link is not None:
+            await self._link.close()
 
     async def __aenter__(self) -> AsyncProxy:
         return await self.connect()
@@ -119,50 +258,235 @@ class AsyncProxy:
     async def __aexit__(self, *exc: object) -> None:
         await self.close()
 
-    # -- calling ---------------------------------------------------------------------------------
+    def __repr__(self) -> str:
+        state = "closed" if self._closed else "connected" if self.connected else "not connected"
+        return f"<AsyncProxy server_id={self.server_id!r} {mask_url(self._url)} {state}>"
 
-    def __getattr__(self, name: str) -> _AsyncMethod:
-        if name.startswith("_"):
-            raise AttributeError(name)
-        return _AsyncMethod(self._view(), name)
+    # -- making a call ---------------------------------------------------------------------------
 
-    def _view(self) -> _AsyncCall:
-        return _AsyncCall(self, _plain)
+    def _invoke(
+        self, options: CallOptions, method: str, args: tuple[Any, ...], kwargs: dict[str, Any],
+    ) -> Any:
+        """Make one call as ``options`` say: a coroutine, or a task (future) or uid (callback)
+        for a call already on its way."""
+        if self._closed:
+            raise closed_error()
+        pending = self._calls.prepare(options, method, args, kwargs)
+        kind = pending.kind
+        if kind == SYNC or kind == CAST:
+            return self._call(pending)
+        if kind == BROADCAST:
+            return self._broadcast(pending)
+        if kind == FUTURE:
+            return asyncio.ensure_future(self._call(pending))
+        self._states.start(pending.cid)
+        self._spawn(self._callback(pending))
+        return pending.cid
 
-    async def call(self, method: str, /, *args: Any, **kwargs: Any) -> Any:
-        """Call ``method`` by name: for names that clash with the proxy's own attributes."""
-        return await self._view().call(method, *args, **kwargs)
+    async def check_availability(self) -> None:
+        """Ask the broker now whether a server consumes this proxy's queue (the answer holds
+        for a second, and calls in that second skip the question).
 
-    def set_timeout(self, timeout: float | None) -> _AsyncCall:
-        """A one-call view with this timeout: ``await proxy.set_timeout(10).add(2, 3)``."""
-        return self._view().set_timeout(timeout)
-
-    def set_retries(self, retries: int) -> _AsyncCall:
-        """A one-call view with this many retries (see :class:`rpc.Proxy`)."""
-        return self._view().set_retries(retries)
-
-    def wait_for_ready(self, wait: bool = True) -> _AsyncCall:
-        """A one-call view whose request waits in the queue for a server, up to its timeout."""
-        return self._view().wait_for_ready(wait)
-
-    @property
-    def cast(self) -> _AsyncCall:
-        """A one-call view that publishes without a reply: ``await`` returns None at once."""
-        return self._view().cast
-
-    @property
-    def broadcast(self) -> _AsyncCall:
-        """A view that calls every running server of this ``server_id``.
-
-        ``await proxy.broadcast(timeout=2).reload()`` returns a :class:`~rpc.BroadcastReply`
-        per answer within 2 s (default 1 s); ``await proxy.broadcast.cast.reload()`` returns
-        None at once. A broadcast waits out its timeout on the loop's default executor.
+        Raises:
+            ServerUnavailable: the queue exists and nobody consumes it.
         """
-        return _AsyncCall(self, _broadcast, broadcast=True)
+        self._calls.available_until = 0.0
+        await self._check(await self._live_link(), None)
 
-    def with_context(self, **context: Any) -> _AsyncCall:
-        """A one-call view sending ``context`` (small values) for ``rpc.current_call()``."""
-        return self._view().with_context(**context)
+    async def _call(self, pending: Pending) -> Any:
+        """Publish, await the reply, and retry as the call asked."""
+        loop = asyncio.get_running_loop()
+        if loop is not self._loop and self._loop is not None:
+            raise RPCError("this AsyncProxy belongs to another event loop: make one per loop")
+        while True:
+            waiter = pending.waiter = loop.create_future()
+            try:
+                await self._publish(pending)
+                if pending.kind == CAST:
+                    return None
+                if pending.deadline is None:
+                    return await waiter
+                timer = loop.call_later(pending.deadline - time.monotonic(), self._expire, pending)
+                try:
+                    return await waiter
+                finally:
+                    timer.cancel()
+            except asyncio.CancelledError:
+                self._table.take(pending.cid)
+                raise
+            except Exception as exc:
+                if self._closed or not self._calls.may_retry(pending, exc):
+                    raise
+            await asyncio.sleep(self._calls.backoff(pending))
+
+    async def _publish(self, pending: Pending) -> None:
+        link = self._link
+        if link is None or link.closed:
+            link = await self._live_link()
+        if self._calls.needs_check(pending):
+            await self._check(link, pending.deadline)
+        try:
+            self._send(link, pending)
+        except ConnectionLost:
+            # The write failed, so the broker has not got the request: send it once more on a
+            # new connection (whose reply address differs).
+            self._send(await self._live_link(), pending)
+
+    def _send(self, link: AsyncLink, pending: Pending) -> None:
+        props = pending.props
+        track = None
+        if pending.kind != CAST:
+            props["reply_to"] = self._reply_to
+            self._table.add(pending)
+            track = pending.cid
+        exchange, routing_key = self._calls.routing(pending)
+        try:
+            if exchange and exchange not in self._declared:
+                link.declare_fanout(exchange)
+                self._declared.add(exchange)
+            link.publish(routing_key, pending.body, props, mandatory=True, exchange=exchange,
+                         track=track)
+        except BaseException:
+            self._table.take(pending.cid)
+            raise
+
+    async def _broadcast(self, pending: Pending) -> list[Any]:
+        """Publish to every server, and collect what they answer until the timeout."""
+        loop = asyncio.get_running_loop()
+        waiter = pending.waiter = loop.create_future()
+        await self._publish(pending)
+        assert pending.deadline is not None
+        try:
+            await asyncio.wait({waiter}, timeout=max(pending.deadline - time.monotonic(), 0.0))
+        finally:
+            self._table.take(pending.cid)
+        return list(pending.value)
+
+    async def _callback(self, pending: Pending) -> None:
+        try:
+            value, ok = await self._call(pending), True
+        except Exception as exc:
+            value, ok = exc, False
+        self._states.processing(pending.cid)
+        try:
+            function = pending.on_success if ok else pending.on_error
+            if function is not None:
+                result = function(value)
+                if inspect.isawaitable(result):
+                    await result
+            elif not ok:
+                logger.warning("call %s() failed and has no error callback: %r",
+                               pending.method, value)
+        except Exception:
+            logger.exception("a callback raised")
+        finally:
+            self._states.finish(pending.cid)
+
+    def _spawn(self, coroutine: Any) -> None:
+        task = asyncio.ensure_future(coroutine)
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+
+    async def _check(self, link: AsyncLink, deadline: float | None) -> None:
+        """Fail at once when the queue exists but nobody consumes it; one question at a time
+        for every caller, and once a second at most.
+
+        Raises:
+            ServerUnavailable: the broker counts no consumer on the server's queue.
+        """
+        checking = self._checking
+        if checking is None or checking.done():
+            checking = self._checking = asyncio.ensure_future(self._ask(link, deadline))
+        await asyncio.shield(checking)
+
+    async def _ask(self, link: AsyncLink, deadline: float | None) -> None:
+        check = self._calls.check(deadline)
+        waiter = check.waiter = asyncio.get_running_loop().create_future()
+        self._table.add(check)
+
+        def on_info(info: QueueInfo | None) -> None:
+            if self._table.take(check.cid) is not None and not waiter.done():
+                waiter.set_result(info)
+
+        try:
+            link.inspect_queue(self.server_id, on_info)
+        except ConnectionLost:
+            self._table.take(check.cid)
+            return  # the publish that follows fails the same way, and says so
+        assert check.deadline is not None
+        try:
+            info = await asyncio.wait_for(waiter, max(check.deadline - time.monotonic(), 0.0))
+        except TimeoutError:
+            self._table.take(check.cid)
+            info = None  # no answer in time: the call goes ahead
+        self._calls.checked(info)
+
+    def _expire(self, pending: Pending) -> None:
+        if self._table.take(pending.cid) is not None:
+            self._complete(pending, False, self._calls.timed_out(pending))
+
+    # -- what the connection tells (on the loop) -------------------------------------------------
+
+    def _on_reply(self, msg: Incoming) -> None:
+        cid = msg.props.get("correlation_id")
+        pending = self._table.get(cid)
+        if pending is None:
+            self._calls.dropped(cid)
+        elif pending.kind == BROADCAST:
+            pending.value.append(self._calls.broadcast_reply(msg, pending))
+        else:
+            self._table.take(cid)
+            ok, value = self._calls.outcome(msg, pending)
+            self._complete(pending, ok, value)
+
+    def _on_return(self, msg: Incoming, code: int, text: str) -> None:
+        pending = self._table.take(msg.props.get("correlation_id"))
+        ok, value = self._calls.returned(pending, msg.routing_key, code, text)
+        if pending is not None:
+            self._complete(pending, ok, value)
+
+    def _on_nack(self, cid: str) -> None:
+        pending = self._table.take(cid)
+        if pending is not None:
+            self._complete(pending, False, self._calls.nacked(pending))
+
+    def _on_blocked(self, cids: list[str], reason: str) -> None:
+        for cid in cids:
+            pending = self._table.take(cid)
+            if pending is not None:
+                self._complete(pending, False, self._calls.blocked(pending, reason))
+
+    def _on_lost(self, exc: ConnectionLost) -> None:
+        if not self._closed:
+            logger.warning("proxy for %r lost its connection: %s", self.server_id, exc)
+            self._spawn(self._reconnect())
+        self._fail_all(ConnectionLost(f"connection lost while the call was pending: {exc}"))
+
+    async def _reconnect(self) -> None:
+        """Reconnect in the background after a loss, so the next call finds a connection."""
+        try:
+            await self._live_link()
+        except Exception as exc:
+            logger.warning("proxy for %r cannot reconnect yet: %s", self.server_id, exc)
+
+    def _fail_all(self, error: Exception) -> None:
+        for pending in self._table.drain():
+            self._complete(pending, False, error)
+
+    def _complete(self, pending: Pending, ok: bool, value: Any) -> None:
+        if pending.kind == BROADCAST:
+            if ok:
+                pending.value = value
+            ok, value = True, pending.value
+        self._calls.record(pending, ok, value)
+        waiter = pending.waiter
+        if waiter is not None and not waiter.done():
+            if ok:
+                waiter.set_result(value)
+            else:
+                waiter.set_exception(value)
+
+    # -- batches ---------------------------------------------------------------------------------
 
     async def gather(
         self, calls: Iterable[Sequence[Any]], *, concurrency: int = 50,
@@ -173,9 +497,8 @@ class AsyncProxy:
         Returns the results in order, with each failed call's exception in its place (as
         ``asyncio.gather(return_exceptions=True)`` does); ``timeout`` applies to each call.
         """
-        requests = ((c[0], tuple(c[1]) if len(c) > 1 else (), dict(c[2]) if len(c) > 2 else {})
-                    for c in calls)
-        return [r async for r in self._stream(requests, concurrency, timeout, raise_errors=False)]
+        return [r async for r in self._stream(batch(calls), concurrency, timeout,
+                                              raise_errors=False)]
 
     def map(
         self, method: str, iterable: Iterable[Any], *, concurrency: int = 50,
@@ -187,197 +510,40 @@ class AsyncProxy:
         result would have been yielded. Leaving the loop early cancels the calls in flight once
         the generator is closed (at once with ``contextlib.aclosing``).
         """
-        requests: Iterator[_Request] = (
-            (method, args if isinstance(args, tuple) else (args,), {}) for args in iterable)
-        return self._stream(requests, concurrency, timeout, raise_errors=True)
+        return self._stream(mapped(method, iterable), concurrency, timeout, raise_errors=True)
 
     async def _stream(
-        self, requests: Iterable[_Request], concurrency: int,
-        timeout: float | None, *, raise_errors: bool,
+        self, requests: Iterable[Request], concurrency: int, timeout: float | None, *,
+        raise_errors: bool,
     ) -> AsyncIterator[Any]:
-        if concurrency < 1:
-            raise ValueError("concurrency must be at least 1")
-        view = self.set_timeout(timeout) if timeout is not None else self._view()
-        window: deque[concurrent.futures.Future[Any]] = deque()
+        check_concurrency(concurrency)
+        options = FUTURE_CALL
+        if timeout is not None:
+            options = replace(options, timeout=check_timeout(timeout), timeout_set=True)
+        window: deque[tuple[asyncio.Task[Any], Pending]] = deque()
         try:
             for method, args, kwargs in requests:
                 if len(window) >= concurrency:
-                    yield await _outcome(window.popleft(), raise_errors)
-                window.append(await view.start(method, args, kwargs))
+                    yield await _outcome(window.popleft()[0], raise_errors)
+                if self._closed:
+                    raise closed_error()
+                pending = self._calls.prepare(options, method, args, kwargs)
+                window.append((asyncio.ensure_future(self._call(pending)), pending))
             while window:
-                yield await _outcome(window.popleft(), raise_errors)
+                yield await _outcome(window.popleft()[0], raise_errors)
         finally:
-            for future in window:
-                future.cancel()
-
-    async def _checked(self, sync: Proxy) -> None:
-        """Whether a server consumes, asked off the loop by one caller while the rest await it."""
-        checking = self._checking
-        if checking is None or checking.done():
-            checking = self._checking = asyncio.get_running_loop().run_in_executor(
-                None, sync.check_availability)
-        await asyncio.shield(checking)
-
-    @property
-    def pending_calls(self) -> int:
-        """Calls awaiting their reply."""
-        return 0 if self._sync is None else self._sync.pending_calls
-
-    @property
-    def replies_dropped(self) -> int:
-        """Replies that matched no pending call (late after a timeout or a cancellation, ...)."""
-        return 0 if self._sync is None else self._sync.replies_dropped
-
-    def __repr__(self) -> str:
-        inner = "not connected" if self._sync is None else repr(self._sync)
-        return f"<AsyncProxy {'closed' if self._closed else inner}>"
+            for task, pending in window:  # forgotten now, not when the task gets to run
+                task.cancel()
+                self._table.take(pending.cid)
 
 
-class _AsyncCall:
-    """The modifiers of one call, kept as the steps that build the synchronous proxy's view."""
-
-    __slots__ = ("_proxy", "_view", "_broadcast", "_cast")
-
-    def __init__(
-        self, proxy: AsyncProxy, view: _View, *, broadcast: bool = False, cast: bool = False,
-    ) -> None:
-        self._proxy = proxy
-        self._view = view
-        self._broadcast = broadcast
-        self._cast = cast
-
-    def _then(self, step: _View, *, cast: bool = False) -> _AsyncCall:
-        view = self._view
-        return _AsyncCall(self._proxy, lambda sync: step(view(sync)),
-                          broadcast=self._broadcast, cast=self._cast or cast)
-
-    def set_timeout(self, timeout: float | None) -> _AsyncCall:
-        check_timeout(timeout)
-        return self._then(lambda view: view.set_timeout(timeout))
-
-    def set_retries(self, retries: int) -> _AsyncCall:
-        check_retries(retries)
-        return self._then(lambda view: view.set_retries(retries))
-
-    def wait_for_ready(self, wait: bool = True) -> _AsyncCall:
-        return self._then(lambda view: view.wait_for_ready(wait))
-
-    @property
-    def cast(self) -> _AsyncCall:
-        return self._then(lambda view: view.cast, cast=True)
-
-    def with_context(self, **context: Any) -> _AsyncCall:
-        return self._then(lambda view: view.with_context(**context))
-
-    def __call__(self, *, timeout: float | None) -> _AsyncCall:
-        """``proxy.broadcast(timeout=2)``: how long to collect replies."""
-        if not self._broadcast:
-            raise TypeError("only a broadcast view takes a timeout this way: use set_timeout()")
-        return self.set_timeout(timeout)
-
-    def __getattr__(self, name: str) -> _AsyncMethod:
-        if name.startswith("_"):
-            raise AttributeError(name)
-        return _AsyncMethod(self, name)
-
-    async def _checked(self, sync: Proxy) -> None:
-        if sync.checks_availability and not self._view(sync).waits_for_ready:
-            await self._proxy._checked(sync)
-
-    async def call(self, method: str, /, *args: Any, **kwargs: Any) -> Any:
-        if self._broadcast:  # it waits out its timeout: not on the loop
-            view = self._view(await self._proxy._ready())
-            return await asyncio.to_thread(view.call, method, *args, **kwargs)
-        if self._cast:
-            sync = await self._proxy._ready()
-            await self._checked(sync)
-            return await _publish(sync, self._view(sync).call, method, args, kwargs)
-        return await _result(await self.start(method, args, kwargs))
-
-    async def start(
-        self, method: str, args: tuple[Any, ...], kwargs: dict[str, Any],
-    ) -> concurrent.futures.Future[Any]:
-        """Publish the request; the future it returns is resolved by the proxy's I/O thread."""
-        sync = await self._proxy._ready()
-        await self._checked(sync)
-        future: concurrent.futures.Future[Any] = await _publish(
-            sync, self._view(sync).future.call, method, args, kwargs)
-        return future
-
-
-class _AsyncMethod:
-    """``proxy.name`` or ``proxy.instance.method``: await its call, or take a further attribute."""
-
-    __slots__ = ("_call", "_name")
-
-    def __init__(self, call: _AsyncCall, name: str) -> None:
-        self._call = call
-        self._name = name
-
-    def __getattr__(self, name: str) -> _AsyncMethod:
-        if name.startswith("_"):
-            raise AttributeError(name)
-        return _AsyncMethod(self._call, f"{self._name}.{name}")
-
-    async def __call__(self, *args: Any, **kwargs: Any) -> Any:
-        return await self._call.call(self._name, *args, **kwargs)
-
-    def __repr__(self) -> str:
-        return f"<remote coroutine {self._name!r}>"
-
-
-async def _publish(
-    sync: Proxy, start: Callable[..., Any], method: str, args: tuple[Any, ...],
-    kwargs: dict[str, Any],
-) -> Any:
-    """``start(method, *args, **kwargs)``: one socket write, made on the loop's thread unless
-    the connection is down, when the reconnect it implies runs on the default executor."""
-    if not sync.connected:
-        return await asyncio.to_thread(start, method, *args, **kwargs)
-    return start(method, *args, **kwargs)
-
-
-async def _result(future: concurrent.futures.Future[Any]) -> Any:
-    """Await a proxy future; cancelling the awaiting task cancels it, which forgets the call."""
-    loop = asyncio.get_running_loop()
-    waiter: asyncio.Future[Any] = loop.create_future()
-
-    def resolved(done: concurrent.futures.Future[Any]) -> None:
-        try:
-            loop.call_soon_threadsafe(_copy, done, waiter)
-        except RuntimeError:  # the loop is closed: nobody awaits the result any more
-            pass
-
-    # The base class's method runs ``resolved`` on the thread that sets the result, skipping
-    # the hop through the proxy's callback thread: ``resolved`` only schedules, it never blocks.
-    concurrent.futures.Future.add_done_callback(future, resolved)
+async def _outcome(future: asyncio.Future[Any], raise_errors: bool) -> Any:
     try:
-        return await waiter
-    except asyncio.CancelledError:
-        future.cancel()
-        raise
-
-
-async def _outcome(future: concurrent.futures.Future[Any], raise_errors: bool) -> Any:
-    try:
-        return await _result(future)
+        return await future
     except Exception as exc:
         if raise_errors:
             raise
         return exc
-
-
-def _copy(source: concurrent.futures.Future[Any], waiter: asyncio.Future[Any]) -> None:
-    if waiter.done():
-        return
-    if source.cancelled():
-        waiter.cancel()
-        return
-    exc = source.exception()
-    if exc is not None:
-        waiter.set_exception(exc)
-    else:
-        waiter.set_result(source.result())
 
 
 __all__ = ["AsyncProxy"]
