@@ -11,6 +11,7 @@ from typing import Any
 
 import pytest
 
+import rpc
 import rpc.client.aio
 from rpc import (
     BroadcastReply,
@@ -214,6 +215,73 @@ def test_calls_in_flight_take_no_thread_each(connect, gates):
             return during - before
 
     assert run(scenario()) <= 2
+
+
+def test_on_rabbitmq_the_loop_reads_the_connection_without_a_thread(url, connect):
+    if not url.startswith("amqp"):
+        pytest.skip("other transports are bridged through a reader thread")
+
+    def threads() -> set[str]:  # but the executor's, which connected
+        return {t.name for t in threading.enumerate() if not t.name.startswith("asyncio_")}
+
+    async def scenario():
+        before = threads()
+        async with connect() as proxy:
+            await proxy.add(1, 2)
+            return threads() - before
+
+    assert run(scenario()) == set()
+
+
+def test_future_returns_a_task_whose_request_is_already_sent(connect, gates):
+    async def scenario():
+        async with connect() as proxy:
+            task = proxy.future.hold("gate")
+            assert isinstance(task, asyncio.Task)
+            await until(lambda: proxy.pending_calls == 1, "the request to be pending")
+            gates["gate"].set()
+            return await task
+
+    assert run(scenario()) == "gate"
+
+
+def test_callback_runs_on_success_and_the_state_finishes(connect):
+    async def scenario():
+        async with connect() as proxy:
+            results: list[Any] = []
+            uid = proxy.callback(results.append).add(2, 5)
+            assert proxy.get_callback_state(uid) in (rpc.CallbackState.WAITING,
+                                                      rpc.CallbackState.PROCESSING)
+            await until(lambda: proxy.get_callback_state(uid) == rpc.CallbackState.FINISHED,
+                        "the callback")
+            return results, proxy.get_num_waiting_callbacks()
+
+    assert run(scenario()) == ([7], 0)
+
+
+def test_callback_on_error_hears_the_remote_exception(connect):
+    async def scenario():
+        async with connect() as proxy:
+            errors: list[BaseException] = []
+
+            async def on_error(exc: BaseException) -> None:  # a coroutine function is awaited
+                errors.append(exc)
+
+            proxy.callback(None, on_error).fail("no")
+            await until(lambda: bool(errors), "the error callback")
+            return errors[0]
+
+    assert isinstance(run(scenario()), ValueError)
+
+
+def test_a_proxy_refuses_calls_from_another_event_loop(connect):
+    proxy = connect()
+    run(proxy.connect())
+    try:
+        with pytest.raises(RPCError, match="another event loop"):
+            run(proxy.add(1, 2))
+    finally:
+        asyncio.run(proxy.close())
 
 
 # -- cancellation --------------------------------------------------------------------------------

@@ -233,10 +233,13 @@ class AsyncProxy(ProxyBase):
         """Fail the calls still pending and close the connection (on the proxy's own loop, when
         another loop's task closes it)."""
         owner = self._loop
-        if owner is not None and owner is not asyncio.get_running_loop() and owner.is_running():
-            await asyncio.wrap_future(asyncio.run_coroutine_threadsafe(self._close(), owner))
-        else:
+        if owner is None or owner is asyncio.get_running_loop():
             await self._close()
+        elif owner.is_running():
+            await asyncio.wrap_future(asyncio.run_coroutine_threadsafe(self._close(), owner))
+        else:  # its loop is gone, and the connection with it: nothing is left to do I/O with
+            self._closed = True
+            self._table.drain()
 
     async def _close(self) -> None:
         if self._closed:
@@ -436,6 +439,9 @@ class AsyncProxy(ProxyBase):
             pending.value.append(self._calls.broadcast_reply(msg, pending))
         else:
             self._table.take(cid)
+            if pending.waiter is not None and pending.waiter.cancelled():
+                self._calls.dropped(cid)  # its task was cancelled, and has not yet forgotten it
+                return
             ok, value = self._calls.outcome(msg, pending)
             self._complete(pending, ok, value)
 
