@@ -58,7 +58,7 @@ NOT_RUN_MARK = re.compile(r"<!--\s*not-run:\s*(.*?)\s*-->")
 #: Blocks that cannot run here, in docs whose text this suite does not own: (doc, a line of the
 #: block) -> why. An entry that no longer matches a block fails test_every_not_run_entry_matches.
 NOT_RUN: dict[tuple[str, str], str] = {
-    ("README.md", 'pip install -e . && rpc demo'):
+    ("README.md", 'pip install -e ".[cli]" && rpc demo'):
         "the quick start installs the package and runs the whole suite; tests/test_readme.py "
         "checks it instead",
     ("README.md", 'pip install -e ".[test]" && python -m pytest'):
