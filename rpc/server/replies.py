@@ -1,0 +1,146 @@
+"""Sending replies, and telling which callers are gone from the replies that fail.
+
+RabbitMQ closes a server's whole connection (541 INTERNAL_ERROR) when a reply goes to a direct
+reply-to address whose caller's node died. The request then comes back redelivered, and a
+server that answered it the same way again would lose its connection for ever. So the replier
+remembers the addresses it lately wrote to: after such a close, a lone recent address is the
+culprit; among several, each becomes a suspect, and the next reply to a suspect is sent alone and
+given a moment (a probe): the broker closes the connection again only if its caller is gone. An
+address found gone is remembered for a while, and its requests are acknowledged unanswered.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from collections import deque
+from typing import Any
+
+from ..core import protocol
+from ..transport.link import Incoming, Link
+from .failures import LOGGER_NAME
+
+logger = logging.getLogger(LOGGER_NAME)
+
+#: The AMQP code RabbitMQ closes a connection with when a reply goes to a caller that is gone.
+INTERNAL_ERROR = 541
+#: Seconds a reply to a suspect address waits for such a close before it counts as delivered.
+PROBE_WAIT = 0.2
+#: Seconds a reply address found dead is remembered (its requests are acknowledged unanswered).
+GONE_CALLER_TTL = 120.0
+#: Reply addresses remembered as lately written to.
+RECENT_REPLIES = 64
+
+
+class Replier:
+    """Publishes each reply and acknowledges its request, in one write where that is safe.
+
+    Args:
+        server_id: the server's id, for the log.
+        identity: the server's ``app_id`` on every reply (``server_id@host:pid``).
+        counts: the server's counters; ``gone_callers`` counts requests of gone callers.
+        stopping: set when the server stops; it cuts a probe's wait short.
+    """
+
+    def __init__(self, server_id: str, identity: str, counts: dict[str, int],
+                 stopping: threading.Event) -> None:
+        self.server_id = server_id
+        self.identity = identity
+        self._counts = counts
+        self._stopping = stopping
+        self._recent: deque[str] = deque(maxlen=RECENT_REPLIES)
+        self._suspects: set[str] = set()
+        self._suspects_until = 0.0
+        self._gone: dict[str, float] = {}
+        self._probe: str | None = None
+        self._probe_lock = threading.Lock()
+
+    def send(self, msg: Incoming, tag: int | None, payload: bytes, content_type: str) -> None:
+        """Reply to ``msg`` and acknowledge delivery ``tag`` (None: it was acknowledged already).
+
+        Raises:
+            ConnectionLost: the connection failed; the request is not acknowledged.
+        """
+        link = msg.link
+        props = msg.props
+        reply_to = props.get("reply_to")
+        if not reply_to or not protocol.is_reply_address(reply_to):
+            if reply_to:
+                logger.warning("not replying to %r: not a reply address", reply_to[:100])
+            if tag is not None:
+                link.ack(tag)
+            return
+        if self._gone and reply_to in self._gone:
+            self._counts["gone_callers"] += 1
+            if tag is not None:
+                link.ack(tag)
+            return
+        if msg.redelivered and tag is not None:
+            # Its first reply may have been the one that made the broker close the connection
+            # (a caller that is gone): acknowledge first, so that it cannot loop.
+            link.ack(tag)
+            tag = None
+        self._recent.append(reply_to)
+        reply_props = protocol.reply_properties(props.get("correlation_id"), content_type,
+                                                self.identity)
+        if self.is_suspect(reply_to):
+            if tag is not None:
+                link.ack(tag)
+            self._send_probe(link, reply_to, payload, reply_props)
+            return
+        link.publish(reply_to, payload, reply_props, ack=tag)
+
+    def is_suspect(self, reply_to: Any) -> bool:
+        """Whether a reply to ``reply_to`` goes out as a probe, and so waits a moment."""
+        if not self._suspects or reply_to not in self._suspects:
+            return False
+        if time.monotonic() > self._suspects_until:
+            self._suspects.clear()
+            return False
+        return True
+
+    def would_wait(self, msg: Incoming) -> bool:
+        """Whether :meth:`send` would wait for a probe's answer to reply to ``msg``."""
+        return self.is_suspect(msg.props.get("reply_to"))
+
+    def closed_on_reply(self) -> set[str]:
+        """The broker closed the connection on a reply: work out which address made it do so.
+
+        Returns the addresses now known to be gone (empty while there are only suspects).
+        """
+        now = time.monotonic()
+        recent = set(self._recent)
+        self._recent.clear()
+        if self._probe is not None:
+            gone = {self._probe}
+        elif len(recent) == 1:
+            gone = recent
+        else:
+            gone = set()
+            self._suspects |= recent
+            self._suspects_until = now + GONE_CALLER_TTL
+        self._suspects -= gone
+        self._gone = {to: until for to, until in self._gone.items() if until > now}
+        for to in gone:
+            logger.warning("server %r: replies to %s... fail: its caller is gone",
+                           self.server_id, to[:40])
+            self._gone[to] = now + GONE_CALLER_TTL
+        return gone
+
+    def reconnected(self) -> None:
+        """A new connection: replies written before it cannot have closed it."""
+        self._recent.clear()
+
+    def _send_probe(self, link: Link, reply_to: str, payload: bytes,
+                    reply_props: dict[str, Any]) -> None:
+        """Reply to a suspect address alone, and clear it if the connection survives."""
+        with self._probe_lock:
+            self._probe = reply_to
+            try:
+                link.publish(reply_to, payload, reply_props)
+                self._stopping.wait(PROBE_WAIT)
+                if not link.closed:
+                    self._suspects.discard(reply_to)
+            finally:
+                self._probe = None
