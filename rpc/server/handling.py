@@ -1,0 +1,373 @@
+"""One request's way through a server: screen, decode, resolve, run, encode, remember, reply.
+
+:class:`Handler` holds no connection and starts no thread. The I/O thread calls :meth:`screen`
+on each delivery; a worker thread calls :meth:`Handler.handle`, which answers a repeat from the
+table of completed calls, or decodes the request, runs its handler and replies through the
+:class:`~rpc.server.replies.Replier` (the one place that writes). A coroutine handler is handed to
+the :class:`~rpc.server.loops.HandlerLoop` instead, and replied to from the loop once it ends.
+The decisions (:meth:`Handler.prepare`, :meth:`Handler.finish`) are plain functions of the
+request, unit-tested without a broker.
+"""
+
+from __future__ import annotations
+
+import concurrent.futures
+import inspect
+import logging
+import threading
+import time
+from collections.abc import Awaitable
+from typing import TYPE_CHECKING, Any
+
+from ..core import context, dedup, protocol, serialization, tracing
+from ..core.context import CallInfo
+from ..core.errors import BadRequest, ConnectionLost
+from ..transport.link import Incoming
+from .failures import LOGGER_NAME, UNDECODABLE, FailureLog, report
+from .loops import HandlerLoop
+from .options import ServerOptions
+from .registry import Method, Registry
+from .replies import Replier
+from .status import InFlight, Stats
+
+if TYPE_CHECKING:
+    from ..metrics import ServerMetrics
+
+logger = logging.getLogger(LOGGER_NAME)
+
+#: The method label of requests refused before their method was known (as rpc.metrics names it).
+UNKNOWN_METHOD = "<unknown>"
+#: Metric outcomes of the stats keys a finished call counts under.
+METRIC_OUTCOME = {
+    "calls": "ok", "errors": "error", "expected_errors": "expected_error",
+    "bad_requests": "bad_request",
+}
+#: What :meth:`Handler.screen` says of a delivery no worker should see.
+REJECTED, EXPIRED = "rejected", "expired"
+
+
+class Call:
+    """One request on its way through the server: what is known of it so far."""
+
+    __slots__ = ("msg", "key", "tag", "deadline", "reply_type", "started", "method", "target",
+                 "request", "info")
+
+    def __init__(
+        self, msg: Incoming, key: tuple[str, int] | None, tag: int | None, accept: frozenset[str],
+        deadline: float | None,
+    ) -> None:
+        self.msg = msg
+        self.deadline = deadline
+        #: What identifies a repeat of this request in the completed calls (None: not tracked).
+        self.key = key
+        #: The delivery tag still to acknowledge (None once acknowledged).
+        self.tag = tag
+        self.reply_type = protocol.reply_content_type(msg.props.get("content_type"), accept)
+        self.started = time.perf_counter()
+        self.method: str | None = None
+        self.target: Method | None = None
+        self.request: protocol.Request | None = None
+        self.info: CallInfo | None = None
+
+
+class Reply:
+    """A finished call's encoded reply, and the stats key it counts under."""
+
+    __slots__ = ("body", "content_type", "outcome")
+
+    def __init__(self, body: bytes, content_type: str, outcome: str) -> None:
+        self.body = body
+        self.content_type = content_type
+        self.outcome = outcome
+
+
+class Handler:
+    """Handles the requests of one running server; see the module docstring.
+
+    Args:
+        options: the options the server runs with.
+        registry: the methods it dispatches to.
+        completed: the table of completed calls that answers repeats.
+        stats: its counters and handler durations.
+        in_flight: the requests of this run not yet done with.
+        failures: logs failed calls.
+        replier: sends replies and acknowledges requests.
+        loop: where coroutine handlers run.
+        stopping: set once the server stops; a coroutine cancelled then is not answered.
+        metrics: Prometheus metrics, when the server serves them.
+    """
+
+    def __init__(
+        self, *, options: ServerOptions, registry: Registry, completed: dedup.CompletedCalls,
+        stats: Stats, in_flight: InFlight, failures: FailureLog, replier: Replier, loop: HandlerLoop,
+        stopping: threading.Event, metrics: ServerMetrics | None = None,
+    ) -> None:
+        self.server_id = options.server_id
+        self.accept = options.accept
+        self.max_message_size = options.max_message_size
+        self.send_tracebacks = options.send_tracebacks
+        self.on_error = options.on_error
+        self.async_concurrency = options.async_concurrency
+        self.registry = registry
+        self.completed = completed
+        self.stats = stats
+        self.counts = stats.counts
+        self.in_flight = in_flight
+        self.failures = failures
+        self.replier = replier
+        self.loop = loop
+        self.stopping = stopping
+        self.metrics = metrics
+
+    # -- on the I/O thread -------------------------------------------------------------------------
+
+    def screen(self, msg: Incoming) -> str | None:
+        """What to do with a delivery before any worker sees it: None to hand it to a worker,
+        :data:`REJECTED` (a reply published to the request queue: reject it) or :data:`EXPIRED`
+        (its deadline has passed: acknowledge it unanswered). Counts what it turns away."""
+        props = msg.props
+        if props.get("type") == protocol.REPLY_TYPE:
+            logger.warning("refused a reply published to the request queue %r", self.server_id)
+            self.counts["bad_requests"] += 1
+            self.observe(UNKNOWN_METHOD, REJECTED)
+            return REJECTED
+        deadline = protocol.deadline_of(props.get("headers"))
+        if deadline is not None and deadline < time.time():
+            self.counts["expired"] += 1
+            self.observe(UNKNOWN_METHOD, EXPIRED)
+            return EXPIRED
+        return None
+
+    def admit(self) -> None:
+        """A delivery goes to a worker: it is in flight until :meth:`settle`."""
+        self.in_flight.add()
+        if self.metrics is not None:
+            self.metrics.in_flight(1)
+
+    # -- on a worker thread ------------------------------------------------------------------------
+
+    def settle(self, outcome: str) -> None:
+        """A request admitted is done with; count it under ``outcome``."""
+        self.in_flight.settle(outcome)
+        if self.metrics is not None:
+            self.metrics.in_flight(-1)
+
+    def handle(self, msg: Incoming) -> str | None:
+        """Run one request (or answer a repeat of one) and reply; returns the stats key, or
+        None when a coroutine handler goes on running on the loop (it settles itself).
+
+        Raises:
+            ConnectionLost: the reply could not be sent; the broker redelivers the request.
+        """
+        tag = msg.delivery_tag
+        assert tag is not None, "a request is a delivery, which always has a tag"
+        props = msg.props
+        deadline = protocol.deadline_of(props.get("headers"))
+        if deadline is not None and deadline < time.time():  # it waited here past its deadline
+            msg.link.ack(tag)
+            self.observe(UNKNOWN_METHOD, EXPIRED)
+            return EXPIRED
+        metrics = self.metrics
+        if msg.redelivered:
+            self.counts["redelivered"] += 1
+            if metrics is not None:
+                metrics.redelivered()
+        key = self.repeat_key(msg)
+        if key is not None:
+            wait = None if deadline is None else max(deadline - time.time(), 0.0)
+            done = self.completed.begin(key, wait)
+            if done is not None:
+                if metrics is not None:
+                    metrics.duplicate()
+                logger.info("answered a repeat of request %s from the completed calls",
+                            props.get("message_id"))
+                self.replier.send(msg, tag, done.body, done.content_type)
+                return "duplicates"
+        call = Call(msg, key, tag, self.accept, deadline)
+        try:
+            try:
+                target = self.prepare(call)
+            except BaseException as exc:  # a bad request: its error is the reply
+                return self.respond(call, self.finish(call, None, exc))
+            if target.at_most_once:
+                msg.link.ack(tag)
+                call.tag = None
+            if target.is_async and self.async_concurrency:
+                self.loop.submit(self.run_async(call), lambda done: self.after_async(call, done))
+                return None
+            try:
+                result = self.execute(call)
+            except BaseException as exc:  # a handler's SystemExit must not end a worker either
+                return self.respond(call, self.finish(call, None, exc))
+            return self.respond(call, self.finish(call, result, None))
+        except BaseException:
+            if key is not None:
+                self.completed.finish(key, None)
+            raise
+
+    def repeat_key(self, msg: Incoming) -> tuple[str, int] | None:
+        """What identifies a repeat of this request: its message id and body (None: repeats of
+        it are not recognised)."""
+        if not self.completed.enabled:
+            return None
+        message_id = msg.props.get("message_id")
+        if not isinstance(message_id, str) or not message_id:
+            return None
+        return message_id, hash(msg.body)
+
+    def prepare(self, call: Call) -> Method:
+        """Decode and check a request, and resolve its method; returns the method.
+
+        Raises:
+            BadRequest, MethodNotFound, InvalidArguments: the request cannot run.
+        """
+        msg = call.msg
+        if msg.oversize:
+            raise BadRequest(f"request body of {msg.oversize} bytes exceeds this server's "
+                             f"limit of {self.max_message_size} bytes")
+        request = protocol.parse_request(
+            serialization.decode(msg.body, msg.props.get("content_type"), self.accept))
+        call.method = request.method
+        call.target = target = self.registry.resolve(request.method)
+        target.check_arguments(request.args, request.kwargs)
+        call.request = request
+        call.info = self.call_info(msg, request.method, call.deadline)
+        if self.metrics is not None:
+            self.observe_queued(msg.props)
+        return target
+
+    def call_info(self, msg: Incoming, method: str, deadline: float | None) -> CallInfo:
+        """What ``rpc.current_call()`` tells the handler of this request."""
+        props = msg.props
+        headers = props.get("headers")
+        ctx, stack = context.incoming(headers)
+        return CallInfo(
+            server_id=self.server_id, method=method,
+            correlation_id=props.get("correlation_id"), message_id=props.get("message_id"),
+            deadline=deadline, redelivered=msg.redelivered,
+            user_id=props.get("user_id"), context=ctx, call_stack=stack, headers=headers or {},
+        )
+
+    def execute(self, call: Call) -> Any:
+        """Run a prepared call's handler here, with ``current_call()`` set; a coroutine it
+        returns runs on the loop while this thread waits."""
+        target, request, info = call.target, call.request, call.info
+        assert target is not None and request is not None and info is not None
+        token = context.enter(info)
+        try:
+            with tracing.server_span(info.headers, self.server_id, info.method):
+                result = target.func(*request.args, **request.kwargs)
+                if inspect.isawaitable(result):
+                    result = self.loop.run(_awaiting(result, info))
+        finally:
+            context.leave(token)
+        return result
+
+    def finish(self, call: Call, result: Any, exc: BaseException | None) -> Reply:
+        """Log, count, encode and remember a call's outcome; returns the reply to send."""
+        elapsed = time.perf_counter() - call.started
+        method, target, info = call.method, call.target, call.info
+        if exc is None:
+            ok = True
+            body = protocol.result_body(result)
+            outcome = "calls"
+        else:
+            ok = False
+            body = protocol.error_reply(exc, call.reply_type,
+                                        include_traceback=self.send_tracebacks)
+            outcome = self.failures.record(exc, call.msg.props, method, target, info, elapsed)
+            if info is not None and self.on_error is not None:
+                report(self.on_error, exc, info)
+        self.stats.latencies.append(elapsed)
+        if self.metrics is not None:
+            self.observe(method if target is not None and method else UNKNOWN_METHOD,
+                         METRIC_OUTCOME[outcome], elapsed if info is not None else None)
+        payload, reply_type = protocol.encode_reply(body, call.reply_type, ok=ok,
+                                                    include_traceback=self.send_tracebacks)
+        if ok and logger.isEnabledFor(logging.DEBUG):
+            logger.debug("%s ok in %.2f ms", method, elapsed * 1000)
+        if not ok and not call.msg.props.get("reply_to"):
+            logger.warning("cast %s failed: %s", method or UNDECODABLE, body["error"]["message"])
+        if call.key is not None:
+            self.completed.finish(call.key, dedup.Completed(payload, reply_type, time.monotonic()))
+        return Reply(payload, reply_type, outcome)
+
+    def respond(self, call: Call, reply: Reply) -> str:
+        """Send a finished call's reply and acknowledge its request; returns its stats key."""
+        self.replier.send(call.msg, call.tag, reply.body, reply.content_type)
+        return reply.outcome
+
+    # -- coroutine handlers, on the loop -----------------------------------------------------------
+
+    async def run_async(self, call: Call) -> Any:
+        """A prepared call of an ``async def`` handler, once a slot of the loop is free."""
+        target, request, info = call.target, call.request, call.info
+        assert target is not None and request is not None and info is not None
+        async with self.loop.slots:
+            token = context.enter(info)
+            try:
+                with tracing.server_span(info.headers, self.server_id, info.method):
+                    return await target.func(*request.args, **request.kwargs)
+            finally:
+                context.leave(token)
+
+    def after_async(self, call: Call, done: concurrent.futures.Future[Any]) -> None:
+        """Reply to a coroutine handler's call once it has ended (on the loop's thread)."""
+        if done.cancelled() and self.stopping.is_set():
+            # Cut off by a stop whose grace ran out: the broker redelivers it to another server.
+            if call.key is not None:
+                self.completed.finish(call.key, None)
+            self.settle("requeued")
+            return
+        try:
+            error = done.exception()
+        except concurrent.futures.CancelledError as cancelled:
+            error = cancelled
+        try:
+            reply = self.finish(call, None if error else done.result(), error)
+        except Exception:
+            logger.exception("unexpected error replying to a request")
+            self.settle("requeued")
+            return
+        if self.replier.would_wait(call.msg):
+            # A probe waits a moment for the broker's verdict: not on the application's loop.
+            threading.Thread(target=self.send_settled, args=(call, reply), daemon=True,
+                             name=f"rpc-reply-{self.server_id}").start()
+        else:
+            self.send_settled(call, reply)
+
+    def send_settled(self, call: Call, reply: Reply) -> None:
+        """Send a coroutine handler's reply, and settle its request whatever happens."""
+        outcome = "requeued"
+        try:
+            outcome = self.respond(call, reply)
+        except ConnectionLost as exc:
+            logger.warning("reply to %s not sent, the request will be redelivered: %s",
+                           call.msg.props.get("correlation_id"), exc)
+        except Exception:
+            logger.exception("unexpected error replying to a request")
+        finally:
+            self.settle(outcome)
+
+    # -- metrics -----------------------------------------------------------------------------------
+
+    def observe(self, method: str, outcome: str, duration: float | None = None) -> None:
+        if self.metrics is not None:
+            self.metrics.call(method, outcome, duration)
+
+    def observe_queued(self, props: dict[str, Any]) -> None:
+        """Time from publish to start: the deadline less the timeout the caller gave it."""
+        assert self.metrics is not None
+        deadline = protocol.deadline_of(props.get("headers"))
+        expiration = props.get("expiration")
+        if deadline is not None and isinstance(expiration, str) and expiration.isdigit():
+            self.metrics.queued(max(time.time() - (deadline - int(expiration) / 1000), 0.0))
+
+
+async def _awaiting(awaitable: Awaitable[Any], info: CallInfo) -> Any:
+    """Await what a plain function returned, with ``current_call()`` set on the loop too."""
+    token = context.enter(info)
+    try:
+        return await awaitable
+    finally:
+        context.leave(token)
