@@ -1,0 +1,228 @@
+"""A server's side of the broker: its queues, the I/O thread that reads them, and reconnecting.
+
+The I/O thread reads the connection and dispatches each delivery to ``on_message``; it never
+runs user code. A lost connection moves on to the next node of a cluster and declares everything
+again; the consumer of the request queue always comes last, once everything else is set up.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+from collections.abc import Callable
+from typing import Any
+
+import amqp.exceptions
+
+from ..core import protocol
+from ..core.errors import AccessRefused, ConnectionError, ConnectionLost
+from ..transport.connect import Failover, open_connection
+from ..transport.link import Link, OnMessage, QueueInfo, open_link
+from ..transport.urls import mask_url
+from .failures import LOGGER_NAME
+from .options import ServerOptions
+
+logger = logging.getLogger(LOGGER_NAME)
+
+#: Seconds each reconnection attempt keeps retrying before it logs and starts over.
+RECONNECT_RETRY = 30.0
+#: Longest pause between reconnection attempts, in seconds.
+RECONNECT_BACKOFF = 5.0
+#: Seconds ``queue_depth()`` waits for the broker's answer.
+INSPECT_WAIT = 2.0
+
+
+class Consumer:
+    """Connects, declares and consumes for one server, and keeps doing so until it stops.
+
+    Args:
+        options: the server's options (URL, queue, heartbeat, TLS...).
+        prefetch: the prefetch of the request and broadcast consumers.
+        on_message: called on the I/O thread with every delivery.
+        stopping: set when the server stops: no more reconnecting, and connecting gives up.
+        idle: whether nothing is left to answer; once stopping, the I/O thread ends when idle.
+        on_lost: hears of each lost connection, before reconnecting.
+        on_reconnected: hears of each new connection after a loss.
+    """
+
+    def __init__(
+        self, options: ServerOptions, *, prefetch: int, on_message: OnMessage,
+        stopping: threading.Event, idle: Callable[[], bool],
+        on_lost: Callable[[ConnectionLost], None], on_reconnected: Callable[[], None],
+    ) -> None:
+        self.options = options
+        self.server_id = options.server_id
+        self.prefetch = prefetch
+        self.on_message = on_message
+        self.stopping = stopping
+        self.idle = idle
+        self.on_lost = on_lost
+        self.on_reconnected = on_reconnected
+        self.failover = Failover(options.url, options.failover)
+        #: The current connection (None before :meth:`connect`).
+        self.link: Link | None = None
+        self.consumer_tag: str | None = None
+        self.broadcast_tag: str | None = None
+        self._thread: threading.Thread | None = None
+
+    @property
+    def url(self) -> str:
+        """The URL of the node connected to, password masked."""
+        return mask_url(self.failover.current or self.options.url)
+
+    def connect(self) -> None:
+        """Connect and consume, retrying for the options' ``connect_retry`` seconds.
+
+        Raises:
+            rpc.ConnectionError: the broker stayed unreachable, or refused the queue.
+        """
+        self.link = self.open(self.options.connect_retry)
+
+    def start(self) -> None:
+        """Start the I/O thread (after :meth:`connect`)."""
+        self._thread = threading.Thread(
+            target=self.run, name=f"rpc-server-io-{self.server_id}", daemon=True)
+        self._thread.start()
+
+    def cancel(self) -> None:
+        """Ask the broker to send no more requests (those already sent still arrive)."""
+        link = self.link
+        if link is None or link.closed:
+            return
+        try:
+            for tag in (self.consumer_tag, self.broadcast_tag):
+                if tag is not None:
+                    link.cancel(tag)
+        except ConnectionLost:
+            pass
+
+    def close(self) -> None:
+        """Close the connection (unacknowledged deliveries go back to the queue) and wait for
+        the I/O thread to end."""
+        if self.link is not None:
+            self.link.close()
+        if self._thread is not None:
+            self._thread.join(timeout=5)
+
+    def healthy(self) -> bool:
+        """Alive: the I/O thread runs and its connection is open (or being reopened briefly)."""
+        thread, link = self._thread, self.link
+        return thread is not None and thread.is_alive() and link is not None and not link.closed
+
+    def consuming(self) -> bool:
+        """Whether the request queue's consumer is on an open connection."""
+        link = self.link
+        return link is not None and not link.closed and self.consumer_tag is not None
+
+    def queue_depth(self) -> int | None:
+        """The request queue's message count (one round trip, at most 2 s); None when unknown."""
+        link = self.link
+        if link is None or link.closed:
+            return None
+        answer: list[QueueInfo | None] = []
+        got = threading.Event()
+
+        def on_info(info: QueueInfo | None) -> None:
+            answer.append(info)
+            got.set()
+
+        try:
+            link.inspect_queue(self.server_id, on_info)
+        except ConnectionLost:
+            return None
+        if not got.wait(INSPECT_WAIT) or answer[0] is None:
+            return None
+        return answer[0].messages
+
+    # -- connecting --------------------------------------------------------------------------------
+
+    def open(self, retry_for: float) -> Link:
+        """A new connection, with the queues declared and consumed."""
+        options = self.options
+        conn = open_connection(
+            self.failover, heartbeat=options.heartbeat, retry_for=retry_for,
+            name=f"rpc-server {self.server_id}", ssl=options.ssl_options(), cancel=self.stopping,
+        )
+        try:
+            return self.declare(conn)
+        except amqp.exceptions.AccessRefused as exc:
+            conn.release()
+            raise AccessRefused(f"the broker refused {self.server_id!r} its queue: {exc}") from None
+        except amqp.exceptions.PreconditionFailed as exc:
+            conn.release()
+            raise ConnectionError(
+                f"queue {self.server_id!r} exists with other arguments than this server's "
+                f"({options.queue_type}: {options.request_queue_arguments()}): {exc}. Delete "
+                f"it, or give the server the queue's own queue_type and queue_arguments") from None
+        except amqp.exceptions.AMQPError as exc:
+            conn.release()
+            raise ConnectionError(f"cannot set up {self.server_id!r}: {exc}") from None
+        except Exception:
+            conn.release()
+            raise
+
+    def declare(self, conn: Any) -> Link:
+        """Declare, bind and consume: the request queue's consumer comes last, once all is set."""
+        options = self.options
+        link = open_link(conn, self.on_message, on_cancel=self.on_cancel,
+                         max_body=options.max_message_size)
+        if options.queue_type == "quorum":
+            link.declare_queue(options.dead_letter_queue, durable=True,
+                               arguments={"x-queue-type": "quorum"})
+        link.declare_queue(self.server_id, durable=True,
+                           arguments=options.request_queue_arguments())
+        broadcasts = link.broadcast_queue(protocol.broadcast_exchange(self.server_id))
+        self.broadcast_tag = link.consume(broadcasts, prefetch=self.prefetch)
+        self.consumer_tag = link.consume(self.server_id, prefetch=self.prefetch)
+        return link
+
+    def on_cancel(self, tag: str) -> None:
+        """The broker cancelled a consumer (its queue was deleted): reconnect to declare it."""
+        if not self.stopping.is_set():
+            logger.error("the broker cancelled consumer %s of %r (queue deleted?); "
+                         "reconnecting to declare it again", tag, self.server_id)
+            if self.link is not None:
+                self.link.close()
+
+    # -- the I/O thread ----------------------------------------------------------------------------
+
+    def run(self) -> None:
+        """Read and dispatch until stopped and idle, reconnecting after each loss."""
+        heartbeat = self.options.heartbeat
+        tick = max(min(heartbeat / 4, 1.0), 0.05) if heartbeat else 1.0
+        while True:
+            link = self.link
+            assert link is not None
+            try:
+                while not (self.stopping.is_set() and self.idle()):
+                    link.read(tick)
+                    link.tick()
+                return
+            except ConnectionLost as exc:
+                if self.stopping.is_set():
+                    return
+                self.consumer_tag = None
+                self.on_lost(exc)
+                if not self.reconnect():
+                    return
+
+    def reconnect(self) -> bool:
+        """Connect again, to the next node first; False once the server stops instead."""
+        failures = 0
+        while not self.stopping.is_set():
+            try:
+                link = self.open(retry_for=RECONNECT_RETRY)
+            except Exception as exc:
+                # The next attempt goes to the next node; back off only as failures repeat.
+                failures += 1
+                logger.error("server %r cannot reconnect: %s", self.server_id, exc)
+                self.stopping.wait(min(0.25 * 2 ** (failures - 1), RECONNECT_BACKOFF))
+                continue
+            if self.stopping.is_set():  # the stop came while connecting: serve nothing more
+                link.close()
+                return False
+            self.link = link
+            self.on_reconnected()
+            logger.info("server %r reconnected to %s", self.server_id, self.url)
+            return True
+        return False

@@ -1,0 +1,234 @@
+"""One run of a server, from start() to stop(): its connection, worker threads and event loop.
+
+One I/O thread (:mod:`rpc.server.consumer`) reads the connection and screens each delivery;
+``concurrency`` worker threads take the requests from one queue and handle them
+(:mod:`rpc.server.handling`); ``async def`` handlers run on the :class:`HandlerLoop`, the
+server's own or the application's. Stopping cancels the consumers, lets the calls in flight
+finish within the grace, and closes the connection, which returns every request not
+acknowledged to the queue.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import queue
+import threading
+import time
+
+from ..core.dedup import CompletedCalls
+from ..core.errors import ConnectionLost
+from ..transport.link import Incoming, Link
+from .consumer import Consumer
+from .failures import LOGGER_NAME, FailureLog
+from .handling import REJECTED, Handler
+from .loops import HandlerLoop
+from .monitoring import Endpoint, server_metrics
+from .options import ServerOptions
+from .registry import Registry
+from .replies import INTERNAL_ERROR, Replier
+from .status import InFlight, Stats
+
+logger = logging.getLogger(LOGGER_NAME)
+
+
+class Runtime:
+    """Everything a server runs on between one start() and the stop() after it.
+
+    Args:
+        options: the options to run with (frozen for the whole run).
+        registry: the methods to serve.
+        stats: the server's counters, kept across runs.
+        completed: the server's table of completed calls, kept across runs.
+        failures: the server's failure log, kept across runs.
+        identity: the server's ``app_id`` on replies.
+        loop: the application's running loop for ``async def`` handlers; None: the server's own.
+    """
+
+    def __init__(
+        self, *, options: ServerOptions, registry: Registry, stats: Stats,
+        completed: CompletedCalls, failures: FailureLog, identity: str,
+        loop: asyncio.AbstractEventLoop | None = None,
+    ) -> None:
+        self.options = options
+        self.server_id = server_id = options.server_id
+        self.counts = stats.counts
+        #: Set once stop() begins: no more reconnecting, and the I/O thread ends when idle.
+        self.stopping = threading.Event()
+        #: Whether deliveries are handled (False: they go back to the queue).
+        self.accepting = False
+        self.started_at = 0.0
+        self.in_flight = InFlight(stats.counts)
+        self.metrics = server_metrics(server_id) if options.metrics_port is not None else None
+        self.endpoint: Endpoint | None = None
+        self.replier = Replier(server_id, identity, stats.counts, self.stopping)
+        self.loop = HandlerLoop(f"rpc-server-loop-{server_id}", options.async_concurrency, loop)
+        self.handler = Handler(
+            options=options, registry=registry, completed=completed, stats=stats,
+            in_flight=self.in_flight, failures=failures, replier=self.replier, loop=self.loop,
+            stopping=self.stopping, metrics=self.metrics,
+        )
+        self.prefetch = options.prefetch_count(registry.has_async())
+        self.consumer = Consumer(
+            options, prefetch=self.prefetch, on_message=self.on_message,
+            stopping=self.stopping, idle=self.idle, on_lost=self.on_lost,
+            on_reconnected=self.on_reconnected,
+        )
+        self._work: queue.SimpleQueue[Incoming | None] = queue.SimpleQueue()
+        self._workers: list[threading.Thread] = []
+
+    # -- starting and stopping ---------------------------------------------------------------------
+
+    def start(self) -> None:
+        """Serve the metrics endpoint, connect and consume; return once consuming.
+
+        Raises:
+            rpc.ConnectionError: the broker stayed unreachable, or refused the queue.
+            OSError: the metrics port could not be bound.
+        """
+        options = self.options
+        try:
+            if options.metrics_port is not None:
+                self.endpoint = Endpoint(
+                    options.metrics_port, options.metrics_host, healthy=self.healthy,
+                    ready=self.ready, stopping=self.stopping, name=self.server_id)
+            self.consumer.connect()
+        except BaseException:
+            self.stopping.set()
+            if self.endpoint is not None:
+                self.endpoint.close()
+            raise
+        self.started_at = time.monotonic()
+        self.accepting = True
+        self._workers = [
+            threading.Thread(target=self.work, name=f"rpc-worker-{self.server_id}-{i}",
+                             daemon=True)
+            for i in range(options.concurrency)
+        ]
+        for worker in self._workers:
+            worker.start()
+        self.consumer.start()
+
+    def stop(self, grace: float | None) -> int:
+        """Stop consuming, let the calls in flight finish (up to ``grace`` s; None: for ever),
+        then disconnect; returns how many calls were still running when the grace ran out.
+
+        Requests prefetched but not started go back to the queue for another server, and so do
+        the abandoned ones once the connection closes.
+        """
+        self.begin_stop()
+        self.consumer.cancel()
+        for _ in self._workers:
+            self._work.put(None)
+        deadline = None if grace is None else time.monotonic() + grace
+        for worker in self._workers:
+            worker.join(None if deadline is None else max(deadline - time.monotonic(), 0))
+        # Coroutine handlers may still run on the loop.
+        abandoned = self.in_flight.wait_idle(
+            None if deadline is None else max(deadline - time.monotonic(), 0))
+        if abandoned:
+            logger.warning("stopping %r with %d call(s) still running after the %s s grace: the "
+                           "broker will redeliver them", self.server_id, abandoned, grace)
+        self.consumer.close()
+        self.loop.cancel_running()
+        self.loop.close()
+        if self.endpoint is not None:
+            self.endpoint.close()
+        return abandoned
+
+    def begin_stop(self) -> None:
+        """Take no more requests in, at once; :meth:`stop` does the rest."""
+        self.stopping.set()
+        self.accepting = False
+
+    @property
+    def metrics_address(self) -> tuple[str, int] | None:
+        return None if self.endpoint is None else self.endpoint.address
+
+    def healthy(self) -> bool:
+        """Alive: the I/O thread runs and its connection is open (or being reopened briefly)."""
+        return self.consumer.healthy()
+
+    def ready(self) -> bool:
+        """Ready: consuming requests now."""
+        return self.accepting and self.consumer.consuming()
+
+    @property
+    def link(self) -> Link | None:
+        """The current connection."""
+        return self.consumer.link
+
+    # -- on the I/O thread -------------------------------------------------------------------------
+
+    def on_message(self, msg: Incoming) -> None:
+        """Cheap checks, then hand the request to a worker."""
+        tag = msg.delivery_tag
+        assert tag is not None, "a request is a delivery, which always has a tag"
+        if not self.accepting:
+            self.counts["requeued"] += 1
+            requeue(msg.link, tag)
+            return
+        verdict = self.handler.screen(msg)
+        if verdict is None:
+            self.handler.admit()
+            self._work.put(msg)
+        elif verdict == REJECTED:
+            msg.link.reject(tag, requeue=False)
+        else:
+            msg.link.ack(tag)
+
+    def idle(self) -> bool:
+        """Whether every request taken in is done with."""
+        return self.in_flight.count == 0 and self._work.empty()
+
+    def on_lost(self, exc: ConnectionLost) -> None:
+        if exc.code == INTERNAL_ERROR:
+            # RabbitMQ does this on a reply to a caller whose node is gone: the request comes
+            # back redelivered, and is then acknowledged before its reply.
+            self.replier.closed_on_reply()
+            self.counts["reply_failures"] += 1
+            if self.metrics is not None:
+                self.metrics.reply_failed()
+            logger.warning("server %r: the broker closed the connection on a reply (%s); its "
+                           "caller is presumably gone", self.server_id, exc)
+        else:
+            logger.warning("server %r lost its connection: %s", self.server_id, exc)
+
+    def on_reconnected(self) -> None:
+        self.replier.reconnected()
+        self.counts["reconnects"] += 1
+        if self.metrics is not None:
+            self.metrics.reconnected()
+
+    # -- on the worker threads ---------------------------------------------------------------------
+
+    def work(self) -> None:
+        """A worker: handle requests until told to stop (a None on the queue)."""
+        handler = self.handler
+        while True:
+            msg = self._work.get()
+            if msg is None:
+                return
+            outcome: str | None = "requeued"
+            try:
+                if self.accepting:
+                    outcome = handler.handle(msg)
+                elif msg.delivery_tag is not None:
+                    requeue(msg.link, msg.delivery_tag)
+            except ConnectionLost as exc:
+                logger.warning("reply to %s not sent, the request will be redelivered: %s",
+                               msg.props.get("correlation_id"), exc)
+            except Exception:
+                logger.exception("unexpected error handling a request")
+            finally:
+                if outcome is not None:  # None: a coroutine handler runs on, on the loop
+                    handler.settle(outcome)
+
+
+def requeue(link: Link, tag: int) -> None:
+    """Give a delivery back to its queue, unless the connection is gone (which does the same)."""
+    if not link.closed:
+        try:
+            link.reject(tag, requeue=True)
+        except ConnectionLost:
+            pass
