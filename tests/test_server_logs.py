@@ -42,7 +42,7 @@ def served(broker_url: str, server_id: str):
 
 
 def records(caplog: pytest.LogCaptureFixture, level: int) -> list[logging.LogRecord]:
-    return [r for r in caplog.records if r.name == "rpc.server.server" and r.levelno == level]
+    return [r for r in caplog.records if r.name == "rpc.server" and r.levelno == level]
 
 
 def wait_for_record(caplog: pytest.LogCaptureFixture, level: int) -> logging.LogRecord:
@@ -102,16 +102,16 @@ def test_arguments_that_do_not_fit_are_logged_as_refused_with_the_method_name(se
 def test_a_storm_of_one_error_is_rate_limited_with_a_count(served, caplog):
     caplog.set_level(logging.INFO, logger="rpc")
     server, proxy = served
-    server._log_limiter.window = 0.5
+    server._failures.limiter.window = 0.5
     for _ in range(20):
         with pytest.raises(ZeroDivisionError):
             proxy.divide(1, 0)
-    assert len(records(caplog, logging.ERROR)) == server._log_limiter.burst
+    assert len(records(caplog, logging.ERROR)) == server._failures.limiter.burst
     time.sleep(0.6)
     with pytest.raises(ZeroDivisionError):
         proxy.divide(1, 0)
     deadline = time.monotonic() + WAIT
-    while len(records(caplog, logging.ERROR)) <= server._log_limiter.burst:
+    while len(records(caplog, logging.ERROR)) <= server._failures.limiter.burst:
         assert time.monotonic() < deadline
         time.sleep(0.01)
     assert "(15 more like it suppressed)" in records(caplog, logging.ERROR)[-1].getMessage()
@@ -122,7 +122,7 @@ def test_start_and_stop_are_logged_with_the_password_masked(broker_url, server_i
     server = Server(broker_url, server_id=server_id)
     server.start()
     server.stop()
-    lines = [r.getMessage() for r in caplog.records if r.name == "rpc.server.server"]
+    lines = [r.getMessage() for r in caplog.records if r.name == "rpc.server"]
     start = next(line for line in lines if line.startswith("serving"))
     assert server_id in start and "guest:**@" in start and "classic" in start
     assert "methods" in start and "concurrency 1" in start
@@ -140,5 +140,5 @@ def test_serve_from_a_script_logs_to_stderr_without_any_logging_setup(broker_url
     done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True,
                           timeout=60)
     assert done.returncode == 0, done.stderr
-    assert f"INFO rpc.server.server: serving {server_id!r}" in done.stderr
+    assert f"INFO rpc.server: serving {server_id!r}" in done.stderr
     assert f"stopped serving {server_id!r}" in done.stderr

@@ -10,6 +10,7 @@ code (:mod:`rpc.exitcodes`). The broker URL travels in ``$RPC_BROKER_URL``, neve
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import importlib
 import logging
 import os
@@ -18,9 +19,11 @@ import sys
 import threading
 from dataclasses import dataclass
 from types import FrameType
+from typing import Any
 
 from ..core.errors import ConnectionError
 from ..defaults import DEFAULT_GRACE, SERVER_CONNECT_RETRY
+from ..server.options import queue_type
 from ..server.server import Server
 from ..transport.urls import URL_ENV
 from . import logconfig
@@ -129,16 +132,20 @@ def apply_overrides(server: Server, spec: WorkerSpec, slot: int = 0) -> None:
     ``--metrics-port`` (plus ``slot``, so that each worker of one ``rpc serve`` has a port of
     its own). A default prefetch (None: a multiple of the concurrency) follows the new
     concurrency; a prefetch the module chose itself is kept.
+
+    Raises:
+        ValueError: an option is out of range (the server's options are checked as a whole).
     """
+    changes: dict[str, Any] = {"connect_retry": spec.connect_retry}
     if spec.server_id is not None:
-        server.server_id = spec.server_id
+        changes["server_id"] = spec.server_id
     if spec.concurrency is not None:
-        server.concurrency = spec.concurrency
-    server.connect_retry = spec.connect_retry
+        changes["concurrency"] = spec.concurrency
     if spec.queue_type is not None:
-        server.queue_type = spec.queue_type
+        changes["queue_type"] = queue_type(spec.queue_type)
     if spec.metrics_port is not None:
-        server.metrics_port = spec.metrics_port + slot
+        changes["metrics_port"] = spec.metrics_port + slot
+    server.options = dataclasses.replace(server.options, **changes)
 
 
 def server_alive(server: Server) -> bool:
@@ -208,6 +215,9 @@ def run(spec: WorkerSpec, ready_fd: int | None = None, slot: int = 0) -> int:
     except TargetError as exc:
         logger.error("cannot load %s: %s", spec.target, exc, exc_info=exc.__cause__ is not None)
         return ExitCode.BAD_TARGET
+    except ValueError as exc:  # an option the server refuses
+        logger.error("server %s could not start: %s", spec.target, exc)
+        return ExitCode.ERROR
     if stop.is_set():
         return ExitCode.OK
     try:
@@ -246,7 +256,7 @@ def _parse(argv: list[str]) -> tuple[WorkerSpec, int | None, int]:
     parser.add_argument("--server-id")
     parser.add_argument("--concurrency", type=int)
     parser.add_argument("--grace", type=float, default=DEFAULT_GRACE)
-    parser.add_argument("--connect-retry", type=float, default=10.0)
+    parser.add_argument("--connect-retry", type=float, default=SERVER_CONNECT_RETRY)
     parser.add_argument("--app-dir", default=".")
     parser.add_argument("--log-level", default="INFO")
     parser.add_argument("--log-format", default="text")

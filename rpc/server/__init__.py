@@ -1,5 +1,6 @@
 """The server: registered methods, their lifecycle, and the handling of each request."""
 
-from .server import Server
+from .options import ServerOptions
+from .server import BaseServer, Server
 
-__all__ = ["Server"]
+__all__ = ["BaseServer", "Server", "ServerOptions"]

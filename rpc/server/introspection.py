@@ -9,13 +9,13 @@ import time
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
-    from .server import Server
+    from .server import BaseServer
 
 
 class SystemMethods:
     """Introspection of one server: registered as its ``system`` instance."""
 
-    def __init__(self, server: Server) -> None:
+    def __init__(self, server: BaseServer) -> None:
         self._server = server
         self._started = time.time()
 
