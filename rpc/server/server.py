@@ -1,11 +1,13 @@
-"""The public server: registration, settings and lifecycle.
+"""The public servers: registration, settings and lifecycle, blocking (:class:`Server`) or awaited
+(:class:`AsyncServer`).
 
-A server holds what lasts across restarts (the options, the methods, the counters, the table of
-completed calls) and starts a :class:`~rpc.server.runtime.Runtime` for each run: one I/O thread
+Both hold what lasts across restarts (the options, the methods, the counters, the table of
+completed calls) and start a :class:`~rpc.server.runtime.Runtime` for each run: one I/O thread
 reads the connection and never runs user code; ``concurrency`` worker threads run the plain
 handlers, and each publishes its reply and acknowledges the request in one write; ``async def``
-handlers run on an event loop of the server's own. A request is acknowledged only after its
-reply is published (at-least-once); one whose ``rpc-deadline`` has passed is acknowledged and skipped
+handlers run on an event loop, the server's own or, with :meth:`Server.serve_async` and
+:class:`AsyncServer`, the application's. A request is acknowledged only after its reply is
+published (at-least-once); one whose ``rpc-deadline`` has passed is acknowledged and skipped
 before its body is even decoded. A request seen again (a proxy's retry, a redelivery) is answered
 from the table of completed calls instead of running twice, and a lost connection moves on to
 the next node of a cluster.
@@ -21,7 +23,7 @@ import socket
 import threading
 import time
 from collections.abc import Callable, Iterable, Mapping
-from typing import Any, TypeVar, overload
+from typing import Any, Self, TypeVar, overload
 
 from ..core import dedup, serialization
 from ..core.context import CallInfo
@@ -52,10 +54,11 @@ from .status import Stats, status_report
 logger = logging.getLogger(LOGGER_NAME)
 
 _F = TypeVar("_F", bound=Callable[..., Any])
+_T = TypeVar("_T")
 
 
 class BaseServer:
-    """Settings, registration and status: what any face of a server needs.
+    """What :class:`Server` and :class:`AsyncServer` share: settings, registration and status.
 
     The constructor's arguments are described on :class:`Server`.
     """
@@ -314,13 +317,20 @@ class BaseServer:
             f"; metrics on :{metrics[1]}" if metrics else "",
         )
 
+    def _cancel_start(self) -> None:
+        """Make a start that is still connecting give up (it raises rpc.ConnectionError)."""
+        starting = self._starting
+        if starting is not None:
+            starting.stopping.set()
+
     def _stop(self, grace: float | None) -> int:
         """Stop consuming, finish the calls in flight (up to ``grace`` s), then disconnect;
         returns how many calls were still running when the grace ran out."""
         runtime = self._runtime
         if runtime is not None and runtime.loop.on_loop_thread():
             raise RuntimeError(
-                "stop() would block the event loop that this server's coroutine handlers run on")
+                "stop() would block the event loop that this server's coroutine handlers run "
+                "on: cancel the task awaiting serve_async(), or await AsyncServer.stop()")
         with self._lifecycle:
             runtime = self._runtime
             if runtime is None:
@@ -344,6 +354,53 @@ class BaseServer:
             if callable(hook):
                 hook(obj)
 
+    async def _start_on_loop(self, grace: float | None) -> None:
+        """Start with coroutine handlers on the running loop; connecting happens off it.
+
+        Cancelled while connecting, the start gives up (or, if it got through, the server stops
+        within ``grace``) before the cancellation goes on.
+        """
+        loop = asyncio.get_running_loop()
+        starting = loop.run_in_executor(None, self._start, loop)
+        try:
+            await asyncio.shield(starting)
+        except asyncio.CancelledError:
+            self._cancel_start()
+            try:
+                await _uncancelled(starting)
+            except Exception:
+                pass  # the cancellation is what the caller hears of
+            if self.running:
+                await _uncancelled(loop.run_in_executor(None, self._stop, grace))
+            raise
+
+    async def _serve_on_loop(self, grace: float | None) -> None:
+        """Wait until the server stops; cancelled, stop it within ``grace`` first (off the loop)."""
+        loop = asyncio.get_running_loop()
+        stopped: asyncio.Future[None] = loop.create_future()
+
+        def wake() -> None:
+            try:
+                loop.call_soon_threadsafe(_resolve, stopped)
+            except RuntimeError:  # the loop is closed: nobody waits any more
+                pass
+
+        self._on_stopped.append(wake)
+        try:
+            if not self.running:
+                return
+            try:
+                await stopped
+            except asyncio.CancelledError:
+                runtime = self._runtime
+                if runtime is not None:
+                    # At once, before the handlers cancelled with this task hear of it: a
+                    # coroutine cut off now is left to the broker to redeliver, not answered.
+                    runtime.begin_stop()
+                await _uncancelled(loop.run_in_executor(None, self._stop, grace))
+                raise
+        finally:
+            self._on_stopped.remove(wake)
 
 
 class Server(BaseServer):
@@ -359,6 +416,9 @@ class Server(BaseServer):
 
         server.register_instance(Math(), "math")
         server.serve()          # or server.start() ... server.stop()
+
+    Inside an asyncio application, ``await server.serve_async()`` serves from the application's
+    own loop instead.
 
     Args:
         url: broker URL; None reads $RPC_BROKER_URL, then ``amqp://guest:guest@localhost:5672//``.
@@ -443,8 +503,101 @@ class Server(BaseServer):
 
         Raises:
             RuntimeError: called on the event loop this server's coroutine handlers run on
-                (where waiting for them would block them).
+                (where waiting for them would block them): cancel ``serve_async()`` instead.
         """
         return self._stop(grace)
 
+    async def serve_async(self, *, grace: float | None = DEFAULT_GRACE) -> None:
+        """Serve from inside the running event loop until :meth:`stop` or cancellation.
 
+        Connecting and declaring happen off the loop, in its default executor. ``async def``
+        handlers then run as tasks on this loop (at most ``async_concurrency`` at once), beside
+        the application's own; plain functions run on the worker threads as usual. Cancelling
+        the task that awaits this stops the server gracefully, letting calls in flight finish
+        for up to ``grace`` seconds without blocking the loop, and then re-raises the
+        cancellation. It returns once the server has stopped. No signal handler is installed:
+        they are the application's.
+
+        Example::
+
+            async def main():
+                server = Server(server_id="calc")
+                server.register_function(add)
+                async with asyncio.TaskGroup() as tasks:
+                    tasks.create_task(server.serve_async())
+                    ...                             # the application, on the same loop
+
+        Raises:
+            rpc.ConnectionError: the broker stayed unreachable for ``connect_retry`` seconds.
+            RuntimeError: the server is already running.
+        """
+        await self._start_on_loop(grace)
+        await self._serve_on_loop(grace)
+
+
+class AsyncServer(BaseServer):
+    """A server driven from asyncio: it takes the same arguments and registration as
+    :class:`Server`, and serves from the running event loop, as :meth:`Server.serve_async`.
+
+    Example::
+
+        async with AsyncServer(server_id="calc") as server:    # connects off the loop
+            ...                                                # serving, beside the app
+
+        server = AsyncServer(server_id="calc")
+        server.register_function(add)
+        await server.serve()        # until stop() or cancellation, which stops gracefully
+    """
+
+    async def start(self) -> None:
+        """Connect (off the loop), declare the queue and consume; return once consuming.
+
+        Raises:
+            rpc.ConnectionError: the broker stayed unreachable for ``connect_retry`` seconds.
+            RuntimeError: the server is already running.
+        """
+        await self._start_on_loop(DEFAULT_GRACE)
+
+    async def stop(self, grace: float | None = DEFAULT_GRACE) -> int:
+        """Stop consuming and let the calls in flight finish (up to ``grace`` s), off the loop;
+        returns how many were still running when the grace ran out.
+
+        Cancelling the caller does not cancel the stop: it goes on in the background.
+        """
+        loop = asyncio.get_running_loop()
+        return await asyncio.shield(loop.run_in_executor(None, self._stop, grace))
+
+    async def serve(self, *, grace: float | None = DEFAULT_GRACE) -> None:
+        """Start unless started, then serve until :meth:`stop` or cancellation (which stops
+        gracefully within ``grace`` s, then re-raises). No signal handler is installed; under
+        ``asyncio.run()``, Ctrl-C cancels the main task, and so stops the server gracefully.
+
+        When the application has configured no logging, the ``rpc`` logger gets a plain stderr
+        handler at INFO first, as with :meth:`Server.serve`.
+        """
+        default_logging()
+        if not self.running:
+            await self._start_on_loop(grace)
+        await self._serve_on_loop(grace)
+
+    async def __aenter__(self) -> Self:
+        await self.start()
+        return self
+
+    async def __aexit__(self, *exc_info: object) -> None:
+        await self.stop()
+
+
+def _resolve(future: asyncio.Future[None]) -> None:
+    if not future.done():
+        future.set_result(None)
+
+
+async def _uncancelled(future: asyncio.Future[_T]) -> _T:
+    """Wait for ``future`` to the end, through any further cancellation of the waiting task."""
+    while True:
+        try:
+            return await asyncio.shield(future)
+        except asyncio.CancelledError:
+            if future.done():
+                return future.result()

@@ -7,7 +7,7 @@ import dataclasses
 import pytest
 
 from rpc import Server
-from rpc.server import ServerOptions
+from rpc.server import AsyncServer, ServerOptions
 from rpc.server.options import PREFETCH_PER_WORKER, queue_type
 
 UNREACHABLE = "amqp://user:s3cret@127.0.0.1:1//"
@@ -83,3 +83,9 @@ def test_queue_type_narrows_a_string() -> None:
     with pytest.raises(ValueError):
         queue_type("Quorum")
 
+
+def test_the_async_server_takes_the_same_arguments() -> None:
+    server = AsyncServer(UNREACHABLE, server_id="aopts", concurrency=2, async_concurrency=7)
+    assert (server.concurrency, server.async_concurrency) == (2, 7)
+    assert server.registry.names()[0].startswith("system.")
+    assert not server.running and server.status()["in_flight"] == 0
