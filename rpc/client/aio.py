@@ -109,6 +109,8 @@ class AsyncProxy(ProxyBase):
         self._declared: set[str] = set()
         self._tasks: set[asyncio.Task[Any]] = set()
         self._loop: asyncio.AbstractEventLoop | None = None
+        self._timer: asyncio.TimerHandle | None = None
+        self._timer_at: float | None = None
         self._closed = False
 
     # -- settings --------------------------------------------------------------------------------
@@ -240,11 +242,14 @@ class AsyncProxy(ProxyBase):
         else:  # its loop is gone, and the connection with it: nothing is left to do I/O with
             self._closed = True
             self._table.drain()
+            self._timer = None
 
     async def _close(self) -> None:
         if self._closed:
             return
         self._closed = True
+        if self._timer is not None:
+            self._timer.cancel()
         self._fail_all(RPCError("the proxy was closed while the call was pending"))
         connecting = self._connecting
         if connecting is not None and not connecting.done():
@@ -307,13 +312,7 @@ class AsyncProxy(ProxyBase):
                 await self._publish(pending)
                 if pending.kind == CAST:
                     return None
-                if pending.deadline is None:
-                    return await waiter
-                timer = loop.call_later(pending.deadline - time.monotonic(), self._expire, pending)
-                try:
-                    return await waiter
-                finally:
-                    timer.cancel()
+                return await waiter
             except asyncio.CancelledError:
                 self._table.take(pending.cid)
                 raise
@@ -340,8 +339,12 @@ class AsyncProxy(ProxyBase):
         track = None
         if pending.kind != CAST:
             props["reply_to"] = self._reply_to
-            self._table.add(pending)
+            table = self._table
+            table.add(pending, background=True)
             track = pending.cid
+            deadline = pending.deadline
+            if deadline is not None and (self._timer_at is None or deadline < self._timer_at):
+                self._arm_timer(deadline)
         exchange, routing_key = self._calls.routing(pending)
         try:
             if exchange and exchange not in self._declared:
@@ -355,15 +358,12 @@ class AsyncProxy(ProxyBase):
 
     async def _broadcast(self, pending: Pending) -> list[Any]:
         """Publish to every server, and collect what they answer until the timeout."""
-        loop = asyncio.get_running_loop()
-        waiter = pending.waiter = loop.create_future()
+        waiter = pending.waiter = asyncio.get_running_loop().create_future()
         await self._publish(pending)
-        assert pending.deadline is not None
         try:
-            await asyncio.wait({waiter}, timeout=max(pending.deadline - time.monotonic(), 0.0))
+            return list(await waiter)
         finally:
             self._table.take(pending.cid)
-        return list(pending.value)
 
     async def _callback(self, pending: Pending) -> None:
         try:
@@ -424,9 +424,27 @@ class AsyncProxy(ProxyBase):
             info = None  # no answer in time: the call goes ahead
         self._calls.checked(info)
 
-    def _expire(self, pending: Pending) -> None:
-        if self._table.take(pending.cid) is not None:
-            self._complete(pending, False, self._calls.timed_out(pending))
+    def _arm_timer(self, deadline: float) -> None:
+        """One loop timer for every call, set for the earliest deadline: a call costs no timer
+        of its own, and one that is answered in time costs none at all."""
+        if self._timer is not None:
+            self._timer.cancel()
+        loop = self._loop
+        assert loop is not None
+        self._timer = loop.call_later(max(deadline - time.monotonic(), 0.0), self._on_timer)
+        self._timer_at = deadline
+
+    def _on_timer(self) -> None:
+        self._timer = self._timer_at = None
+        table = self._table
+        for pending in table.expired(time.monotonic()):
+            if pending.kind == BROADCAST:
+                self._complete(pending, True, pending.value)
+            else:
+                self._complete(pending, False, self._calls.timed_out(pending))
+        deadline = table.next_deadline()
+        if deadline is not None:
+            self._arm_timer(deadline)
 
     # -- what the connection tells (on the loop) -------------------------------------------------
 

@@ -38,7 +38,7 @@ class Pending:
         "cid", "method", "kind", "content_type", "deadline", "done", "ok", "value",
         "future", "on_success", "on_error", "_signal", "_signalled",
         "body", "props", "broadcast", "wait_for_ready", "retries", "attempt", "unavailable",
-        "started", "waiter",
+        "started", "waiter", "timed",
     )
 
     def __init__(
@@ -71,6 +71,8 @@ class Pending:
         #: What an asyncio caller awaits (an ``asyncio.Future``); the blocking proxy sleeps on
         #: its own signal instead.
         self.waiter: Any = None
+        #: Whether the table times this call out (it is not waited on by a thread of its own).
+        self.timed = False
 
     def arm(self) -> None:
         """Prepare a synchronous call to sleep until :meth:`wake` (again, for a retry)."""
@@ -97,7 +99,8 @@ class CallTable:
     """Calls awaiting replies, by correlation id, and the deadlines of those nobody waits on.
 
     Synchronous callers time themselves out; the calls in the table's timer heap (futures and
-    callbacks) are expired by whoever drives the table, through :meth:`expired`. Not
+    callbacks of the blocking proxy, every call of the asyncio one) are expired by whoever
+    drives the table, through :meth:`expired`, so no call needs a timer of its own. Not
     thread-safe: the blocking proxy holds its lock around it, the asyncio proxy runs on one loop.
     """
 
@@ -115,10 +118,20 @@ class CallTable:
     def add(self, pending: Pending, *, background: bool = False) -> None:
         """Track ``pending``; a background call with a deadline gets a timer."""
         self._calls[pending.cid] = pending
+        pending.timed = background
         if background:
             self.background += 1
             if pending.deadline is not None:
-                heapq.heappush(self._timers, (pending.deadline, pending.cid))
+                timers = self._timers
+                heapq.heappush(timers, (pending.deadline, pending.cid))
+                if len(timers) > 2 * len(self._calls) + 256:
+                    self._compact()
+
+    def _compact(self) -> None:
+        """Drop the timers of calls already answered (they go only lazily, as they come due)."""
+        self._timers = [(p.deadline, cid) for cid, p in self._calls.items()
+                        if p.timed and p.deadline is not None]
+        heapq.heapify(self._timers)
 
     def get(self, cid: Any) -> Pending | None:
         """The call ``cid`` names, left in the table (a broadcast collects many replies)."""
@@ -127,13 +140,20 @@ class CallTable:
     def take(self, cid: Any) -> Pending | None:
         """Remove the call ``cid`` names, to complete it; None if it is gone (or never was)."""
         pending = self._calls.pop(cid, None) if type(cid) is str else None
-        if pending is not None and pending.kind in BACKGROUND:
+        if pending is not None and pending.timed:
             self.background -= 1
         return pending
 
     def next_deadline(self) -> float | None:
-        """The earliest timer, or None."""
-        return self._timers[0][0] if self._timers else None
+        """The earliest deadline of a call still in the table, or None."""
+        timers, calls = self._timers, self._calls
+        while timers:
+            deadline, cid = timers[0]
+            pending = calls.get(cid)
+            if pending is not None and pending.timed and pending.deadline == deadline:
+                return deadline
+            heapq.heappop(timers)  # answered: its timer is stale
+        return None
 
     def expired(self, now: float) -> list[Pending]:
         """Remove and return the background calls whose deadline has passed."""

@@ -451,3 +451,19 @@ def test_drain_empties_the_table_and_its_timers() -> None:
     table.add(pending("s"))
     assert {c.cid for c in table.drain()} == {"f", "s"}
     assert len(table) == 0 and table.background == 0 and table.next_deadline() is None
+
+
+def test_next_deadline_skips_the_timers_of_answered_calls() -> None:
+    table = CallTable()
+    table.add(pending("answered", FUTURE, 10.0), background=True)
+    table.add(pending("live", FUTURE, 20.0), background=True)
+    table.take("answered")
+    assert table.next_deadline() == 20.0
+
+
+def test_timers_of_answered_calls_do_not_pile_up() -> None:
+    table = CallTable()
+    for n in range(10_000):
+        table.add(pending(f"c{n}", FUTURE, 60.0 + n), background=True)
+        table.take(f"c{n}")
+    assert len(table._timers) < 300
