@@ -2,7 +2,7 @@
 
 Register functions and instances on a :class:`Server`; call them through a :class:`Proxy`
 synchronously, with callbacks, with timeouts or as futures, or await them on an
-:class:`AsyncProxy`. See README.md and docs/protocol.md.
+:class:`AsyncProxy`; :class:`AsyncServer` serves inside an application's event loop. See README.md and docs/protocol.md.
 """
 
 from __future__ import annotations
@@ -30,13 +30,14 @@ from .core.errors import (
     register_exception,
 )
 from .core.serialization import register_serializer
-from .server.server import Server
+from .server import AsyncServer, Server
 
 __version__ = "0.1.0"
 
 __all__ = [
     "AccessRefused",
     "AsyncProxy",
+    "AsyncServer",
     "BadRequest",
     "BroadcastReply",
     "BrokerBlocked",
