@@ -2,7 +2,8 @@
 
 Register functions and instances on a :class:`Server`; call them through a :class:`Proxy`
 synchronously, with callbacks, with timeouts or as futures, or await them on an
-:class:`AsyncProxy`; :class:`AsyncServer` serves inside an application's event loop. See README.md and docs/protocol.md.
+:class:`AsyncProxy`; :class:`AsyncServer` serves inside an application's event loop. See
+README.md and docs/protocol.md.
 """
 
 from __future__ import annotations
