@@ -383,6 +383,32 @@ def test_close_does_not_call_on_lost_and_later_publishes_fail(url: str) -> None:
     run(scenario())
 
 
+def test_close_from_another_loop_closes_the_link_on_its_own(url: str) -> None:
+    own = asyncio.new_event_loop()
+    thread = threading.Thread(target=own.run_forever, daemon=True)
+    thread.start()
+    try:
+        async def opened() -> tuple[AsyncLink, Ends]:
+            ends = Ends()
+            link, _ = await connect(url, ends)
+            return link, ends
+
+        link, ends = asyncio.run_coroutine_threadsafe(opened(), own).result(WAIT)
+        run(link.close())  # on this thread's loop, not the link's
+
+        async def closed() -> None:
+            while not link.closed:
+                await asyncio.sleep(0.01)
+            await asyncio.sleep(0.1)
+
+        asyncio.run_coroutine_threadsafe(closed(), own).result(WAIT)
+        assert ends.lost == []
+    finally:
+        own.call_soon_threadsafe(own.stop)
+        thread.join(WAIT)
+        own.close()
+
+
 # -- TLS -----------------------------------------------------------------------------------------
 
 def test_a_tls_connection_carries_messages_both_ways(tls_broker: dict[str, Any]) -> None:

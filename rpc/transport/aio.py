@@ -407,6 +407,13 @@ class _SocketLink(AsyncLink):
     async def close(self) -> None:
         if self.closed:
             return
+        if asyncio.get_running_loop() is not self._loop:
+            # Closed from another loop: the link's own loop does it, unwaited for.
+            try:
+                self._loop.call_soon_threadsafe(lambda: self._loop.create_task(self.close()))
+            except RuntimeError:  # that loop is closed: nothing watches the socket any more
+                self._release()
+            return
         try:
             self._write(self._session.close())
         except ConnectionLost:
@@ -524,6 +531,7 @@ class _BridgeLink(AsyncLink):
         if self.closed:
             return
         self.closed = True
-        await self._loop.run_in_executor(None, self._reader.join)
-        await self._loop.run_in_executor(None, self._link.close)
+        loop = asyncio.get_running_loop()  # the link's own, or any other: both work
+        await loop.run_in_executor(None, self._reader.join)
+        await loop.run_in_executor(None, self._link.close)
 
