@@ -306,74 +306,73 @@ def parse_declare_ok(payload: bytes) -> tuple[str, int, int]:
     return name, messages, consumers
 
 
-def decode_properties(buf: bytes, offset: int) -> dict[str, Any]:
+def decode_properties(buf: bytes, offset: int, errors: str = "surrogatepass") -> dict[str, Any]:
     """The ``basic`` content properties at ``offset``: what py-amqp's ``decode_properties_basic``
     gives, with the header table named ``headers``.
 
     Short strings that are not UTF-8 (py-amqp raises on them) are decoded with replacement
     characters, so a hostile publisher cannot stop a reader.
     """
+    start = offset
     try:
-        return _decode_properties(buf, offset, "surrogatepass")
+        (flags,) = _SHORT.unpack_from(buf, offset)
+        offset += 2
+        props: dict[str, Any] = {}
+        if flags & _F_CONTENT_TYPE:
+            end = offset + 1 + buf[offset]
+            props["content_type"] = buf[offset + 1:end].decode("utf-8", errors)
+            offset = end
+        if flags & _F_CONTENT_ENCODING:
+            end = offset + 1 + buf[offset]
+            props["content_encoding"] = buf[offset + 1:end].decode("utf-8", errors)
+            offset = end
+        if flags & _F_HEADERS:
+            props["headers"], offset = decode_table(buf, offset)
+        if flags & _F_DELIVERY_MODE:
+            props["delivery_mode"] = buf[offset]
+            offset += 1
+        if flags & _F_PRIORITY:
+            props["priority"] = buf[offset]
+            offset += 1
+        if flags & _F_CORRELATION_ID:
+            end = offset + 1 + buf[offset]
+            props["correlation_id"] = buf[offset + 1:end].decode("utf-8", errors)
+            offset = end
+        if flags & _F_REPLY_TO:
+            end = offset + 1 + buf[offset]
+            props["reply_to"] = buf[offset + 1:end].decode("utf-8", errors)
+            offset = end
+        if flags & _F_EXPIRATION:
+            end = offset + 1 + buf[offset]
+            props["expiration"] = buf[offset + 1:end].decode("utf-8", errors)
+            offset = end
+        if flags & _F_MESSAGE_ID:
+            end = offset + 1 + buf[offset]
+            props["message_id"] = buf[offset + 1:end].decode("utf-8", errors)
+            offset = end
+        if flags & _F_TIMESTAMP:
+            (props["timestamp"],) = _ULONGLONG.unpack_from(buf, offset)
+            offset += 8
+        if flags & _F_TYPE:
+            end = offset + 1 + buf[offset]
+            props["type"] = buf[offset + 1:end].decode("utf-8", errors)
+            offset = end
+        if flags & _F_USER_ID:
+            end = offset + 1 + buf[offset]
+            props["user_id"] = buf[offset + 1:end].decode("utf-8", errors)
+            offset = end
+        if flags & _F_APP_ID:
+            end = offset + 1 + buf[offset]
+            props["app_id"] = buf[offset + 1:end].decode("utf-8", errors)
+            offset = end
+        if flags & _F_CLUSTER_ID:
+            end = offset + 1 + buf[offset]
+            props["cluster_id"] = buf[offset + 1:end].decode("utf-8", errors)
+        return props
     except UnicodeDecodeError:
-        return _decode_properties(buf, offset, "replace")
-
-
-def _decode_properties(buf: bytes, offset: int, errors: str) -> dict[str, Any]:
-    (flags,) = _SHORT.unpack_from(buf, offset)
-    offset += 2
-    props: dict[str, Any] = {}
-    if flags & _F_CONTENT_TYPE:
-        end = offset + 1 + buf[offset]
-        props["content_type"] = buf[offset + 1:end].decode("utf-8", errors)
-        offset = end
-    if flags & _F_CONTENT_ENCODING:
-        end = offset + 1 + buf[offset]
-        props["content_encoding"] = buf[offset + 1:end].decode("utf-8", errors)
-        offset = end
-    if flags & _F_HEADERS:
-        props["headers"], offset = decode_table(buf, offset)
-    if flags & _F_DELIVERY_MODE:
-        props["delivery_mode"] = buf[offset]
-        offset += 1
-    if flags & _F_PRIORITY:
-        props["priority"] = buf[offset]
-        offset += 1
-    if flags & _F_CORRELATION_ID:
-        end = offset + 1 + buf[offset]
-        props["correlation_id"] = buf[offset + 1:end].decode("utf-8", errors)
-        offset = end
-    if flags & _F_REPLY_TO:
-        end = offset + 1 + buf[offset]
-        props["reply_to"] = buf[offset + 1:end].decode("utf-8", errors)
-        offset = end
-    if flags & _F_EXPIRATION:
-        end = offset + 1 + buf[offset]
-        props["expiration"] = buf[offset + 1:end].decode("utf-8", errors)
-        offset = end
-    if flags & _F_MESSAGE_ID:
-        end = offset + 1 + buf[offset]
-        props["message_id"] = buf[offset + 1:end].decode("utf-8", errors)
-        offset = end
-    if flags & _F_TIMESTAMP:
-        (props["timestamp"],) = _ULONGLONG.unpack_from(buf, offset)
-        offset += 8
-    if flags & _F_TYPE:
-        end = offset + 1 + buf[offset]
-        props["type"] = buf[offset + 1:end].decode("utf-8", errors)
-        offset = end
-    if flags & _F_USER_ID:
-        end = offset + 1 + buf[offset]
-        props["user_id"] = buf[offset + 1:end].decode("utf-8", errors)
-        offset = end
-    if flags & _F_APP_ID:
-        end = offset + 1 + buf[offset]
-        props["app_id"] = buf[offset + 1:end].decode("utf-8", errors)
-        offset = end
-    if flags & _F_CLUSTER_ID:
-        end = offset + 1 + buf[offset]
-        props["cluster_id"] = buf[offset + 1:end].decode("utf-8", errors)
-    return props
+        if errors == "replace":
+            raise
+        return decode_properties(buf, start, "replace")
 
 
 # Field-table value types decoded here; any other goes to py-amqp's decoder.

@@ -243,8 +243,10 @@ class Session(Generic[LinkT]):
 
     # -- bytes in ----------------------------------------------------------------------------
 
-    def receive(self, data: bytes | bytearray | memoryview) -> None:
+    def receive(self, data: bytes | bytearray | memoryview) -> bool:
         """Parse ``data`` (more of the stream) and call back for what completes in it.
+
+        Returns whether the broker is owed an answer (:meth:`data_to_send` has bytes).
 
         Raises:
             ConnectionLost: the broker closed the channel or the connection (the answer it
@@ -276,9 +278,17 @@ class Session(Generic[LinkT]):
                 if kind == 3:  # a body frame
                     if state != 2:
                         continue
-                    if self._got == 0 and size >= self._size:
+                    if self._got == 0 and size >= self._size:  # the whole body: inline
                         state = 0
-                        self._complete(b"" if self._skip else buf[start:stop])
+                        if self._skip:
+                            self._complete(b"")
+                            continue
+                        msg = Incoming(buf[start:stop], self._props, self._tag, self._redelivered,
+                                       self._key, self.owner)
+                        if self._returned is None:
+                            self.on_message(msg)
+                        else:
+                            self.on_return(msg, *self._returned)
                         continue
                     self._got += size
                     if not self._skip:
@@ -329,6 +339,7 @@ class Session(Generic[LinkT]):
                         state = 2
                         self._got = 0
                 # a heartbeat (kind 8) needs nothing: it arrived, which the driver notes
+            return bool(self._out)
         finally:
             self._state = state
             self._rest = buf[pos:] if pos < end else b""

@@ -230,7 +230,7 @@ class _SocketLink(AsyncLink):
         session = self._session
         while True:
             try:
-                session.receive(data)
+                owed = session.receive(data)
             except ConnectionLost as exc:
                 answer = session.data_to_send()
                 if answer:
@@ -247,10 +247,9 @@ class _SocketLink(AsyncLink):
                 data = b""  # parse on from where the callback stopped it
                 continue
             break
-        answer = session.data_to_send()
-        if answer:
+        if owed:
             try:
-                self._write(answer)
+                self._write(session.data_to_send())
             except ConnectionLost:
                 pass
 

@@ -31,6 +31,8 @@ logger = logging.getLogger(__name__)
 
 #: Seconds a write may wait for the broker to read before the connection counts as dead.
 SEND_TIMEOUT = 10.0
+#: The receive timeouts a read blocks for, longest first; a shorter read polls.
+_RECV_STEPS = (1.0, 0.25, 0.05, 0.01)
 
 
 class Detached(NamedTuple):
@@ -80,6 +82,7 @@ class AMQPLink(Link):
         self._chunk = bytearray(self._CHUNK)
         self._chunk_view = memoryview(self._chunk)
         self._hb = Heartbeat(self.heartbeat, time.monotonic())
+        self._recv_step = 0.0  # the socket's receive timeout; 0 is none
         self._detached = False
 
     @property
@@ -231,16 +234,37 @@ class AMQPLink(Link):
             raise ConnectionLost("the connection is closed")
         if self._ssl:
             return self._read_tls(timeout)
-        if timeout is not None and not self._poller.poll(max(0, int(timeout * 1000 + 0.999))):
-            return False
+        # One syscall per read: a blocking recv bounded by the socket's receive timeout (set only
+        # when the step changes), rather than a poll and a recv. A step is at most the timeout
+        # asked for, so a read may return False early, never late.
         try:
-            count = self._sock.recv_into(self._chunk)
-        except (BlockingIOError, InterruptedError):
+            if timeout is None:
+                if self._recv_step:
+                    self._set_recv_step(0.0)  # no limit
+                count = self._sock.recv_into(self._chunk)
+            elif timeout <= 0:
+                count = self._sock.recv_into(self._chunk, 0, socket.MSG_DONTWAIT)
+            elif timeout >= _RECV_STEPS[-1]:
+                step = next(s for s in _RECV_STEPS if s <= timeout)
+                if step != self._recv_step:
+                    self._set_recv_step(step)
+                count = self._sock.recv_into(self._chunk)
+            elif self._poller.poll(max(1, int(timeout * 1000 + 0.999))):
+                count = self._sock.recv_into(self._chunk, 0, socket.MSG_DONTWAIT)
+            else:
+                return False
+        except (BlockingIOError, InterruptedError):  # the step passed with nothing to read
             return False
         except OSError as exc:
             self._fail()
             raise ConnectionLost(f"connection to the broker failed: {exc}") from exc
         return self._received(count)
+
+    def _set_recv_step(self, seconds: float) -> None:
+        whole = int(seconds)
+        self._sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVTIMEO,
+                              struct.pack("ll", whole, int((seconds - whole) * 1_000_000)))
+        self._recv_step = seconds
 
     def _read_tls(self, timeout: float | None) -> bool:
         if self._sock.getblocking():
@@ -267,13 +291,12 @@ class AMQPLink(Link):
         self._hb.last_recv = time.monotonic()
         session = self.session
         try:
-            session.receive(self._chunk_view[:count])
+            owed = session.receive(self._chunk_view[:count])
         except ConnectionLost:
             self._answer_and_fail()
             raise
-        answer = session.data_to_send()
-        if answer:
-            self._send(answer)
+        if owed:
+            self._send(session.data_to_send())
         return True
 
     def _answer_and_fail(self) -> None:
