@@ -17,3 +17,5 @@ DEFAULT_TIMEOUT = 60.0
 BROADCAST_TIMEOUT = 1.0
 #: ``async def`` handler calls a server runs at once on its event loop.
 DEFAULT_ASYNC_CONCURRENCY = 100
+#: Stream items a caller lets a server send ahead of what it has consumed (protocol v1.1).
+DEFAULT_STREAM_WINDOW = 100

@@ -29,6 +29,20 @@ REPLY_TYPE = "rpc.reply"
 #: RabbitMQ's direct reply-to pseudo-queue, consumed by proxies on RabbitMQ.
 DIRECT_REPLY_TO = "amq.rabbitmq.reply-to"
 
+# Streams (v1.1): see docs/protocol.md, "Streams".
+#: Request header asking for a stream; its value is the client's initial credit.
+STREAM_HEADER = "rpc-stream"
+#: Header of a stream's first item: the server instance's control address.
+CONTROL_HEADER = "rpc-control"
+#: ``type`` of a stream item, of a grant of credit, and of a cancel.
+ITEM_TYPE = "rpc.item"
+CREDIT_TYPE = "rpc.credit"
+CANCEL_TYPE = "rpc.cancel"
+#: The largest credit a request or a grant may carry.
+MAX_CREDIT = 10_000
+#: Content type of control messages, whatever the call's serializer.
+CONTROL_CONTENT_TYPE = "application/json"
+
 #: Reply addresses a server publishes to: direct reply-to names and server-named queues.
 _REPLY_ADDRESS = re.compile(r"\A(amq\.rabbitmq\.reply-to\.[\w.+/=-]+|amq\.gen-[\w-]+)\Z")
 
@@ -169,6 +183,74 @@ def decode_reply(
     if ok:
         return True, value
     return False, rebuild_exception(value)
+
+
+def stream_credit(headers: dict[str, Any] | None) -> int | None:
+    """The initial credit of a stream request, or None for a plain request.
+
+    Raises:
+        BadRequest: the header is there but is not a whole number from 1 to MAX_CREDIT.
+    """
+    if not headers or STREAM_HEADER not in headers:
+        return None
+    credit = headers[STREAM_HEADER]
+    if type(credit) is not int or not 1 <= credit <= MAX_CREDIT:
+        raise BadRequest(f"{STREAM_HEADER} must be a whole number from 1 to {MAX_CREDIT}, "
+                         f"not {credit!r}")
+    return credit
+
+
+def item_body(value: Any) -> dict[str, Any]:
+    """The body of one stream item, ready for a serializer."""
+    return {"item": value}
+
+
+def item_properties(correlation_id: Any, content_type: str, server: str,
+                    control: str | None) -> dict[str, Any]:
+    """AMQP properties of a stream item; the first carries the control address."""
+    props = {"content_type": content_type, "correlation_id": correlation_id, "type": ITEM_TYPE,
+             "app_id": server}
+    if control is not None:
+        props["headers"] = {CONTROL_HEADER: control}
+    return props
+
+
+def parse_item(body: Any) -> Any:
+    """The value of a decoded stream item.
+
+    Raises:
+        RPCError: the body is not ``{"item": ...}``.
+    """
+    if isinstance(body, dict) and "item" in body:
+        return body["item"]
+    raise RPCError(f"malformed stream item: {type(body).__name__} without 'item'")
+
+
+def control_message(kind: str, correlation_id: str, credit: int = 0) -> tuple[bytes, dict[str, Any]]:
+    """Body and properties of a grant of ``credit`` (``kind`` CREDIT_TYPE) or of a cancel."""
+    body = b'{"credit": %d}' % credit if kind == CREDIT_TYPE else b"{}"
+    return body, {"content_type": CONTROL_CONTENT_TYPE, "correlation_id": correlation_id,
+                  "type": kind}
+
+
+def parse_control(kind: Any, body: bytes) -> int:
+    """The credit a control message grants (0 for a cancel).
+
+    Raises:
+        BadRequest: an unknown kind, or a grant that is not ``{"credit": 1..MAX_CREDIT}``.
+    """
+    if kind == CANCEL_TYPE:
+        return 0
+    if kind != CREDIT_TYPE:
+        raise BadRequest(f"unknown control message type {kind!r}")
+    try:
+        credit = serialization.decode(body, CONTROL_CONTENT_TYPE,
+                                      frozenset({CONTROL_CONTENT_TYPE}))["credit"]
+    except (BadRequest, KeyError, TypeError) as exc:
+        raise BadRequest(f"malformed grant of credit: {exc}") from None
+    if type(credit) is not int or not 1 <= credit <= MAX_CREDIT:
+        raise BadRequest(f"credit must be a whole number from 1 to {MAX_CREDIT}, not {credit!r}")
+    return credit
 
 
 def parse_reply(body: Any) -> tuple[bool, Any]:

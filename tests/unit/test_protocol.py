@@ -9,10 +9,17 @@ import pytest
 
 from rpc.core.errors import BadRequest, RPCError
 from rpc.core.protocol import (
+    CANCEL_TYPE,
+    CONTROL_HEADER,
+    CREDIT_TYPE,
     DEADLINE_HEADER,
     DIRECT_REPLY_TO,
+    ITEM_TYPE,
+    MAX_CREDIT,
     REPLY_TYPE,
+    STREAM_HEADER,
     Request,
+    control_message,
     deadline_of,
     decode_reply,
     encode_reply,
@@ -20,6 +27,10 @@ from rpc.core.protocol import (
     error_reply,
     expiration,
     is_reply_address,
+    item_body,
+    item_properties,
+    parse_control,
+    parse_item,
     parse_reply,
     parse_request,
     reply_content_type,
@@ -27,6 +38,7 @@ from rpc.core.protocol import (
     request_body,
     request_properties,
     result_body,
+    stream_credit,
 )
 
 
@@ -296,3 +308,52 @@ def test_reply_properties_mark_a_reply_as_one() -> None:
     props = reply_properties("c1", MSGPACK, "host:1")
     assert props == {"content_type": MSGPACK, "correlation_id": "c1", "type": REPLY_TYPE,
                      "app_id": "host:1"}
+
+
+# -- streams (v1.1) --------------------------------------------------------------------------------
+
+def test_a_plain_request_asks_for_no_stream() -> None:
+    assert stream_credit(None) is None and stream_credit({"rpc-deadline": 1.0}) is None
+
+
+def test_a_stream_request_carries_its_initial_credit() -> None:
+    assert stream_credit({STREAM_HEADER: 100}) == 100
+
+
+@pytest.mark.parametrize("credit", [0, -1, MAX_CREDIT + 1, 1.5, "100", True, None], ids=repr)
+def test_a_stream_credit_out_of_range_is_a_bad_request(credit: Any) -> None:
+    with pytest.raises(BadRequest, match="rpc-stream"):
+        stream_credit({STREAM_HEADER: credit})
+
+
+def test_only_the_first_item_names_the_control_address() -> None:
+    first = item_properties("c1", JSON, "calc@h:1", "rpc.broadcast.calc.x")
+    later = item_properties("c1", JSON, "calc@h:1", None)
+    assert first["headers"] == {CONTROL_HEADER: "rpc.broadcast.calc.x"}
+    assert "headers" not in later and later["type"] == first["type"] == ITEM_TYPE
+
+
+def test_an_item_round_trips() -> None:
+    assert parse_item(item_body([1, "a"])) == [1, "a"]
+    with pytest.raises(RPCError, match="malformed stream item"):
+        parse_item({"result": 1})
+
+
+def test_a_grant_of_credit_round_trips_in_json() -> None:
+    body, props = control_message(CREDIT_TYPE, "c1", 50)
+    assert props == {"content_type": JSON, "correlation_id": "c1", "type": CREDIT_TYPE}
+    assert parse_control(props["type"], body) == 50
+
+
+def test_a_cancel_grants_nothing() -> None:
+    body, props = control_message(CANCEL_TYPE, "c1")
+    assert parse_control(props["type"], body) == 0
+
+
+@pytest.mark.parametrize("kind, body", [
+    ("rpc.other", b"{}"), (CREDIT_TYPE, b"{}"), (CREDIT_TYPE, b'{"credit": 0}'),
+    (CREDIT_TYPE, b"[1]"), (CREDIT_TYPE, b"not json"), (CREDIT_TYPE, b'{"credit": 1e9}'),
+], ids=repr)
+def test_a_malformed_control_message_is_a_bad_request(kind: str, body: bytes) -> None:
+    with pytest.raises(BadRequest):
+        parse_control(kind, body)
