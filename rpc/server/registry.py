@@ -34,8 +34,12 @@ class Method:
     at_most_once: bool = False
     #: Exceptions that are part of the method's contract: logged as such, not as failures.
     expected: tuple[type[BaseException], ...] = ()
-    #: An ``async def``: it runs on the server's event loop, not on a worker thread.
+    #: An ``async def`` (or an async generator): it runs on the server's event loop, not on a
+    #: worker thread.
     is_async: bool = False
+    #: A generator or async generator function: it answers stream requests only (protocol
+    #: v1.1), each item it yields sent as the caller's credit allows.
+    is_stream: bool = False
 
     def check_arguments(self, args: tuple[Any, ...], kwargs: dict[str, Any]) -> None:
         """Bind the arguments before the call, so a TypeError inside the function stays one.
@@ -78,8 +82,10 @@ def _describe(
         sig = inspect.signature(func)
     except (TypeError, ValueError):  # some builtins have no introspectable signature
         sig = None
+    async_gen = inspect.isasyncgenfunction(func)
     return Method(name, func, sig, _positional_range(sig) if sig is not None else None,
-                  at_most_once, expected, inspect.iscoroutinefunction(func))
+                  at_most_once, expected, inspect.iscoroutinefunction(func) or async_gen,
+                  async_gen or inspect.isgeneratorfunction(func))
 
 
 def _check_expected(expected: Iterable[type[BaseException]]) -> tuple[type[BaseException], ...]:
@@ -175,7 +181,7 @@ class Registry:
         return method
 
     def has_async(self) -> bool:
-        """Whether any registered method is an ``async def``."""
+        """Whether any registered method is an ``async def`` (or an async generator)."""
         return any(method.is_async for method in self._methods.values())
 
     def names(self) -> list[str]:
