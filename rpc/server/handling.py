@@ -7,21 +7,27 @@ table of completed calls, or decodes the request, runs its handler and replies t
 the :class:`~rpc.server.loops.HandlerLoop` instead, and replied to from the loop once it ends.
 The decisions (:meth:`Handler.prepare`, :meth:`Handler.finish`) are plain functions of the
 request, unit-tested without a broker.
+
+A stream request (protocol v1.1) for a generator handler runs its generator and sends each item
+as its caller's credit allows (:mod:`rpc.server.streams`), then the reply that ends the stream. A
+plain generator keeps its worker thread for the stream's whole life, paused while the credit is
+used up; an async generator runs on the loop like a coroutine handler.
 """
 
 from __future__ import annotations
 
+import asyncio
 import concurrent.futures
 import inspect
 import logging
 import threading
 import time
-from collections.abc import Awaitable
+from collections.abc import AsyncGenerator, Awaitable, Callable, Generator
 from typing import TYPE_CHECKING, Any
 
 from ..core import context, dedup, protocol, serialization, tracing
 from ..core.context import CallInfo
-from ..core.errors import BadRequest, ConnectionLost
+from ..core.errors import BadRequest, ConnectionLost, SerializationError
 from ..transport.link import Incoming
 from .failures import LOGGER_NAME, UNDECODABLE, FailureLog, report
 from .loops import HandlerLoop
@@ -29,6 +35,7 @@ from .options import ServerOptions
 from .registry import Method, Registry
 from .replies import Replier
 from .status import InFlight, Stats
+from .streams import Stream, StreamCancelled, StreamExpired, Streams
 
 if TYPE_CHECKING:
     from ..metrics import ServerMetrics
@@ -50,7 +57,7 @@ class Call:
     """One request on its way through the server: what is known of it so far."""
 
     __slots__ = ("msg", "key", "tag", "deadline", "reply_type", "started", "method", "target",
-                 "request", "info")
+                 "request", "info", "credit")
 
     def __init__(
         self, msg: Incoming, key: tuple[str, int] | None, tag: int | None, accept: frozenset[str],
@@ -68,6 +75,8 @@ class Call:
         self.target: Method | None = None
         self.request: protocol.Request | None = None
         self.info: CallInfo | None = None
+        #: A stream request's initial credit (None: a plain request).
+        self.credit: int | None = None
 
 
 class Reply:
@@ -95,12 +104,15 @@ class Handler:
         loop: where coroutine handlers run.
         stopping: set once the server stops; a coroutine cancelled then is not answered.
         metrics: Prometheus metrics, when the server serves them.
+        streams: the streams running here (None: a table of the handler's own).
+        control_address: this instance's control address for streams (its broadcast queue).
     """
 
     def __init__(
         self, *, options: ServerOptions, registry: Registry, completed: dedup.CompletedCalls,
         stats: Stats, in_flight: InFlight, failures: FailureLog, replier: Replier, loop: HandlerLoop,
         stopping: threading.Event, metrics: ServerMetrics | None = None,
+        streams: Streams | None = None, control_address: Callable[[], str | None] = lambda: None,
     ) -> None:
         self.server_id = options.server_id
         self.accept = options.accept
@@ -118,6 +130,8 @@ class Handler:
         self.loop = loop
         self.stopping = stopping
         self.metrics = metrics
+        self.streams = streams if streams is not None else Streams(options.server_id)
+        self.control_address = control_address
 
     # -- on the I/O thread -------------------------------------------------------------------------
 
@@ -172,6 +186,9 @@ class Handler:
             self.counts["redelivered"] += 1
             if metrics is not None:
                 metrics.redelivered()
+        headers = props.get("headers")
+        if headers and protocol.STREAM_HEADER in headers:
+            return self.stream(msg, tag, deadline)
         key = self.repeat_key(msg)
         if key is not None:
             wait = None if deadline is None else max(deadline - time.time(), 0.0)
@@ -229,12 +246,40 @@ class Handler:
             serialization.decode(msg.body, msg.props.get("content_type"), self.accept))
         call.method = request.method
         call.target = target = self.registry.resolve(request.method)
+        call.credit = self.check_stream(msg.props, request.method, target)
         target.check_arguments(request.args, request.kwargs)
         call.request = request
         call.info = self.call_info(msg, request.method, call.deadline)
         if self.metrics is not None:
             self.observe_queued(msg.props)
         return target
+
+    @staticmethod
+    def check_stream(props: dict[str, Any], method: str, target: Method) -> int | None:
+        """A stream request's initial credit (None: a plain request), once it is known that the
+        request and its method agree on streaming.
+
+        Raises:
+            BadRequest: a plain request for a generator, a stream request for anything else, a
+                malformed ``rpc-stream`` header, or a stream nobody can hear or control (no
+                reply address or no correlation id).
+        """
+        credit = protocol.stream_credit(props.get("headers"))
+        if credit is None:
+            if target.is_stream:
+                raise BadRequest(f"{method}() streams its results: call it through "
+                                 f"proxy.stream.{method}(...)")
+            return None
+        if not target.is_stream:
+            raise BadRequest(f"{method}() does not stream (it is not a generator): call it "
+                             f"as proxy.{method}(...)")
+        reply_to = props.get("reply_to")
+        if not isinstance(reply_to, str) or not protocol.is_reply_address(reply_to):
+            raise BadRequest("a stream request needs a reply address (reply_to)")
+        correlation_id = props.get("correlation_id")
+        if not isinstance(correlation_id, str) or not correlation_id:
+            raise BadRequest("a stream request needs a correlation_id")
+        return credit
 
     def call_info(self, msg: Incoming, method: str, deadline: float | None) -> CallInfo:
         """What ``rpc.current_call()`` tells the handler of this request."""
@@ -278,7 +323,8 @@ class Handler:
             outcome = self.failures.record(exc, call.msg.props, method, target, info, elapsed)
             if info is not None and self.on_error is not None:
                 report(self.on_error, exc, info)
-        self.stats.latencies.append(elapsed)
+        if call.credit is None:  # a stream's life is not a handler duration
+            self.stats.latencies.append(elapsed)
         if self.metrics is not None:
             self.observe(method if target is not None and method else UNKNOWN_METHOD,
                          METRIC_OUTCOME[outcome], elapsed if info is not None else None)
@@ -349,6 +395,257 @@ class Handler:
         finally:
             self.settle(outcome)
 
+    # -- streams -----------------------------------------------------------------------------------
+
+    def stream(self, msg: Incoming, tag: int, deadline: float | None) -> str | None:
+        """Run a stream request: its items as the credit allows, then the reply that ends it;
+        returns the stats key, or None when an async generator goes on running on the loop.
+
+        A plain generator holds this worker thread for the stream's whole life, paused while
+        the credit is used up; an async generator runs on the loop, within
+        ``async_concurrency``. Streams are never answered from the completed calls: a repeat
+        runs again.
+
+        Raises:
+            ConnectionLost: the connection failed; the broker redelivers the request.
+        """
+        props = msg.props
+        call = Call(msg, None, tag, self.accept, deadline)
+        correlation_id = props.get("correlation_id")
+        if isinstance(correlation_id, str) and self.streams.cancelled(correlation_id):
+            msg.link.ack(tag)
+            logger.info("skipped a stream its caller cancelled (correlation_id=%s)",
+                        correlation_id)
+            return "cancelled"
+        try:
+            target = self.prepare(call)
+        except BaseException as exc:  # a bad request: its error is the reply
+            return self.respond(call, self.finish(call, None, exc))
+        assert call.credit is not None and isinstance(correlation_id, str)
+        if self.replier.gone(props.get("reply_to")):
+            msg.link.ack(tag)
+            return "gone_callers"
+        stream = self.streams.open(correlation_id, call.credit, deadline)
+        if stream is None:  # cancelled since the look above
+            msg.link.ack(tag)
+            return "cancelled"
+        self.counts["streams"] += 1
+        if msg.redelivered or target.at_most_once:
+            # Redelivered, its items may be what made the broker close the connection (a caller
+            # that is gone): acknowledge first, so that it cannot come back for ever.
+            msg.link.ack(tag)
+            call.tag = None
+        if target.is_async:
+            # What the stream ended with, kept apart from its task, which a cancel that comes
+            # as it ends may still mark cancelled.
+            ending: list[str | Reply] = []
+            coro = self.run_async_stream(call, stream, ending, slots=self.async_concurrency > 0)
+            if self.async_concurrency:
+                self.loop.submit(coro, lambda done: self.after_async_stream(call, done, ending))
+                return None
+            ended = self.loop.run(coro)
+            return ended if isinstance(ended, str) else self.respond(call, ended)
+        return self.run_stream(call, stream)
+
+    def run_stream(self, call: Call, stream: Stream) -> str:
+        """Run a plain generator's stream on this worker thread; returns the stats key.
+
+        A cancel reaches the generator when it next yields (or at once while it is paused).
+
+        Raises:
+            ConnectionLost: the connection failed; the broker redelivers the request.
+        """
+        target, request, info = call.target, call.request, call.info
+        assert target is not None and request is not None and info is not None
+        link = call.msg.link
+        failure: BaseException | None = None
+        stop: StreamCancelled | StreamExpired | None = None
+        token = context.enter(info)
+        try:
+            with tracing.server_span(info.headers, self.server_id, info.method):
+                items: Generator[Any, Any, Any] | None = None
+                try:
+                    items = target.func(*request.args, **request.kwargs)
+                    assert items is not None
+                    while True:
+                        if stream.cancelled:
+                            raise StreamCancelled()
+                        try:
+                            item = next(items)
+                        except StopIteration:
+                            break
+                        stream.take(link)
+                        self.send_item(call, stream, item)
+                except (StreamCancelled, StreamExpired) as exc:
+                    stop = exc
+                except ConnectionLost as exc:
+                    if link.closed:
+                        raise
+                    failure = exc  # the handler's own (a call it made), not this stream's
+                except BaseException as exc:  # raised mid-stream: the error ends the stream
+                    failure = exc
+                finally:
+                    if items is not None:
+                        close_items(items)
+        finally:
+            context.leave(token)
+            self.streams.close(stream)
+            self.counts["items"] += stream.sent
+        if stop is not None:
+            return self.stopped(call, stream, stop)
+        return self.respond(call, self.finish(call, None, failure))
+
+    async def run_async_stream(self, call: Call, stream: Stream, ending: list[str | Reply], *,
+                               slots: bool) -> str | Reply:
+        """Run an async generator's stream as a task on the loop; returns (and appends to
+        ``ending``) the stats key of a stream that stopped early, or the reply that ends it.
+
+        A cancel cancels the task, so the generator stops at the ``await`` it is at.
+
+        Raises:
+            ConnectionLost: the connection failed; the broker redelivers the request.
+        """
+        task = asyncio.current_task()
+        assert task is not None
+        ended: str | Reply
+        try:
+            stream.attach(task)
+            if slots:
+                async with self.loop.slots:
+                    failure = await self.drive_async(call, stream)
+            else:
+                failure = await self.drive_async(call, stream)
+        except (StreamCancelled, StreamExpired) as stop:
+            ended = self.stopped(call, stream, stop)
+        except asyncio.CancelledError:
+            if not stream.cancelled:
+                raise  # the server stops
+            task.uncancel()
+            ended = self.stopped(call, stream, StreamCancelled())
+        else:
+            ended = self.finish(call, None, failure)
+        finally:
+            self.streams.close(stream)
+            self.counts["items"] += stream.sent
+        ending.append(ended)
+        return ended
+
+    async def drive_async(self, call: Call, stream: Stream) -> BaseException | None:
+        """Send an async generator's items as the credit allows; returns what it raised.
+
+        Raises:
+            StreamCancelled, StreamExpired, asyncio.CancelledError: the stream stopped early.
+            ConnectionLost: the connection failed.
+        """
+        target, request, info = call.target, call.request, call.info
+        assert target is not None and request is not None and info is not None
+        link = call.msg.link
+        token = context.enter(info)
+        try:
+            with tracing.server_span(info.headers, self.server_id, info.method):
+                items: AsyncGenerator[Any, Any] | None = None
+                try:
+                    items = target.func(*request.args, **request.kwargs)
+                    assert items is not None
+                    while True:
+                        if stream.cancelled:
+                            raise StreamCancelled()
+                        try:
+                            item = await items.__anext__()
+                        except StopAsyncIteration:
+                            return None
+                        await stream.take_async(link)
+                        self.send_item(call, stream, item)
+                        await asyncio.sleep(0)  # the loop's other tasks get their turn
+                except (StreamCancelled, StreamExpired, asyncio.CancelledError):
+                    raise
+                except ConnectionLost as exc:
+                    if link.closed:
+                        raise
+                    return exc  # the handler's own (a call it made), not this stream's
+                except BaseException as exc:  # raised mid-stream: the error ends the stream
+                    return exc
+                finally:
+                    if items is not None:
+                        await aclose_items(items)
+        finally:
+            context.leave(token)
+
+    def after_async_stream(self, call: Call, done: concurrent.futures.Future[Any],
+                           ending: list[str | Reply]) -> None:
+        """Reply to an async generator's stream once it has ended (on the loop's thread)."""
+        ended: str | Reply
+        if ending:
+            ended = ending[0]
+        elif done.cancelled() and self.stopping.is_set():
+            # Cut off by a stop whose grace ran out: the broker redelivers it to another server.
+            self.settle("requeued")
+            return
+        else:
+            try:
+                error = done.exception()
+            except concurrent.futures.CancelledError as cancelled:
+                error = cancelled
+            if isinstance(error, ConnectionLost):
+                logger.warning("stream %s stopped, the request will be redelivered: %s",
+                               call.msg.props.get("correlation_id"), error)
+                self.settle("requeued")
+                return
+            try:
+                ended = self.finish(call, None, error or SystemError("the stream ended unseen"))
+            except Exception:
+                logger.exception("unexpected error replying to a request")
+                self.settle("requeued")
+                return
+        if isinstance(ended, str):
+            self.settle(ended)
+        elif self.replier.would_wait(call.msg):
+            # A probe waits a moment for the broker's verdict: not on the application's loop.
+            threading.Thread(target=self.send_settled, args=(call, ended), daemon=True,
+                             name=f"rpc-reply-{self.server_id}").start()
+        else:
+            self.send_settled(call, ended)
+
+    def send_item(self, call: Call, stream: Stream, value: Any) -> None:
+        """Encode and publish one item; the first carries this instance's control address.
+
+        Raises:
+            SerializationError: the item cannot be encoded in the call's content type.
+            ConnectionLost: the connection failed.
+        """
+        try:
+            payload = serialization.encode(protocol.item_body(value), call.reply_type)
+        except SerializationError as exc:
+            raise SerializationError(
+                f"cannot encode item {stream.sent + 1} of the stream: {exc}") from None
+        control = None if stream.sent else self.control_address()
+        self.replier.send_item(call.msg, payload, call.reply_type, control)
+        stream.sent += 1
+
+    def stopped(self, call: Call, stream: Stream, stop: StreamCancelled | StreamExpired) -> str:
+        """A stream its caller cancelled, or whose deadline passed: its generator is closed;
+        acknowledge its request and send nothing more. Returns the stats key.
+
+        Raises:
+            ConnectionLost: the acknowledgement could not be sent.
+        """
+        elapsed = time.perf_counter() - call.started
+        if isinstance(stop, StreamCancelled):
+            outcome = "cancelled"
+            logger.info("%s: stream cancelled by its caller after %d items (correlation_id=%s, "
+                        "%.2f ms)", call.method, stream.sent, stream.correlation_id,
+                        elapsed * 1000)
+        else:
+            outcome = "expired"
+            logger.info("%s: stream abandoned at its deadline after %d items "
+                        "(correlation_id=%s, %.2f ms)", call.method, stream.sent,
+                        stream.correlation_id, elapsed * 1000)
+            self.observe(call.method or UNKNOWN_METHOD, EXPIRED, elapsed)
+        if call.tag is not None:
+            call.msg.link.ack(call.tag)
+            call.tag = None
+        return outcome
+
     # -- metrics -----------------------------------------------------------------------------------
 
     def observe(self, method: str, outcome: str, duration: float | None = None) -> None:
@@ -362,6 +659,22 @@ class Handler:
         expiration = props.get("expiration")
         if deadline is not None and isinstance(expiration, str) and expiration.isdigit():
             self.metrics.queued(max(time.time() - (deadline - int(expiration) / 1000), 0.0))
+
+
+def close_items(items: Generator[Any, Any, Any]) -> None:
+    """Close a stream's generator (its ``finally`` runs); what that raises is logged."""
+    try:
+        items.close()
+    except Exception:
+        logger.exception("closing a stream's generator raised")
+
+
+async def aclose_items(items: AsyncGenerator[Any, Any]) -> None:
+    """Close a stream's async generator (its ``finally`` runs); what that raises is logged."""
+    try:
+        await items.aclose()
+    except Exception:
+        logger.exception("closing a stream's generator raised")
 
 
 async def _awaiting(awaitable: Awaitable[Any], info: CallInfo) -> Any:

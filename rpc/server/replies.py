@@ -91,6 +91,30 @@ class Replier:
             return
         link.publish(reply_to, payload, reply_props, ack=tag)
 
+    def send_item(self, msg: Incoming, payload: bytes, content_type: str,
+                  control: str | None) -> None:
+        """Publish one item of the stream that answers ``msg`` (whose ``reply_to`` is a reply
+        address); the first carries the ``control`` address.
+
+        Raises:
+            ConnectionLost: the connection failed.
+        """
+        props = msg.props
+        reply_to = props["reply_to"]
+        recent = self._recent
+        if not recent or recent[-1] != reply_to:  # a stream must not crowd the others out
+            recent.append(reply_to)
+        item_props = protocol.item_properties(props.get("correlation_id"), content_type,
+                                              self.identity, control)
+        if self.is_suspect(reply_to):
+            self._send_probe(msg.link, reply_to, payload, item_props)
+            return
+        msg.link.publish(reply_to, payload, item_props)
+
+    def gone(self, reply_to: Any) -> bool:
+        """Whether ``reply_to`` is known to belong to a caller that is gone."""
+        return bool(self._gone) and reply_to in self._gone
+
     def is_suspect(self, reply_to: Any) -> bool:
         """Whether a reply to ``reply_to`` goes out as a probe, and so waits a moment."""
         if not self._suspects or reply_to not in self._suspects:

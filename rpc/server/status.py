@@ -14,7 +14,8 @@ LATENCY_SAMPLES = 1024
 #: The counters of :attr:`Stats.counts`, as ``Server.stats`` shows them.
 COUNTERS = (
     "calls", "errors", "expected_errors", "expired", "bad_requests", "requeued", "duplicates",
-    "redelivered", "reconnects", "reply_failures", "gone_callers",
+    "redelivered", "reconnects", "reply_failures", "gone_callers", "streams", "items",
+    "cancelled",
 )
 
 
@@ -24,7 +25,8 @@ class Stats:
     ``counts`` is ``Server.stats``: calls answered, failed (unexpected, expected), expired,
     refused, requeued; repeats answered from the table of completed calls; requests
     redelivered; reconnections; replies the broker refused (the caller was gone), and requests
-    acknowledged unanswered because their caller is known to be gone.
+    acknowledged unanswered because their caller is known to be gone; streams started, the
+    items they sent, and streams their callers cancelled (running, or before they ran).
     """
 
     def __init__(self) -> None:
@@ -101,6 +103,9 @@ def status_report(
         "expected_errors": counts["expected_errors"],
         "bad_requests": counts["bad_requests"],
         "duplicates": counts["duplicates"],
+        "streams": counts["streams"],
+        "items": counts["items"],
+        "cancelled": counts["cancelled"],
         "reconnects": counts["reconnects"],
         "in_flight": in_flight,
         "p50_ms": p50,
