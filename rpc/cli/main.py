@@ -328,9 +328,12 @@ def health(liveness_file: str, max_age: float) -> None:
 @_url_option()
 @_connect_retry_option(3.0)
 @_wait_for_ready_option()
+@click.option("--stream", is_flag=True,
+              help="Call a generator method: print each item as a JSON line as it comes "
+                   "(--timeout bounds the wait for each item).")
 def call(
     server_id: str, method: str, args: tuple[str, ...], kwargs: tuple[str, ...], timeout: float,
-    serializer: str, url: str | None, connect_retry: float, wait_for_ready: bool,
+    serializer: str, url: str | None, connect_retry: float, wait_for_ready: bool, stream: bool,
 ) -> None:
     """Call METHOD on SERVER_ID and print the result as JSON.
 
@@ -351,8 +354,13 @@ def call(
     positional = [parse_value(a) for a in args]
     keywords = dict(parse_keyword(k) for k in kwargs)
     with _client(url, server_id, connect_retry, timeout, serializer) as proxy:
-        result = proxy.set_timeout(timeout).wait_for_ready(wait_for_ready).call(
-            method, *positional, **keywords)
+        view = proxy.wait_for_ready(wait_for_ready)
+        if stream:
+            with view.stream(timeout=timeout).call(method, *positional, **keywords) as items:
+                for item in items:
+                    click.echo(to_json(item))
+            return
+        result = view.set_timeout(timeout).call(method, *positional, **keywords)
     click.echo(to_json(result))
 
 

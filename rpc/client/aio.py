@@ -19,10 +19,12 @@ from collections.abc import AsyncIterator, Iterable, Sequence
 from dataclasses import replace
 from typing import Any
 
+from ..core import protocol
 from ..core.calls import (
     BROADCAST,
     CAST,
     FUTURE,
+    STREAM,
     SYNC,
     CallbackState,
     CallbackStates,
@@ -285,6 +287,8 @@ class AsyncProxy(ProxyBase):
             return self._call(pending)
         if kind == BROADCAST:
             return self._broadcast(pending)
+        if kind == STREAM:
+            return AsyncStream(self, pending)
         if kind == FUTURE:
             return asyncio.ensure_future(self._call(pending))
         self._states.start(pending.cid)
@@ -450,6 +454,9 @@ class AsyncProxy(ProxyBase):
 
     def _on_reply(self, msg: Incoming) -> None:
         cid = msg.props.get("correlation_id")
+        if msg.props.get("type") == protocol.ITEM_TYPE:
+            self._on_item(cid, msg)
+            return
         pending = self._table.get(cid)
         if pending is None:
             self._calls.dropped(cid)
@@ -461,7 +468,86 @@ class AsyncProxy(ProxyBase):
                 self._calls.dropped(cid)  # its task was cancelled, and has not yet forgotten it
                 return
             ok, value = self._calls.outcome(msg, pending)
+            if pending.stream is not None:
+                pending.stream.answered = True
             self._complete(pending, ok, value)
+
+    def _on_item(self, cid: Any, msg: Incoming) -> None:
+        pending = self._table.get(cid)
+        if pending is None or pending.stream is None:
+            self._calls.dropped(cid)
+            return
+        ok, value = self._calls.item(msg, pending)
+        if not ok:
+            self._table.take(cid)
+            self._complete(pending, False, value)
+            return
+        pending.stream.items.append(value)
+        waiter = pending.waiter
+        if waiter is not None and not waiter.done():
+            waiter.set_result(None)
+
+    # -- streams ---------------------------------------------------------------------------------
+
+    async def _start_stream(self, pending: Pending) -> None:
+        await self._publish(pending)
+
+    async def _next_item(self, pending: Pending) -> Any:
+        """The stream's next item, as it comes.
+
+        Raises:
+            StopAsyncIteration: the stream ended.
+            Exception: the one the handler raised, or RPCTimeout, ConnectionLost, ...
+        """
+        stream = pending.stream
+        assert stream is not None
+        while True:
+            if stream.items:
+                item, grant = stream.take()
+                if grant:
+                    self._control(pending, protocol.CREDIT_TYPE, grant)
+                return item
+            if stream.ended:
+                ok, value = stream.end
+                if ok:
+                    raise StopAsyncIteration
+                raise value
+            waiter = pending.waiter = asyncio.get_running_loop().create_future()
+            if stream.item_timeout is None:
+                await waiter
+                continue
+            try:
+                await asyncio.wait_for(waiter, stream.item_timeout)
+            except TimeoutError:
+                if self._table.take(pending.cid) is not None:
+                    self._complete(pending, False, self._calls.timed_out(pending))
+
+    def _close_stream(self, pending: Pending) -> None:
+        """Stop a stream nobody reads any more: the server closes the generator."""
+        stream = pending.stream
+        assert stream is not None
+        self._table.take(pending.cid)
+        if stream.answered or self._link is None:
+            return
+        stream.answered = True  # one cancel is enough
+        if not stream.ended:
+            stream.ended, stream.end = True, (True, None)
+        self._control(pending, protocol.CANCEL_TYPE)
+
+    def _control(self, pending: Pending, kind: str, credit: int = 0) -> None:
+        exchange, routing_key, body, props = self._calls.control(pending, kind, credit)
+        link = self._link
+        try:
+            if link is None or link.closed:
+                raise ConnectionLost("the connection is closed")
+            if exchange and exchange not in self._declared:
+                link.declare_fanout(exchange)
+                self._declared.add(exchange)
+            link.publish(routing_key, body, props, exchange=exchange)
+        except ConnectionLost as exc:
+            if kind == protocol.CREDIT_TYPE:
+                raise
+            logger.info("cannot stop stream %s() on the server: %s", pending.method, exc)
 
     def _on_return(self, msg: Incoming, code: int, text: str) -> None:
         pending = self._table.take(msg.props.get("correlation_id"))
@@ -498,7 +584,11 @@ class AsyncProxy(ProxyBase):
             self._complete(pending, False, error)
 
     def _complete(self, pending: Pending, ok: bool, value: Any) -> None:
-        if pending.kind == BROADCAST:
+        stream = pending.stream
+        if stream is not None:
+            stream.ended, stream.end = True, (ok, value)
+            ok, value = True, None  # the iterator raises the error once it reaches it
+        elif pending.kind == BROADCAST:
             if ok:
                 pending.value = value
             ok, value = True, pending.value
@@ -561,6 +651,66 @@ class AsyncProxy(ProxyBase):
                 self._table.take(pending.cid)
 
 
+class AsyncStream(AsyncIterator[Any]):
+    """The items of a streaming call as they come: ``async for row in proxy.stream.export(t)``.
+
+    The request goes out at the first ``__anext__``. The server sends at most one window of
+    items ahead, so a slow consumer pauses the generator on the server. An exception the
+    handler raised is raised where its items end. Leaving early (``break`` and ``aclose()``,
+    ``async with``, cancelling the task, garbage collection) stops the generator on the server.
+    """
+
+    def __init__(self, proxy: AsyncProxy, pending: Pending) -> None:
+        self._proxy = proxy
+        self._pending = pending
+        self._started = False
+        self._closed = False
+        self._loop: asyncio.AbstractEventLoop | None = None
+
+    def __aiter__(self) -> AsyncStream:
+        return self
+
+    async def __anext__(self) -> Any:
+        if self._closed:
+            raise StopAsyncIteration
+        try:
+            if not self._started:
+                self._started = True
+                self._loop = asyncio.get_running_loop()
+                await self._proxy._start_stream(self._pending)
+            return await self._proxy._next_item(self._pending)
+        except StopAsyncIteration:
+            self._closed = True
+            raise
+        except BaseException:
+            self.close()
+            raise
+
+    def close(self) -> None:
+        """Stop listening; the server closes the generator (its ``finally`` runs)."""
+        if not self._closed:
+            self._closed = True
+            if self._started:
+                self._proxy._close_stream(self._pending)
+
+    async def aclose(self) -> None:
+        self.close()
+
+    async def __aenter__(self) -> AsyncStream:
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        self.close()
+
+    def __del__(self) -> None:
+        loop = self._loop
+        if not self._closed and loop is not None and not loop.is_closed():
+            loop.call_soon_threadsafe(self.close)  # on the loop, not inside a collection
+
+    def __repr__(self) -> str:
+        return f"<AsyncStream {self._pending.method}() {'closed' if self._closed else 'open'}>"
+
+
 async def _outcome(future: asyncio.Future[Any], raise_errors: bool) -> Any:
     try:
         return await future
@@ -570,4 +720,4 @@ async def _outcome(future: asyncio.Future[Any], raise_errors: bool) -> Any:
         return exc
 
 
-__all__ = ["AsyncProxy"]
+__all__ = ["AsyncProxy", "AsyncStream"]

@@ -18,7 +18,17 @@ from typing import Any
 import tenacity
 
 from ..core import protocol, serialization, tracing
-from ..core.calls import BROADCAST, CALLBACK, CAST, CHECK, FUTURE, SYNC, Pending
+from ..core.calls import (
+    BROADCAST,
+    CALLBACK,
+    CAST,
+    CHECK,
+    FUTURE,
+    STREAM,
+    SYNC,
+    Pending,
+    StreamState,
+)
 from ..core.context import outgoing_headers
 from ..core.errors import (
     AccessRefused,
@@ -30,7 +40,7 @@ from ..core.errors import (
     ServerUnavailable,
     UnknownServer,
 )
-from ..defaults import BROADCAST_TIMEOUT
+from ..defaults import BROADCAST_TIMEOUT, DEFAULT_STREAM_WINDOW
 from ..transport.link import Incoming, QueueInfo
 from .views import CallOptions, check_retries, check_timeout
 
@@ -100,6 +110,8 @@ class CallMaker:
         kind = self.kind_of(options)
         if options.timeout_set:
             timeout = options.timeout
+        elif kind == STREAM:
+            timeout = None  # a stream may run for long: each item's wait is bounded instead
         else:
             timeout = BROADCAST_TIMEOUT if options.broadcast else self.default_timeout
         if kind == BROADCAST and timeout is None:
@@ -107,6 +119,9 @@ class CallMaker:
         cid = self._prefix + format(next(self._counter), "x")
         extra = outgoing_headers(dict(options.context))
         tracing.inject(extra)
+        if kind == STREAM:
+            window = options.window or DEFAULT_STREAM_WINDOW
+            extra[protocol.STREAM_HEADER] = window
         body = serialization.encode(protocol.request_body(method, args, kwargs), self.content_type)
         deadline = None if timeout is None else time.monotonic() + timeout
         pending = Pending(cid, method, kind, self.content_type, deadline)
@@ -114,7 +129,7 @@ class CallMaker:
         pending.props = protocol.request_properties(cid, self.content_type, timeout, time.time(),
                                                     extra)
         pending.broadcast = options.broadcast
-        if kind == BROADCAST:
+        if kind == BROADCAST or kind == STREAM:  # neither is published twice
             pending.value = []
         else:
             pending.retries = (self.default_retries if options.retries is None
@@ -124,6 +139,10 @@ class CallMaker:
             else options.wait_for_ready)
         if options.callbacks is not None:
             pending.on_success, pending.on_error = options.callbacks
+        if kind == STREAM:
+            item_timeout = (options.item_timeout if options.item_timeout is not None
+                            else self.default_timeout)
+            pending.stream = StreamState(window, item_timeout)
         pending.started = time.perf_counter()
         return pending
 
@@ -134,6 +153,10 @@ class CallMaker:
         Raises:
             TypeError: a cast or broadcast asked for callbacks or a future.
         """
+        if options.stream:
+            if options.cast or options.broadcast or options.callbacks is not None or options.future:
+                raise TypeError("a stream is iterated: no cast, broadcast, callbacks or future")
+            return STREAM
         if options.cast:
             if options.callbacks is not None or options.future:
                 raise TypeError("a cast has no reply: it takes no callbacks and no future")
@@ -185,6 +208,40 @@ class CallMaker:
         return protocol.decode_reply(msg.body, msg.props.get("content_type"),
                                      pending.content_type, self.accept,
                                      oversize=msg.oversize, limit=self.max_message_size)
+
+    def item(self, msg: Incoming, pending: Pending) -> tuple[bool, Any]:
+        """``(True, value)`` of a stream item, or ``(False, exception)`` for one this side
+        refuses; the first item's control address is kept."""
+        stream = pending.stream
+        assert stream is not None
+        if stream.control is None:
+            headers = msg.props.get("headers")
+            control = headers.get(protocol.CONTROL_HEADER) if headers else None
+            if isinstance(control, str) and control:
+                stream.control = control
+        try:
+            content_type = msg.props.get("content_type")
+            if msg.oversize:
+                raise RPCError(f"stream item of {msg.oversize} bytes exceeds this proxy's "
+                               f"limit of {self.max_message_size} bytes")
+            if content_type != pending.content_type:
+                raise RPCError(f"stream item in content type {content_type!r}, expected "
+                               f"{pending.content_type!r}")
+            return True, protocol.parse_item(
+                serialization.decode(msg.body, content_type, self.accept))
+        except (RPCError, ValueError) as exc:
+            return False, exc
+
+    def control(self, pending: Pending, kind: str, credit: int = 0,
+                ) -> tuple[str, str, bytes, dict[str, Any]]:
+        """``(exchange, routing key, body, properties)`` of a grant of credit or a cancel for a
+        stream: to the server instance that runs it, or to every instance before it is known."""
+        stream = pending.stream
+        assert stream is not None
+        body, props = protocol.control_message(kind, pending.cid, credit)
+        if stream.control is not None:
+            return "", stream.control, body, props
+        return protocol.broadcast_exchange(self.server_id), "", body, props
 
     def broadcast_reply(self, msg: Incoming, pending: Pending) -> BroadcastReply:
         ok, value = self.outcome(msg, pending)

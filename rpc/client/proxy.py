@@ -25,12 +25,14 @@ from collections.abc import Callable, Iterable, Iterator, Sequence
 from concurrent.futures import Future
 from typing import Any
 
+from ..core import protocol
 from ..core.calls import (
     BACKGROUND,
     BROADCAST,
     CAST,
     CHECK,
     FUTURE,
+    STREAM,
     SYNC,
     CallbackState,
     CallbackStates,
@@ -365,6 +367,9 @@ class Proxy(ProxyBase):
             self._send(pending)
             self._wait_or_forget(pending)
             return pending.value
+        if kind == STREAM:
+            self._send(pending)
+            return Stream(self, pending)
         if kind == FUTURE:
             fut = CallFuture(self._jobs.put)
             pending.future = fut
@@ -404,9 +409,9 @@ class Proxy(ProxyBase):
                 raise
         self._kick_pump()
 
-    def _wait_or_forget(self, pending: Pending) -> None:
+    def _wait_or_forget(self, pending: Pending, until: float | None = None) -> None:
         try:
-            self._wait(pending)
+            self._wait(pending, until)
         except BaseException:  # KeyboardInterrupt while waiting: nobody will collect the reply
             self._forget(pending)
             raise
@@ -502,8 +507,12 @@ class Proxy(ProxyBase):
         """Drop a call nobody waits for any more; a reply to it will be dropped and counted."""
         self._take(pending.cid)
 
-    def _wait(self, pending: Pending) -> None:
+    def _wait(self, pending: Pending, until: float | None = None) -> None:
+        """Wait for ``pending`` to be done, reading the socket while nobody else does, until
+        its deadline (or ``until``, when sooner), when it times out."""
         deadline = pending.deadline
+        if until is not None and (deadline is None or until < deadline):
+            deadline = until
         while True:
             with self._lock:
                 if pending.done:
@@ -515,7 +524,7 @@ class Proxy(ProxyBase):
                     self._reader_active = True
                     reading = True
             if reading:
-                self._read_until(pending)
+                self._read_until(pending, deadline)
             else:
                 pending.sleep(None if deadline is None else deadline - time.monotonic())
                 with self._lock:
@@ -524,8 +533,7 @@ class Proxy(ProxyBase):
                 self._expire(pending)
                 return
 
-    def _read_until(self, pending: Pending) -> None:
-        deadline = pending.deadline
+    def _read_until(self, pending: Pending, deadline: float | None) -> None:
         try:
             while not pending.done:
                 remaining = None if deadline is None else deadline - time.monotonic()
@@ -559,6 +567,9 @@ class Proxy(ProxyBase):
 
     def _on_reply(self, msg: Incoming) -> None:
         cid = msg.props.get("correlation_id")
+        if msg.props.get("type") == protocol.ITEM_TYPE:
+            self._on_item(cid, msg)
+            return
         with self._lock:
             pending = self._table.get(cid)
             if pending is not None and pending.kind != BROADCAST:
@@ -572,7 +583,81 @@ class Proxy(ProxyBase):
                     pending.value.append(reply)
         else:
             ok, value = self._calls.outcome(msg, pending)
+            if pending.stream is not None:
+                pending.stream.answered = True
             self._complete(pending, ok, value)
+
+    def _on_item(self, cid: Any, msg: Incoming) -> None:
+        with self._lock:
+            pending = self._table.get(cid)
+        if pending is None or pending.stream is None:
+            self._calls.dropped(cid)
+            return
+        ok, value = self._calls.item(msg, pending)
+        if not ok:
+            if self._take(cid) is not None:
+                self._complete(pending, False, value)
+            return
+        with self._lock:
+            pending.stream.items.append(value)
+            pending.done = True
+            pending.wake()
+
+    # -- streams ---------------------------------------------------------------------------------
+
+    def _next_item(self, pending: Pending) -> Any:
+        """The stream's next item, waited for as a synchronous call waits for its reply.
+
+        Raises:
+            StopIteration: the stream ended.
+            Exception: the one the handler raised, or RPCTimeout, ConnectionLost, ...
+        """
+        stream = pending.stream
+        assert stream is not None
+        while True:
+            with self._lock:
+                if stream.items:
+                    item, grant = stream.take()
+                    break
+                if stream.ended:
+                    ok, value = stream.end
+                    if ok:
+                        raise StopIteration
+                    raise value
+                pending.arm()
+            until = None
+            if stream.item_timeout is not None:
+                until = time.monotonic() + stream.item_timeout
+            self._wait_or_forget(pending, until)
+        if grant:
+            self._control(pending, protocol.CREDIT_TYPE, grant)
+        return item
+
+    def _close_stream(self, pending: Pending) -> None:
+        """Stop a stream nobody reads any more: the server closes the generator."""
+        stream = pending.stream
+        assert stream is not None
+        with self._lock:
+            self._table.take(pending.cid)
+            if stream.answered:
+                return
+            stream.answered = True  # one cancel is enough
+            if not stream.ended:
+                stream.ended, stream.end = True, (True, None)
+        self._control(pending, protocol.CANCEL_TYPE)
+
+    def _control(self, pending: Pending, kind: str, credit: int = 0) -> None:
+        exchange, routing_key, body, props = self._calls.control(pending, kind, credit)
+        try:
+            link = self._live_link()
+            if exchange and exchange not in self._declared:
+                link.declare_fanout(exchange)
+                self._declared.add(exchange)
+            link.publish(routing_key, body, props, exchange=exchange)
+        except (ConnectionLost, RPCError) as exc:
+            if kind == protocol.CREDIT_TYPE:
+                raise
+            logger.info("cannot stop stream %s() on the server: %s", pending.method, exc)
 
     def _on_return(self, msg: Incoming, code: int, text: str) -> None:
         pending = self._take(msg.props.get("correlation_id"))
@@ -604,7 +689,14 @@ class Proxy(ProxyBase):
             return
         pending.ok, pending.value = ok, value
         self._calls.record(pending, ok, value)
-        if kind == SYNC or kind == BROADCAST or kind == CHECK:
+        if kind == STREAM:
+            stream = pending.stream
+            assert stream is not None
+            with self._lock:
+                stream.ended, stream.end = True, (ok, value)
+                pending.done = True
+                pending.wake()
+        elif kind == SYNC or kind == BROADCAST or kind == CHECK:
             with self._lock:
                 pending.done = True
                 pending.wake()
@@ -728,6 +820,55 @@ class Proxy(ProxyBase):
                 self._release_reader()
 
 
+class Stream(Iterator[Any]):
+    """The items of a streaming call as they come: ``for row in proxy.stream.export(table)``.
+
+    The server sends at most one window of items ahead of this iterator, so a slow consumer
+    pauses the generator on the server. An exception the handler raised is raised where its
+    items end. Leaving early (``break``, :meth:`close`, ``with``, garbage collection) stops the
+    generator on the server.
+    """
+
+    def __init__(self, proxy: Proxy, pending: Pending) -> None:
+        self._proxy = proxy
+        self._pending = pending
+        self._closed = False
+
+    def __iter__(self) -> Stream:
+        return self
+
+    def __next__(self) -> Any:
+        if self._closed:
+            raise StopIteration
+        try:
+            return self._proxy._next_item(self._pending)
+        except StopIteration:
+            self._closed = True
+            raise
+        except BaseException:
+            self.close()
+            raise
+
+    def close(self) -> None:
+        """Stop listening; the server closes the generator (its ``finally`` runs)."""
+        if not self._closed:
+            self._closed = True
+            self._proxy._close_stream(self._pending)
+
+    def __enter__(self) -> Stream:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def __del__(self) -> None:
+        if not self._closed:  # not here: a collection may run with the proxy's lock held
+            self._proxy._jobs.put(self.close)
+
+    def __repr__(self) -> str:
+        return f"<Stream {self._pending.method}() {'closed' if self._closed else 'open'}>"
+
+
 def _outcome(fut: Future[Any], raise_errors: bool) -> Any:
     try:
         return fut.result()
@@ -737,4 +878,4 @@ def _outcome(fut: Future[Any], raise_errors: bool) -> Any:
         return exc
 
 
-__all__ = ["BroadcastReply", "CallView", "CallbackState", "Proxy"]
+__all__ = ["BroadcastReply", "CallView", "CallbackState", "Proxy", "Stream"]

@@ -47,6 +47,10 @@ class CallOptions:
     #: None: the proxy's own setting.
     retries: int | None = None
     wait_for_ready: bool | None = None
+    stream: bool = False
+    #: A stream's items let ahead, and the longest wait for one item (None: no limit).
+    window: int | None = None
+    item_timeout: float | None = None
 
 
 def check_retries(retries: int) -> int:
@@ -113,6 +117,11 @@ class CallView:
         return self._with(future=True, callbacks=None)
 
     @property
+    def stream(self) -> CallView:
+        """Call a generator method and iterate over what it yields as it comes."""
+        return self._with(stream=True)
+
+    @property
     def cast(self) -> CallView:
         """Publish without waiting for (or getting) a reply; returns None at once."""
         return self._with(cast=True)
@@ -130,10 +139,19 @@ class CallView:
                                  f"which an AMQP header cannot carry to RabbitMQ")
         return self._with(context=self._options.context + tuple(context.items()))
 
-    def __call__(self, *, timeout: float | None) -> CallView:
-        """``proxy.broadcast(timeout=2)``: how long to collect replies."""
+    def __call__(self, *, timeout: float | None = None, window: int | None = None) -> CallView:
+        """``proxy.broadcast(timeout=2)``: how long to collect replies;
+        ``proxy.stream(timeout=5, window=100)``: the longest wait for each item, and how many
+        items the server may send ahead of the consumer."""
+        if self._options.stream:
+            if window is not None and (type(window) is not int or not 1 <= window <= 10_000):
+                raise ValueError(f"window must be a whole number from 1 to 10000, not {window!r}")
+            return self._with(item_timeout=check_timeout(timeout),
+                              window=window if window is not None else self._options.window)
         if not self._options.broadcast:
             raise TypeError("only a broadcast view takes a timeout this way: use set_timeout()")
+        if window is not None:
+            raise TypeError("only a stream view takes a window")
         return self.set_timeout(timeout)
 
     def __getattr__(self, name: str) -> RemoteMethod:
@@ -179,6 +197,7 @@ class RemoteMethod:
 
 #: Options of a plain call, and of a call through each one-word view.
 PLAIN = CallOptions()
+STREAM_CALL = CallOptions(stream=True)
 FUTURE_CALL = CallOptions(future=True)
 CAST_CALL = CallOptions(cast=True)
 BROADCAST_CALL = CallOptions(broadcast=True)
@@ -233,6 +252,17 @@ class ProxyBase:
     def cast(self) -> CallView:
         """A one-call view that publishes without a reply and returns None at once."""
         return self._view(CAST_CALL)
+
+    @property
+    def stream(self) -> CallView:
+        """A view that calls a generator method and iterates over its items as they come:
+        ``for row in proxy.stream.export(table)`` (``async for`` on an AsyncProxy).
+
+        ``proxy.stream(timeout=5, window=100)`` bounds the wait for each item and sets how many
+        items the server may send ahead of the consumer; ``set_timeout`` bounds the whole
+        stream. Leaving the loop early stops the generator on the server.
+        """
+        return self._view(STREAM_CALL)
 
     @property
     def broadcast(self) -> CallView:

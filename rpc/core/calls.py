@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import heapq
 import threading
-from collections import OrderedDict
+from collections import OrderedDict, deque
 from collections.abc import Callable
 from concurrent.futures import Future
 from enum import IntEnum
@@ -14,6 +14,8 @@ from typing import Any
 SYNC, FUTURE, CALLBACK, BROADCAST, CAST = 0, 1, 2, 3, 4
 #: The proxy's own question to the broker (is anyone consuming?), awaited like a sync call.
 CHECK = 5
+#: A call answered by a stream of items, then its reply (protocol v1.1).
+STREAM = 6
 #: Kinds nobody waits for on a thread of their own: the table times them out.
 BACKGROUND = frozenset({FUTURE, CALLBACK})
 
@@ -38,7 +40,7 @@ class Pending:
         "cid", "method", "kind", "content_type", "deadline", "done", "ok", "value",
         "future", "on_success", "on_error", "_signal", "_signalled",
         "body", "props", "broadcast", "wait_for_ready", "retries", "attempt", "unavailable",
-        "started", "waiter", "timed",
+        "started", "waiter", "timed", "stream",
     )
 
     def __init__(
@@ -73,6 +75,8 @@ class Pending:
         self.waiter: Any = None
         #: Whether the table times this call out (it is not waited on by a thread of its own).
         self.timed = False
+        #: A streaming call's items and credit.
+        self.stream: StreamState | None = None
 
     def arm(self) -> None:
         """Prepare a synchronous call to sleep until :meth:`wake` (again, for a retry)."""
@@ -93,6 +97,41 @@ class Pending:
         wait = -1 if timeout is None else min(max(timeout, 0), threading.TIMEOUT_MAX)
         if self._signal.acquire(timeout=wait):
             self._signalled = False
+
+
+class StreamState:
+    """What a streaming call has received and not yet handed out, and the credit it owes.
+
+    Items wait in ``items`` (at most about one window of them: the server sends no more than
+    the credit the consumer has granted). ``end`` holds the reply that ends the stream.
+    """
+
+    __slots__ = ("items", "window", "item_timeout", "control", "consumed", "ended", "end",
+                 "answered")
+
+    def __init__(self, window: int, item_timeout: float | None) -> None:
+        self.items: deque[Any] = deque()
+        self.window = window
+        self.item_timeout = item_timeout
+        #: The server instance's control address, from the first item (None until then).
+        self.control: str | None = None
+        #: Items handed out since credit was last granted.
+        self.consumed = 0
+        self.ended = False
+        #: ``(ok, value)`` of the reply that ended the stream.
+        self.end: tuple[bool, Any] = (True, None)
+        #: Whether the server ended it (else it failed here, and the server may run on).
+        self.answered = False
+
+    def take(self) -> tuple[Any, int]:
+        """The next item, and the credit to grant now (0: none yet): the items consumed, once
+        they reach half the window, so the server never waits on a consumer that keeps up."""
+        item = self.items.popleft()
+        self.consumed += 1
+        if self.consumed * 2 >= self.window:
+            grant, self.consumed = self.consumed, 0
+            return item, grant
+        return item, 0
 
 
 class CallTable:
