@@ -172,6 +172,33 @@ def test_a_rejected_message_comes_back_redelivered(url: str) -> None:
     run(scenario())
 
 
+def test_a_callback_that_raises_costs_only_its_own_message(url: str, caplog: pytest.LogCaptureFixture) -> None:
+    queue = queue_name()
+
+    async def scenario() -> None:
+        ends = Ends()
+        received = ends.on_message
+
+        def on_message(msg: Incoming) -> None:
+            if msg.body == b"bad":
+                raise RuntimeError("a handler bug")
+            received(msg)
+
+        ends.on_message = on_message  # type: ignore[method-assign]
+        link, _ = await connect(url, ends, consumer(queue, prefetch=0))
+        try:
+            for body in (b"one", b"bad", b"two", b"three"):
+                link.publish(queue, body, {})
+            bodies = [(await ends.next_message()).body for _ in range(3)]
+            assert bodies == [b"one", b"two", b"three"]
+            assert not link.closed and ends.lost == []
+        finally:
+            await link.close()
+
+    run(scenario())
+    assert "a handler bug" in caplog.text
+
+
 def test_direct_reply_to_round_trip_with_confirms(url: str) -> None:
     queue = queue_name()
 

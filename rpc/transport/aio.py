@@ -172,7 +172,8 @@ class _SocketLink(AsyncLink):
         self._on_lost = on_lost
         self._sock = detached.sock
         self._conn = detached.connection
-        self._tls = isinstance(self._sock, ssl.SSLSocket)
+        #: The socket again when it is a TLS one, which may hold decrypted bytes.
+        self._tls = self._sock if isinstance(self._sock, ssl.SSLSocket) else None
         # The session's messages name this link from now on.
         self._session: Session[Any] = detached.session
         self._session.owner = self
@@ -193,7 +194,7 @@ class _SocketLink(AsyncLink):
         loop.add_reader(self._fd, self._on_readable)
         if detached.heartbeat:
             self._timer = loop.call_later(detached.heartbeat / 4, self._on_timer)
-        if self._tls:  # TLS may hold decrypted bytes the socket will not signal
+        if self._tls is not None:  # py-amqp's handshake may have left decrypted bytes
             loop.call_soon(self._on_readable)
 
     @property
@@ -222,34 +223,39 @@ class _SocketLink(AsyncLink):
             self._lose(ConnectionLost("the broker closed the connection"))
             return
         self._received = True
-        self._feed(self._view[:count])
-        if self._tls and not self.closed and self._sock.pending():  # type: ignore[attr-defined]
-            self._on_readable()
+        try:
+            owed = self._session.receive(self._view[:count])
+        except ConnectionLost as exc:
+            self._answer()
+            self._lose(exc)
+            return
+        except Exception:
+            owed = self._parse_on()
+        if owed:
+            self._answer()
+        if self._tls is not None and not self.closed and self._tls.pending():
+            self._on_readable()  # TLS holds decrypted bytes the socket will not signal
 
-    def _feed(self, data: bytes | memoryview) -> None:
-        session = self._session
-        while True:
+    def _parse_on(self) -> bool:
+        """After a callback raised: log it, and parse the rest of what was received."""
+        logger.exception("a callback of the asyncio link raised")
+        while not self.closed:
             try:
-                owed = session.receive(data)
+                return self._session.receive(b"")
             except ConnectionLost as exc:
-                answer = session.data_to_send()
-                if answer:
-                    try:
-                        self._write(answer)
-                    except ConnectionLost:
-                        pass
+                self._answer()
                 self._lose(exc)
-                return
+                return False
             except Exception:
                 logger.exception("a callback of the asyncio link raised")
-                if self.closed:
-                    return
-                data = b""  # parse on from where the callback stopped it
-                continue
-            break
-        if owed:
+        return False
+
+    def _answer(self) -> None:
+        """Write what the session owes the broker (close-ok, cancel-ok), if it can."""
+        answer = self._session.data_to_send()
+        if answer and not self.closed:
             try:
-                self._write(session.data_to_send())
+                self._write(answer)
             except ConnectionLost:
                 pass
 

@@ -270,7 +270,7 @@ class AMQPLink(Link):
         if self._sock.getblocking():
             with self._wlock:
                 self._sock.setblocking(False)
-        if not self._sock.pending():  # type: ignore[attr-defined]
+        if not (isinstance(self._sock, ssl.SSLSocket) and self._sock.pending()):
             wait = -1 if timeout is None else max(0, int(timeout * 1000 + 0.999))
             if not self._poller.poll(wait):
                 return False
