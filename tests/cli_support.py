@@ -58,6 +58,12 @@ APP = textwrap.dedent('''
         return os.getpid()
 
 
+    @server.expose
+    def count(n):
+        """Yield 0 to n - 1 (a stream)."""
+        yield from range(n)
+
+
     def make_server():
         return server
 

@@ -128,6 +128,10 @@ def test_call_prints_the_result_as_json(served: Served) -> None:
     assert rpc(served, "call", served.server_id, "add", "[1]", "[2, 3]") == (0, "[1, 2, 3]\n", "")
 
 
+def test_call_stream_prints_each_item_as_a_json_line(served: Served) -> None:
+    assert rpc(served, "call", "--stream", served.server_id, "count", "3") == (0, "0\n1\n2\n", "")
+
+
 def test_call_takes_bare_words_as_strings(served: Served) -> None:
     assert rpc(served, "call", served.server_id, "add", "hello", "-world")[:2] == (
         0, '"hello-world"\n')
