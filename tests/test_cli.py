@@ -261,7 +261,7 @@ def test_methods_lists_each_method_with_signature_and_first_doc_line(served: Ser
     assert code == 0
     lines = out.splitlines()
     assert [line.split("(")[0] for line in lines] == [
-        "add", "fail", "hold", "system.list_methods", "system.method_help",
+        "add", "count", "fail", "hold", "system.list_methods", "system.method_help",
         "system.method_signature", "system.ping", "system.stats"]
     assert lines[0].split() == ["add(a,", "b)", "Add", "a", "and", "b."]
 

@@ -328,7 +328,7 @@ def health(liveness_file: str, max_age: float) -> None:
 @_url_option()
 @_connect_retry_option(3.0)
 @_wait_for_ready_option()
-@click.option("--stream", is_flag=True,
+@click.option("--stream", is_flag=True, envvar="RPC_CALL_STREAM", show_envvar=True,
               help="Call a generator method: print each item as a JSON line as it comes "
                    "(--timeout bounds the wait for each item).")
 def call(
