@@ -79,7 +79,11 @@ def shortstr(value: str) -> bytes:
     raw = value.encode()
     if len(raw) > 255:
         raise ValueError(f"AMQP short string longer than 255 bytes: {value[:40]!r}...")
-    return bytes((len(raw),)) + raw
+    return _LENGTH[len(raw)] + raw
+
+
+#: The length octet of a short string, by length (indexing is cheaper than a call).
+_LENGTH = tuple(bytes((n,)) for n in range(256))
 
 
 def encode_properties(props: dict[str, Any]) -> bytes:
@@ -88,49 +92,64 @@ def encode_properties(props: dict[str, Any]) -> bytes:
     Those are ``content_type``, ``headers``, ``delivery_mode``, ``correlation_id``,
     ``reply_to``, ``expiration``, ``message_id``, ``type``, ``user_id`` and ``app_id``; None
     values and empty headers are left out.
+
+    Raises:
+        ValueError: a string property is over 255 bytes of UTF-8.
     """
     flags = 0
     parts: list[bytes] = []
-    value = props.get("content_type")
-    if value is not None:
-        flags |= _F_CONTENT_TYPE
-        parts.append(shortstr(value))
-    value = props.get("headers")
-    if value:
-        flags |= _F_HEADERS
-        parts.append(encode_table(value))
-    value = props.get("delivery_mode")
-    if value is not None:
-        flags |= _F_DELIVERY_MODE
-        parts.append(bytes((value,)))
-    value = props.get("correlation_id")
-    if value is not None:
-        flags |= _F_CORRELATION_ID
-        parts.append(shortstr(value))
-    value = props.get("reply_to")
-    if value is not None:
-        flags |= _F_REPLY_TO
-        parts.append(shortstr(value))
-    value = props.get("expiration")
-    if value is not None:
-        flags |= _F_EXPIRATION
-        parts.append(shortstr(value))
-    value = props.get("message_id")
-    if value is not None:
-        flags |= _F_MESSAGE_ID
-        parts.append(shortstr(value))
-    value = props.get("type")
-    if value is not None:
-        flags |= _F_TYPE
-        parts.append(shortstr(value))
-    value = props.get("user_id")
-    if value is not None:
-        flags |= _F_USER_ID
-        parts.append(shortstr(value))
-    value = props.get("app_id")
-    if value is not None:
-        flags |= _F_APP_ID
-        parts.append(shortstr(value))
+    length = _LENGTH
+    try:
+        value = props.get("content_type")
+        if value is not None:
+            flags |= _F_CONTENT_TYPE
+            raw = value.encode()
+            parts.append(length[len(raw)] + raw)
+        value = props.get("headers")
+        if value:
+            flags |= _F_HEADERS
+            parts.append(encode_table(value))
+        value = props.get("delivery_mode")
+        if value is not None:
+            flags |= _F_DELIVERY_MODE
+            parts.append(bytes((value,)))
+        value = props.get("correlation_id")
+        if value is not None:
+            flags |= _F_CORRELATION_ID
+            raw = value.encode()
+            parts.append(length[len(raw)] + raw)
+        value = props.get("reply_to")
+        if value is not None:
+            flags |= _F_REPLY_TO
+            raw = value.encode()
+            parts.append(length[len(raw)] + raw)
+        value = props.get("expiration")
+        if value is not None:
+            flags |= _F_EXPIRATION
+            raw = value.encode()
+            parts.append(length[len(raw)] + raw)
+        value = props.get("message_id")
+        if value is not None:
+            flags |= _F_MESSAGE_ID
+            raw = value.encode()
+            parts.append(length[len(raw)] + raw)
+        value = props.get("type")
+        if value is not None:
+            flags |= _F_TYPE
+            raw = value.encode()
+            parts.append(length[len(raw)] + raw)
+        value = props.get("user_id")
+        if value is not None:
+            flags |= _F_USER_ID
+            raw = value.encode()
+            parts.append(length[len(raw)] + raw)
+        value = props.get("app_id")
+        if value is not None:
+            flags |= _F_APP_ID
+            raw = value.encode()
+            parts.append(length[len(raw)] + raw)
+    except IndexError:
+        raise ValueError(f"AMQP short string property longer than 255 bytes: {value!r:.60}") from None
     return _SHORT.pack(flags) + b"".join(parts)
 
 
@@ -154,20 +173,21 @@ def _frame(kind: int, channel: int, payload: bytes) -> bytes:
     return FRAME_HEADER_STRUCT.pack(kind, channel, len(payload)) + payload + b"\xce"
 
 
+#: A content header frame up to its properties: frame header, class, weight, body size.
+_CONTENT_HEADER = Struct(">BHIHHQ")
+#: The frame-end octet of one frame and the header of the body frame after it.
+_END_AND_BODY = Struct(">BBHI")
 _PUBLISH_METHODS: dict[tuple[int, str, str, bool], bytes] = {}
 
 
 def _publish_method(channel: int, exchange: str, routing_key: str, mandatory: bool) -> bytes:
     """The whole ``basic.publish`` method frame, cached: a proxy publishes to few addresses."""
-    key = (channel, exchange, routing_key, mandatory)
-    frame = _PUBLISH_METHODS.get(key)
-    if frame is None:
-        frame = _frame(FRAME_METHOD, channel, (
-            _METHOD_ID.pack(BASIC, BASIC_PUBLISH) + b"\x00\x00" + shortstr(exchange)
-            + shortstr(routing_key) + (b"\x01" if mandatory else b"\x00")))
-        if len(_PUBLISH_METHODS) >= 1024:  # reply addresses are many on a busy server
-            _PUBLISH_METHODS.clear()
-        _PUBLISH_METHODS[key] = frame
+    frame = _frame(FRAME_METHOD, channel, (
+        _METHOD_ID.pack(BASIC, BASIC_PUBLISH) + b"\x00\x00" + shortstr(exchange)
+        + shortstr(routing_key) + (b"\x01" if mandatory else b"\x00")))
+    if len(_PUBLISH_METHODS) >= 1024:  # reply addresses are many on a busy server
+        _PUBLISH_METHODS.clear()
+    _PUBLISH_METHODS[(channel, exchange, routing_key, mandatory)] = frame
     return frame
 
 
@@ -183,16 +203,18 @@ def publish_frames(
 ) -> bytes:
     """The method, header and body frames of one ``basic.publish``, as one buffer."""
     size = len(body)
-    header = _METHOD_ID.pack(BASIC, 0) + size.to_bytes(8, "big") + encode_properties(props)
-    method = _publish_method(channel, exchange, routing_key, mandatory)
-    pack = FRAME_HEADER_STRUCT.pack
+    properties = encode_properties(props)
+    method = (_PUBLISH_METHODS.get((channel, exchange, routing_key, mandatory))
+              or _publish_method(channel, exchange, routing_key, mandatory))
+    header = _CONTENT_HEADER.pack(FRAME_HEADER, channel, 12 + len(properties), BASIC, 0, size)
     chunk = frame_max - FRAME_OVERHEAD
     if size <= chunk:
         if not size:
-            return b"".join((method, pack(FRAME_HEADER, channel, len(header)), header, b"\xce"))
-        return b"".join((method, pack(FRAME_HEADER, channel, len(header)), header, b"\xce",
-                         pack(FRAME_BODY, channel, size), body, b"\xce"))
-    out: list[bytes | memoryview] = [method, pack(FRAME_HEADER, channel, len(header)), header, b"\xce"]
+            return b"".join((method, header, properties, b"\xce"))
+        return b"".join((method, header, properties,
+                         _END_AND_BODY.pack(FRAME_END, FRAME_BODY, channel, size), body, b"\xce"))
+    out: list[bytes | memoryview] = [method, header, properties, b"\xce"]
+    pack = FRAME_HEADER_STRUCT.pack
     view = memoryview(body)
     for start in range(0, size, chunk):
         part = view[start:start + chunk]
