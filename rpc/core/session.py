@@ -14,11 +14,13 @@ due and when a silent broker counts as gone.
 
 A driver owns the socket: the blocking :class:`rpc.transport.amqp.AMQPLink` and the asyncio
 :mod:`rpc.transport.aio`. Threads: :meth:`~Session.receive` and :meth:`~Session.data_to_send` run
-on one thread at a time (the reader). Commands may run on other threads when the driver
-serialises them (one write lock) and writes the bytes each returns before it lets the next
-command run, so the wire carries them in the order the session made them. What both sides
-change, the unconfirmed publishes and the queue inspections waiting for an answer, changes in
-single ``dict`` and ``deque`` operations, each atomic under the GIL.
+on one thread at a time (the reader). Commands may run on other threads: the encoding ones
+(:meth:`~Session.publish`, :meth:`~Session.ack`, ...) anywhere, while :meth:`~Session.published`
+and :meth:`~Session.inspect_queue`, which change state, run under the driver's write lock, in the
+same hold as the write of their bytes, so the wire carries them in the order the session counted
+them. What the reader and the commands both change, the unconfirmed publishes and the queue
+inspections waiting for an answer, changes in single ``dict`` and ``deque`` operations, each
+atomic under the GIL.
 """
 
 from __future__ import annotations
@@ -174,8 +176,8 @@ class Session(Generic[LinkT]):
                           on_message=handle, on_return=returned, on_cancel=cancelled)
         sock.sendall(session.publish("calc", body, props, mandatory=True))
         session.published(track=call_id)
-        session.receive(sock.recv(65536))        # calls handle(Incoming) per delivery
-        sock.sendall(session.data_to_send())     # what the broker is owed, if anything
+        if session.receive(sock.recv(65536)):    # calls handle(Incoming) per delivery
+            sock.sendall(session.data_to_send())  # what the broker is owed (close-ok, ...)
 
     Args:
         owner: the link each :class:`Incoming` names, through which it is acknowledged.
