@@ -12,6 +12,7 @@ import os
 import threading
 import time
 from collections import deque
+from collections.abc import Iterator
 from typing import Any
 
 from rpc import Server
@@ -77,6 +78,16 @@ def reload() -> dict[str, Any]:
     with _lock:
         _reloads += 1
         return {"pid": os.getpid(), "reloads": _reloads}
+
+
+@server.expose
+def primes(limit: int) -> Iterator[int]:
+    """Yield the primes below limit, one by one (a stream: ``proxy.stream.primes(100)``)."""
+    found: list[int] = []
+    for n in range(2, limit):
+        if all(n % p for p in found if p * p <= n):
+            found.append(n)
+            yield n
 
 
 @server.expose
