@@ -6,8 +6,10 @@
     ├── ConnectionError        also builtins.ConnectionError: broker unreachable or refused
     │   ├── AccessRefused      refused credentials, vhost or permission
     │   ├── ConnectionLost     the connection dropped while the call was pending
+    │   │   └── ServerLost     the server running a long call stopped sending keep-alives
     │   └── BrokerBlocked      the broker blocks publishing (a resource alarm)
     ├── Refused                the broker nacked the request (publisher confirms)
+    ├── Cancelled              the call was cancelled (also a concurrent.futures.CancelledError)
     ├── RPCTimeout             also builtins.TimeoutError: no reply within the call's timeout
     ├── UnknownServer          the broker returned the request: no queue for that server_id
     │   └── ServerUnavailable  the queue exists but no server consumes it
@@ -25,6 +27,7 @@ builtin ``Exception`` subclasses, the framework's own errors and the classes reg
 from __future__ import annotations
 
 import builtins
+import concurrent.futures
 import traceback
 from typing import Any, TypeVar
 
@@ -54,6 +57,14 @@ class ConnectionLost(ConnectionError):
         super().__init__(*args)
         #: The AMQP reply code when the broker closed the connection or channel, else None.
         self.code = code
+
+
+class ServerLost(ConnectionLost):
+    """The server running a long call fell silent: its keep-alives stopped (protocol v1.1)."""
+
+
+class Cancelled(RPCError, concurrent.futures.CancelledError):
+    """The call was cancelled: by its caller, or a handler's ``check_cancelled()`` found it so."""
 
 
 class BrokerBlocked(ConnectionError):
@@ -132,6 +143,8 @@ _FRAMEWORK_ERRORS: dict[str, type[BaseException]] = {
         ConnectionError,
         AccessRefused,
         ConnectionLost,
+        ServerLost,
+        Cancelled,
         BrokerBlocked,
         Refused,
         RPCTimeout,

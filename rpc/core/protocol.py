@@ -42,6 +42,15 @@ CANCEL_TYPE = "rpc.cancel"
 MAX_CREDIT = 10_000
 #: Content type of control messages, whatever the call's serializer.
 CONTROL_CONTENT_TYPE = "application/json"
+# Keep-alives and progress (v1.1): see docs/protocol.md, "Keep-alives, progress and cancels".
+#: Request header asking for keep-alives; its value is the interval in seconds.
+KEEPALIVE_HEADER = "rpc-keepalive"
+KEEPALIVE_TYPE = "rpc.keepalive"
+PROGRESS_TYPE = "rpc.progress"
+#: The shortest and longest keep-alive interval a request may ask for, in seconds.
+KEEPALIVE_RANGE = (0.5, 3600.0)
+#: Keep-alives a client may miss before it counts the call's server as gone.
+KEEPALIVES_MISSED = 3
 
 #: Reply addresses a server publishes to: direct reply-to names and server-named queues.
 _REPLY_ADDRESS = re.compile(r"\A(amq\.rabbitmq\.reply-to\.[\w.+/=-]+|amq\.gen-[\w-]+)\Z")
@@ -198,6 +207,60 @@ def stream_credit(headers: dict[str, Any] | None) -> int | None:
         raise BadRequest(f"{STREAM_HEADER} must be a whole number from 1 to {MAX_CREDIT}, "
                          f"not {credit!r}")
     return credit
+
+
+def keepalive_interval(headers: dict[str, Any] | None) -> float | None:
+    """The keep-alive interval a request asks for, or None (also for a value out of range:
+    keep-alives are a courtesy, and a bad value must not fail the call)."""
+    if not headers:
+        return None
+    value = headers.get(KEEPALIVE_HEADER)
+    if type(value) is not int and type(value) is not float:
+        return None
+    interval = float(value)
+    return interval if KEEPALIVE_RANGE[0] <= interval <= KEEPALIVE_RANGE[1] else None
+
+
+def keepalive_properties(correlation_id: Any, server: str, control: str) -> dict[str, Any]:
+    """AMQP properties of a keep-alive (its body is empty)."""
+    return {"correlation_id": correlation_id, "type": KEEPALIVE_TYPE, "app_id": server,
+            "headers": {CONTROL_HEADER: control}}
+
+
+def progress_body(done: float, total: float | None, message: str) -> dict[str, Any]:
+    """The body of a progress message, ready for a serializer."""
+    return {"done": done, "total": total, "message": message}
+
+
+def progress_properties(correlation_id: Any, content_type: str, server: str,
+                        control: str) -> dict[str, Any]:
+    """AMQP properties of a progress message."""
+    return {"content_type": content_type, "correlation_id": correlation_id,
+            "type": PROGRESS_TYPE, "app_id": server, "headers": {CONTROL_HEADER: control}}
+
+
+@dataclass(frozen=True, slots=True)
+class Progress:
+    """How far a long call has got, as its handler reported."""
+
+    done: float
+    total: float | None = None
+    message: str = ""
+
+
+def parse_progress(body: Any) -> Progress:
+    """A decoded progress body.
+
+    Raises:
+        RPCError: it is not ``{"done": number, "total": number or null, "message": str}``.
+    """
+    if isinstance(body, dict):
+        done, total, message = body.get("done"), body.get("total"), body.get("message", "")
+        if (isinstance(done, (int, float)) and not isinstance(done, bool)
+                and (total is None or isinstance(total, (int, float)))
+                and isinstance(message, str)):
+            return Progress(done, total, message)
+    raise RPCError(f"malformed progress message: {body!r:.100}")
 
 
 def item_body(value: Any) -> dict[str, Any]:

@@ -15,9 +15,12 @@ from rpc.core.protocol import (
     DEADLINE_HEADER,
     DIRECT_REPLY_TO,
     ITEM_TYPE,
+    KEEPALIVE_HEADER,
     MAX_CREDIT,
+    PROGRESS_TYPE,
     REPLY_TYPE,
     STREAM_HEADER,
+    Progress,
     Request,
     control_message,
     deadline_of,
@@ -29,10 +32,15 @@ from rpc.core.protocol import (
     is_reply_address,
     item_body,
     item_properties,
+    keepalive_interval,
+    keepalive_properties,
     parse_control,
     parse_item,
+    parse_progress,
     parse_reply,
     parse_request,
+    progress_body,
+    progress_properties,
     reply_content_type,
     reply_properties,
     request_body,
@@ -357,3 +365,35 @@ def test_a_cancel_grants_nothing() -> None:
 def test_a_malformed_control_message_is_a_bad_request(kind: str, body: bytes) -> None:
     with pytest.raises(BadRequest):
         parse_control(kind, body)
+
+
+# -- keep-alives and progress (v1.1) ---------------------------------------------------------------
+
+@pytest.mark.parametrize("value, expected", [
+    (5, 5.0), (0.5, 0.5), (3600, 3600.0), (0.1, None), (4000, None), ("5", None), (True, None),
+    (None, None),
+], ids=repr)
+def test_a_keepalive_interval_out_of_range_is_ignored(value: Any, expected: float | None) -> None:
+    assert keepalive_interval({KEEPALIVE_HEADER: value}) == expected
+
+
+def test_a_request_without_the_header_asks_for_no_keepalives() -> None:
+    assert keepalive_interval(None) is None and keepalive_interval({}) is None
+
+
+def test_keepalives_and_progress_name_the_control_address() -> None:
+    assert keepalive_properties("c1", "calc@h:1", "ctl")["headers"] == {CONTROL_HEADER: "ctl"}
+    props = progress_properties("c1", JSON, "calc@h:1", "ctl")
+    assert props["type"] == PROGRESS_TYPE and props["headers"] == {CONTROL_HEADER: "ctl"}
+
+
+def test_progress_round_trips() -> None:
+    assert parse_progress(progress_body(3, 10, "rows")) == Progress(3, 10, "rows")
+    assert parse_progress(progress_body(0.5, None, "")) == Progress(0.5)
+
+
+@pytest.mark.parametrize("body", [None, [], {"done": "3"}, {"done": 1, "total": "x"},
+                                  {"done": True}, {"done": 1, "message": 5}], ids=repr)
+def test_malformed_progress_is_refused(body: Any) -> None:
+    with pytest.raises(RPCError, match="malformed progress"):
+        parse_progress(body)
