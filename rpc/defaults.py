@@ -19,3 +19,5 @@ BROADCAST_TIMEOUT = 1.0
 DEFAULT_ASYNC_CONCURRENCY = 100
 #: Stream items a caller lets a server send ahead of what it has consumed (protocol v1.1).
 DEFAULT_STREAM_WINDOW = 100
+#: Seconds between the keep-alives a long call's server sends; three missed fail the call.
+DEFAULT_KEEPALIVE = 5.0

@@ -35,6 +35,7 @@ from ..core.errors import ConnectionLost, RPCError
 from ..defaults import (
     DEFAULT_CONNECT_RETRY,
     DEFAULT_HEARTBEAT,
+    DEFAULT_KEEPALIVE,
     DEFAULT_MAX_MESSAGE_SIZE,
     DEFAULT_TIMEOUT,
 )
@@ -79,6 +80,7 @@ class AsyncProxy(ProxyBase):
         timeout: float | None = DEFAULT_TIMEOUT,
         retries: int = 0,
         wait_for_ready: bool = False,
+        keepalive: float | None = DEFAULT_KEEPALIVE,
         failover: FailoverStrategy = "round-robin",
         metrics: bool = False,
         heartbeat: float = DEFAULT_HEARTBEAT,
@@ -97,6 +99,7 @@ class AsyncProxy(ProxyBase):
         self._calls = CallMaker(
             server_id, serializer=serializer, timeout=timeout, retries=retries,
             wait_for_ready=wait_for_ready, max_message_size=max_message_size, metrics=metrics,
+            keepalive=keepalive,
         )
         self._failover = Failover(self._url, failover)
         self._heartbeat = heartbeat
@@ -113,6 +116,7 @@ class AsyncProxy(ProxyBase):
         self._loop: asyncio.AbstractEventLoop | None = None
         self._timer: asyncio.TimerHandle | None = None
         self._timer_at: float | None = None
+        self._watch: asyncio.TimerHandle | None = None
         self._closed = False
 
     # -- settings --------------------------------------------------------------------------------
@@ -250,8 +254,9 @@ class AsyncProxy(ProxyBase):
         if self._closed:
             return
         self._closed = True
-        if self._timer is not None:
-            self._timer.cancel()
+        for timer in (self._timer, self._watch):
+            if timer is not None:
+                timer.cancel()
         self._fail_all(RPCError("the proxy was closed while the call was pending"))
         connecting = self._connecting
         if connecting is not None and not connecting.done():
@@ -318,7 +323,8 @@ class AsyncProxy(ProxyBase):
                     return None
                 return await waiter
             except asyncio.CancelledError:
-                self._table.take(pending.cid)
+                if self._table.take(pending.cid) is not None:
+                    self._cancel_on_server(pending)
                 raise
             except Exception as exc:
                 if self._closed or not self._calls.may_retry(pending, exc):
@@ -438,6 +444,35 @@ class AsyncProxy(ProxyBase):
         self._timer = loop.call_later(max(deadline - time.monotonic(), 0.0), self._on_timer)
         self._timer_at = deadline
 
+    def _cancel_on_server(self, pending: Pending) -> None:
+        """Tell the server nobody waits for ``pending`` any more, so it stops or skips it."""
+        if pending.kind != CAST and pending.kind != BROADCAST:
+            self._control(pending, protocol.CANCEL_TYPE)
+
+    def cancel(self, uid: str) -> bool:
+        """Cancel a callback call: its error callback gets rpc.Cancelled, and the server stops
+        or skips it. False if it is no longer pending."""
+        pending = self._table.take(uid)
+        if pending is None:
+            return False
+        self._cancel_on_server(pending)
+        self._complete(pending, False, self._calls.cancelled(pending))
+        return True
+
+    def _watch_silence(self) -> None:
+        """Once a second while any call has heard from its server: fail those gone silent."""
+        self._watch = None
+        table = self._table
+        for pending in table.silent(time.monotonic(), protocol.KEEPALIVES_MISSED):
+            self._complete(pending, False, self._calls.lost(pending))
+        if table.heard_any() and self._loop is not None and not self._closed:
+            self._watch = self._loop.call_later(1.0, self._watch_silence)
+
+    def _heard(self, msg: Incoming, pending: Pending) -> None:
+        self._calls.heard(msg, pending)
+        if self._watch is None and self._loop is not None:
+            self._watch = self._loop.call_later(1.0, self._watch_silence)
+
     def _on_timer(self) -> None:
         self._timer = self._timer_at = None
         table = self._table
@@ -446,6 +481,7 @@ class AsyncProxy(ProxyBase):
                 self._complete(pending, True, pending.value)
             else:
                 self._complete(pending, False, self._calls.timed_out(pending))
+                self._cancel_on_server(pending)
         deadline = table.next_deadline()
         if deadline is not None:
             self._arm_timer(deadline)
@@ -454,8 +490,12 @@ class AsyncProxy(ProxyBase):
 
     def _on_reply(self, msg: Incoming) -> None:
         cid = msg.props.get("correlation_id")
-        if msg.props.get("type") == protocol.ITEM_TYPE:
+        kind = msg.props.get("type")
+        if kind == protocol.ITEM_TYPE:
             self._on_item(cid, msg)
+            return
+        if kind == protocol.KEEPALIVE_TYPE or kind == protocol.PROGRESS_TYPE:
+            self._on_news(cid, kind, msg)
             return
         pending = self._table.get(cid)
         if pending is None:
@@ -472,11 +512,32 @@ class AsyncProxy(ProxyBase):
                 pending.stream.answered = True
             self._complete(pending, ok, value)
 
+    def _on_news(self, cid: Any, kind: str, msg: Incoming) -> None:
+        """A keep-alive or a progress report: the server of a pending call is alive."""
+        pending = self._table.get(cid)
+        if pending is None:
+            return  # the call is done, or was never ours: nothing waits for news of it
+        if kind == protocol.KEEPALIVE_TYPE:
+            self._heard(msg, pending)
+            return
+        report = self._calls.progress(msg, pending)
+        if self._watch is None and self._loop is not None:
+            self._watch = self._loop.call_later(1.0, self._watch_silence)
+        if report is not None and pending.on_progress is not None:
+            try:
+                result = pending.on_progress(report)
+                if inspect.isawaitable(result):
+                    self._spawn(result)
+            except Exception:
+                logger.exception("an on_progress function raised")
+
     def _on_item(self, cid: Any, msg: Incoming) -> None:
         pending = self._table.get(cid)
         if pending is None or pending.stream is None:
             self._calls.dropped(cid)
             return
+        if self._watch is None and self._loop is not None:
+            self._watch = self._loop.call_later(1.0, self._watch_silence)
         ok, value = self._calls.item(msg, pending)
         if not ok:
             self._table.take(cid)
@@ -547,7 +608,7 @@ class AsyncProxy(ProxyBase):
         except ConnectionLost as exc:
             if kind == protocol.CREDIT_TYPE:
                 raise
-            logger.info("cannot stop stream %s() on the server: %s", pending.method, exc)
+            logger.info("cannot cancel %s() on the server: %s", pending.method, exc)
 
     def _on_return(self, msg: Incoming, code: int, text: str) -> None:
         pending = self._table.take(msg.props.get("correlation_id"))

@@ -33,14 +33,16 @@ from ..core.context import outgoing_headers
 from ..core.errors import (
     AccessRefused,
     BrokerBlocked,
+    Cancelled,
     ConnectionError,
     Refused,
     RPCError,
     RPCTimeout,
+    ServerLost,
     ServerUnavailable,
     UnknownServer,
 )
-from ..defaults import BROADCAST_TIMEOUT, DEFAULT_STREAM_WINDOW
+from ..defaults import BROADCAST_TIMEOUT, DEFAULT_KEEPALIVE, DEFAULT_STREAM_WINDOW
 from ..transport.link import Incoming, QueueInfo
 from .views import CallOptions, check_retries, check_timeout
 
@@ -75,6 +77,7 @@ class CallMaker:
     def __init__(
         self, server_id: str, *, serializer: str, timeout: float | None, retries: int,
         wait_for_ready: bool, max_message_size: int, metrics: bool,
+        keepalive: float | None = DEFAULT_KEEPALIVE,
     ) -> None:
         self.server_id = server_id
         self.content_type = serialization.content_type_of(serializer)
@@ -82,6 +85,11 @@ class CallMaker:
         self.default_timeout = check_timeout(timeout)
         self.default_retries = check_retries(retries)
         self.default_wait_for_ready = wait_for_ready
+        if keepalive is not None and not (
+                protocol.KEEPALIVE_RANGE[0] <= keepalive <= protocol.KEEPALIVE_RANGE[1]):
+            raise ValueError(f"keepalive must be from {protocol.KEEPALIVE_RANGE[0]} to "
+                             f"{protocol.KEEPALIVE_RANGE[1]} seconds, or None, not {keepalive!r}")
+        self.keepalive = keepalive
         self.max_message_size = max_message_size
         self.metrics: Any = None
         if metrics:
@@ -122,6 +130,9 @@ class CallMaker:
         if kind == STREAM:
             window = options.window or DEFAULT_STREAM_WINDOW
             extra[protocol.STREAM_HEADER] = window
+        keepalive = self.keepalive if kind != CAST and kind != BROADCAST else None
+        if keepalive is not None:
+            extra[protocol.KEEPALIVE_HEADER] = keepalive
         body = serialization.encode(protocol.request_body(method, args, kwargs), self.content_type)
         deadline = None if timeout is None else time.monotonic() + timeout
         pending = Pending(cid, method, kind, self.content_type, deadline)
@@ -137,6 +148,8 @@ class CallMaker:
         pending.wait_for_ready = options.broadcast or (
             self.default_wait_for_ready if options.wait_for_ready is None
             else options.wait_for_ready)
+        pending.keepalive = keepalive
+        pending.on_progress = options.on_progress
         if options.callbacks is not None:
             pending.on_success, pending.on_error = options.callbacks
         if kind == STREAM:
@@ -214,11 +227,7 @@ class CallMaker:
         refuses; the first item's control address is kept."""
         stream = pending.stream
         assert stream is not None
-        if stream.control is None:
-            headers = msg.props.get("headers")
-            control = headers.get(protocol.CONTROL_HEADER) if headers else None
-            if isinstance(control, str) and control:
-                stream.control = control
+        self.heard(msg, pending)
         try:
             content_type = msg.props.get("content_type")
             if msg.oversize:
@@ -236,12 +245,45 @@ class CallMaker:
                 ) -> tuple[str, str, bytes, dict[str, Any]]:
         """``(exchange, routing key, body, properties)`` of a grant of credit or a cancel for a
         stream: to the server instance that runs it, or to every instance before it is known."""
-        stream = pending.stream
-        assert stream is not None
         body, props = protocol.control_message(kind, pending.cid, credit)
-        if stream.control is not None:
-            return "", stream.control, body, props
+        if pending.control is not None:
+            return "", pending.control, body, props
         return protocol.broadcast_exchange(self.server_id), "", body, props
+
+    @staticmethod
+    def heard(msg: Incoming, pending: Pending) -> None:
+        """The server of ``pending`` said something before its reply: it is alive, and it may
+        name its control address."""
+        pending.heard = time.monotonic()
+        if pending.control is None:
+            headers = msg.props.get("headers")
+            control = headers.get(protocol.CONTROL_HEADER) if headers else None
+            if isinstance(control, str) and control:
+                pending.control = control
+
+    def progress(self, msg: Incoming, pending: Pending) -> protocol.Progress | None:
+        """The progress a message reports (None for a malformed one, which is only logged)."""
+        self.heard(msg, pending)
+        content_type = msg.props.get("content_type")
+        try:
+            if content_type != pending.content_type:
+                raise RPCError(f"progress in content type {content_type!r}")
+            report = protocol.parse_progress(serialization.decode(msg.body, content_type,
+                                                                  self.accept))
+        except (RPCError, ValueError) as exc:
+            logger.warning("dropped a progress message for %s(): %s", pending.method, exc)
+            return None
+        pending.progress = report
+        return report
+
+    @staticmethod
+    def lost(pending: Pending) -> ServerLost:
+        return ServerLost(f"the server running {pending.method}() fell silent: no keep-alive "
+                          f"for {protocol.KEEPALIVES_MISSED} intervals of {pending.keepalive} s")
+
+    @staticmethod
+    def cancelled(pending: Pending) -> Cancelled:
+        return Cancelled(f"the call to {pending.method}() was cancelled")
 
     def broadcast_reply(self, msg: Incoming, pending: Pending) -> BroadcastReply:
         ok, value = self.outcome(msg, pending)

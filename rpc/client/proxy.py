@@ -44,6 +44,7 @@ from ..core.errors import ConnectionLost, RPCError, RPCTimeout
 from ..defaults import (
     DEFAULT_CONNECT_RETRY,
     DEFAULT_HEARTBEAT,
+    DEFAULT_KEEPALIVE,
     DEFAULT_MAX_MESSAGE_SIZE,
     DEFAULT_TIMEOUT,
 )
@@ -88,6 +89,9 @@ class Proxy(ProxyBase):
             their table of completed calls, so a retried call runs once.
         wait_for_ready: let requests wait in the queue until a server consumes it, instead of
             failing at once with ServerUnavailable; ``wait_for_ready()`` sets it per call.
+        keepalive: seconds between the keep-alives a server sends while it runs a call; a call
+            whose server has been heard and then misses three fails with ServerLost, long
+            before its timeout (None asks for none).
         failover: with several broker URLs, the order to try them: ``"round-robin"`` from the
             first, or ``"shuffle"`` to spread clients; a reconnect starts with the next node.
         metrics: record calls, latency, timeouts, dropped replies and reconnects in
@@ -109,6 +113,7 @@ class Proxy(ProxyBase):
         timeout: float | None = DEFAULT_TIMEOUT,
         retries: int = 0,
         wait_for_ready: bool = False,
+        keepalive: float | None = DEFAULT_KEEPALIVE,
         failover: FailoverStrategy = "round-robin",
         metrics: bool = False,
         heartbeat: float = DEFAULT_HEARTBEAT,
@@ -127,6 +132,7 @@ class Proxy(ProxyBase):
         self._calls = CallMaker(
             server_id, serializer=serializer, timeout=timeout, retries=retries,
             wait_for_ready=wait_for_ready, max_message_size=max_message_size, metrics=metrics,
+            keepalive=keepalive,
         )
         self._failover = Failover(self._url, failover)
         self._heartbeat = heartbeat
@@ -374,7 +380,7 @@ class Proxy(ProxyBase):
             fut = CallFuture(self._jobs.put)
             pending.future = fut
             self._send_async(pending)
-            fut.forget = lambda: self._forget(pending)
+            fut.forget = lambda: self._cancel_future(pending)
             return fut
         self._states.start(pending.cid)
         try:
@@ -503,6 +509,10 @@ class Proxy(ProxyBase):
         else:
             self._kick_pump()
 
+    def _cancel_future(self, pending: Pending) -> None:
+        if self._take(pending.cid) is not None:
+            self._cancel_on_server(pending)
+
     def _forget(self, pending: Pending) -> None:
         """Drop a call nobody waits for any more; a reply to it will be dropped and counted."""
         self._take(pending.cid)
@@ -534,11 +544,16 @@ class Proxy(ProxyBase):
                 return
 
     def _read_until(self, pending: Pending, deadline: float | None) -> None:
+        # Reads end at least once a second while keep-alives are watched: the pump may find the
+        # call's server silent and fail the call meanwhile.
+        slice_ = 1.0 if pending.keepalive is not None else None
         try:
             while not pending.done:
                 remaining = None if deadline is None else deadline - time.monotonic()
                 if remaining is not None and remaining <= 0:
                     return
+                if slice_ is not None and (remaining is None or remaining > slice_):
+                    remaining = slice_
                 self._link.read(remaining)
         except ConnectionLost as exc:
             self._connection_lost(exc)
@@ -562,13 +577,33 @@ class Proxy(ProxyBase):
             self._complete(pending, True, pending.value)
             return
         self._complete(pending, False, self._calls.timed_out(pending))
+        self._cancel_on_server(pending)
+
+    def _cancel_on_server(self, pending: Pending) -> None:
+        """Tell the server nobody waits for ``pending`` any more, so it stops or skips it."""
+        if pending.kind != CHECK:
+            self._control(pending, protocol.CANCEL_TYPE)
+
+    def cancel(self, uid: str) -> bool:
+        """Cancel a callback call: its error callback gets rpc.Cancelled, and the server stops
+        or skips it. False if it is no longer pending."""
+        pending = self._take(uid)
+        if pending is None:
+            return False
+        self._cancel_on_server(pending)
+        self._complete(pending, False, self._calls.cancelled(pending))
+        return True
 
     # -- replies ---------------------------------------------------------------------------------
 
     def _on_reply(self, msg: Incoming) -> None:
         cid = msg.props.get("correlation_id")
-        if msg.props.get("type") == protocol.ITEM_TYPE:
+        kind = msg.props.get("type")
+        if kind == protocol.ITEM_TYPE:
             self._on_item(cid, msg)
+            return
+        if kind == protocol.KEEPALIVE_TYPE or kind == protocol.PROGRESS_TYPE:
+            self._on_news(cid, kind, msg)
             return
         with self._lock:
             pending = self._table.get(cid)
@@ -586,6 +621,24 @@ class Proxy(ProxyBase):
             if pending.stream is not None:
                 pending.stream.answered = True
             self._complete(pending, ok, value)
+
+    def _on_news(self, cid: Any, kind: str, msg: Incoming) -> None:
+        """A keep-alive or a progress report: the server of a pending call is alive."""
+        with self._lock:
+            pending = self._table.get(cid)
+        if pending is None:
+            return  # the call is done, or was never ours: nothing waits for news of it
+        if kind == protocol.KEEPALIVE_TYPE:
+            self._calls.heard(msg, pending)
+            return
+        report = self._calls.progress(msg, pending)
+        if report is None:
+            return
+        if pending.future is not None:
+            pending.future.progress = report
+        on_progress = pending.on_progress
+        if on_progress is not None:
+            self._jobs.put(lambda: on_progress(report))
 
     def _on_item(self, cid: Any, msg: Incoming) -> None:
         with self._lock:
@@ -649,7 +702,9 @@ class Proxy(ProxyBase):
     def _control(self, pending: Pending, kind: str, credit: int = 0) -> None:
         exchange, routing_key, body, props = self._calls.control(pending, kind, credit)
         try:
-            link = self._live_link()
+            link = self._live_link() if kind == protocol.CREDIT_TYPE else self._link
+            if link.closed:
+                raise ConnectionLost("the connection is closed")
             if exchange and exchange not in self._declared:
                 link.declare_fanout(exchange)
                 self._declared.add(exchange)
@@ -657,7 +712,7 @@ class Proxy(ProxyBase):
         except (ConnectionLost, RPCError) as exc:
             if kind == protocol.CREDIT_TYPE:
                 raise
-            logger.info("cannot stop stream %s() on the server: %s", pending.method, exc)
+            logger.info("cannot cancel %s() on the server: %s", pending.method, exc)
 
     def _on_return(self, msg: Incoming, code: int, text: str) -> None:
         pending = self._take(msg.props.get("correlation_id"))
@@ -777,6 +832,7 @@ class Proxy(ProxyBase):
                 reading = self._reader_active and not expired and now < next_tick
             for pending in expired:
                 self._complete(pending, False, self._calls.timed_out(pending))
+                self._cancel_on_server(pending)
             if expired:
                 continue
             if not reading:
@@ -801,7 +857,12 @@ class Proxy(ProxyBase):
                 self._release_reader()
 
     def _tick(self) -> None:
-        """Keep an idle connection alive: read what waits, send a heartbeat when due."""
+        """Keep an idle connection alive: read what waits, send a heartbeat when due; fail the
+        calls whose server fell silent."""
+        with self._lock:
+            gone = self._table.silent(time.monotonic(), protocol.KEEPALIVES_MISSED)
+        for pending in gone:
+            self._complete(pending, False, self._calls.lost(pending))
         link = self._link
         if link.closed:
             return

@@ -48,6 +48,8 @@ class CallOptions:
     retries: int | None = None
     wait_for_ready: bool | None = None
     stream: bool = False
+    #: Hears each progress report of the call (protocol v1.1).
+    on_progress: Callable[[Any], Any] | None = None
     #: A stream's items let ahead, and the longest wait for one item (None: no limit).
     window: int | None = None
     item_timeout: float | None = None
@@ -115,6 +117,12 @@ class CallView:
         """Return a future at once: a ``concurrent.futures.Future`` from :class:`~rpc.Proxy`,
         an ``asyncio.Task`` from :class:`~rpc.AsyncProxy`."""
         return self._with(future=True, callbacks=None)
+
+    def on_progress(self, function: Callable[[Any], Any]) -> CallView:
+        """Run ``function(rpc.Progress)`` for each progress report the handler sends."""
+        if not callable(function):
+            raise TypeError(f"on_progress needs a callable, not {type(function).__name__}")
+        return self._with(on_progress=function)
 
     @property
     def stream(self) -> CallView:
@@ -277,3 +285,8 @@ class ProxyBase:
     def with_context(self, **context: Any) -> CallView:
         """A one-call view sending ``context`` (small values) for ``rpc.current_call()``."""
         return self._view().with_context(**context)
+
+    def on_progress(self, function: Callable[[Any], Any]) -> CallView:
+        """A one-call view that runs ``function(rpc.Progress)`` for each progress report of a
+        long call: ``proxy.on_progress(print).long_job()``."""
+        return self._view().on_progress(function)

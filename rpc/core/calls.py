@@ -40,7 +40,8 @@ class Pending:
         "cid", "method", "kind", "content_type", "deadline", "done", "ok", "value",
         "future", "on_success", "on_error", "_signal", "_signalled",
         "body", "props", "broadcast", "wait_for_ready", "retries", "attempt", "unavailable",
-        "started", "waiter", "timed", "stream",
+        "started", "waiter", "timed", "stream", "control", "keepalive", "heard", "progress",
+        "on_progress",
     )
 
     def __init__(
@@ -54,7 +55,7 @@ class Pending:
         self.done = False
         self.ok = False
         self.value: Any = None
-        self.future: Future[Any] | None = None
+        self.future: CallFuture | None = None
         self.on_success: Callable[[Any], Any] | None = None
         self.on_error: Callable[[BaseException], Any] | None = None
         self._signal: threading.Lock | None = None
@@ -77,6 +78,21 @@ class Pending:
         self.timed = False
         #: A streaming call's items and credit.
         self.stream: StreamState | None = None
+        #: The address of the server instance that runs the call, once it has said (v1.1).
+        self.control: str | None = None
+        #: The keep-alive interval the call asked for, and when the server was last heard.
+        self.keepalive: float | None = None
+        self.heard: float | None = None
+        #: The latest progress the handler reported, and who hears of each.
+        self.progress: Any = None
+        self.on_progress: Callable[[Any], Any] | None = None
+
+    def silent_after(self, missed: int) -> float | None:
+        """When the server counts as gone if nothing more is heard: ``missed`` keep-alive
+        intervals after it was last heard (None until it has been heard at all)."""
+        if self.heard is None or self.keepalive is None:
+            return None
+        return self.heard + missed * self.keepalive
 
     def arm(self) -> None:
         """Prepare a synchronous call to sleep until :meth:`wake` (again, for a retry)."""
@@ -106,15 +122,12 @@ class StreamState:
     the credit the consumer has granted). ``end`` holds the reply that ends the stream.
     """
 
-    __slots__ = ("items", "window", "item_timeout", "control", "consumed", "ended", "end",
-                 "answered")
+    __slots__ = ("items", "window", "item_timeout", "consumed", "ended", "end", "answered")
 
     def __init__(self, window: int, item_timeout: float | None) -> None:
         self.items: deque[Any] = deque()
         self.window = window
         self.item_timeout = item_timeout
-        #: The server instance's control address, from the first item (None until then).
-        self.control: str | None = None
         #: Items handed out since credit was last granted.
         self.consumed = 0
         self.ended = False
@@ -205,6 +218,20 @@ class CallTable:
                 expired.append(pending)
         return expired
 
+    def silent(self, now: float, missed: int) -> list[Pending]:
+        """Remove and return the calls whose server has been silent for ``missed`` keep-alive
+        intervals (a scan: a driver makes it about once a second, only while keep-alives run)."""
+        gone = [p for p in self._calls.values()
+                if p.heard is not None and p.keepalive is not None
+                and now > p.heard + missed * p.keepalive]
+        for pending in gone:
+            self.take(pending.cid)
+        return gone
+
+    def heard_any(self) -> bool:
+        """Whether any call in the table has heard from its server (its silence is watched)."""
+        return any(p.heard is not None for p in self._calls.values())
+
     def drain(self) -> list[Pending]:
         """Remove and return every call (the connection is gone, or the proxy closes)."""
         calls = list(self._calls.values())
@@ -270,6 +297,8 @@ class CallFuture(Future[Any]):
         self._dispatch = dispatch
         #: Set by the proxy: forgets the pending call when this future is cancelled.
         self.forget: Callable[[], None] | None = None
+        #: The latest progress the handler reported (an ``rpc.Progress``), or None.
+        self.progress: Any = None
 
     def cancel(self) -> bool:
         """Cancel the call: its pending entry is dropped and a late reply is dropped too."""
