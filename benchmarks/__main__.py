@@ -102,9 +102,14 @@ def _line(run: dict[str, Any]) -> str:
     if run["error"]:
         return f"  {run['case']['name']:<58} FAILED {run['error'].splitlines()[0][:120]}"
     report = run["report"]
-    return (f"  {run['case']['name']:<58} {report['calls_per_s']:>9.0f} calls/s  "
+    line = (f"  {run['case']['name']:<58} {report['calls_per_s']:>9.0f} "
+            f"{'items' if 'stream' in run['case']['mode'] else 'calls'}/s  "
             f"p50 {report['latency_ms']['p50']:>7.3f} ms  errors {report['errors']}  "
             f"noise {run['other_share']:.2f}")
+    if "client_rss_growth_mib" in report:
+        line += (f"  RSS growth client {report['client_rss_growth_mib']} MiB, "
+                 f"server {report['server_rss_growth_mib']} MiB")
+    return line
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -10,11 +10,17 @@ direct reply-to, one call at a time, or a callback-driven window of ``concurrenc
 ``nameko`` (standalone ``ClusterRpcProxy``: calls, or a ``call_async`` window); ``rpc-async``
 (this framework's ``AsyncProxy``) and ``aiopika`` (``aio_pika.patterns.RPC``), both driven alike
 on one event loop: awaits one after another, or ``concurrency`` tasks in flight.
+
+Streams (``rpc`` and ``rpc-async``, mode ``stream``): one ``proxy.stream.count(total)`` whose
+items count as the calls of the report (items/s, the wait for each item as its latency), left
+(closed) when the phase's seconds run out. Mode ``slow-stream`` (``rpc``): one long stream to a
+consumer that sleeps, sampling the resident memory of this process and of the servers.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import importlib
 import importlib.util
 import itertools
@@ -22,7 +28,7 @@ import json
 import sys
 import time
 from collections import deque
-from collections.abc import Awaitable, Callable, Coroutine
+from collections.abc import AsyncIterator, Awaitable, Callable, Coroutine, Iterator
 from typing import Any
 
 from rpc.bench.stats import Tally, build_report, error_name
@@ -75,7 +81,163 @@ def _measured(case: dict[str, Any], run: Callable[[_Clock, Tally], None]) -> dic
     return build_report(dict(case), tally, client_cpu_s=cpu)
 
 
+#: Mebibytes, in bytes.
+MIB = 1 << 20
+
+
+def stream_phase(items: Iterator[Any], stop: float, tally: Tally) -> int:
+    """Iterate ``items`` until the stream ends or ``stop`` (``perf_counter``) passes, recording
+    each item with the wait since the previous one (the first: since the phase began) as its
+    latency; then close it, which stops the generator on the server if it has items left.
+    An error ends the phase, counted once. Returns the items received."""
+    last = time.perf_counter()
+    received = 0
+    try:
+        for _ in items:
+            now = time.perf_counter()
+            tally.record_ok(last, now)
+            last = now
+            received += 1
+            if now >= stop:
+                break
+    except Exception as exc:
+        tally.record_error(error_name(exc), last, time.perf_counter())
+    finally:
+        close = getattr(items, "close", None)
+        if close is not None:
+            close()
+    return received
+
+
+async def stream_phase_async(items: AsyncIterator[Any], stop: float, tally: Tally) -> int:
+    """:func:`stream_phase` for ``async for``: closed with ``aclose()`` when left."""
+    last = time.perf_counter()
+    received = 0
+    try:
+        async with contextlib.aclosing(items):  # type: ignore[type-var]
+            async for _ in items:
+                now = time.perf_counter()
+                tally.record_ok(last, now)
+                last = now
+                received += 1
+                if now >= stop:
+                    break
+    except Exception as exc:
+        tally.record_error(error_name(exc), last, time.perf_counter())
+    return received
+
+
+def slow_stream_phase(items: Iterator[Any], start: float, stop: float, tally: Tally,
+                      pace: dict[str, Any],
+                      sample: Callable[[], tuple[float, float]]) -> list[list[float]]:
+    """Consume ``items`` slowly until the stream ends or ``stop`` passes: ``pace["sleep_s"]``
+    after every ``pace["batch"]`` items; from ``pace["settle_s"]`` after ``start`` on, every
+    ``pace["sample_every_s"]``, ``sample()`` (client MiB, server MiB) is taken. Closes the
+    stream when it leaves. Returns the samples, ``[seconds since start, client, server]``."""
+    batch, sleep_s = max(int(pace["batch"]), 1), float(pace["sleep_s"])
+    every = float(pace["sample_every_s"])
+    due = start + float(pace["settle_s"])
+    samples: list[list[float]] = []
+    last = time.perf_counter()
+    received = 0
+    try:
+        for _ in items:
+            now = time.perf_counter()
+            tally.record_ok(last, now)
+            received += 1
+            if received % batch == 0:
+                time.sleep(sleep_s)
+                now = time.perf_counter()
+                if now >= due:
+                    samples.append([round(now - start, 3), *sample()])
+                    while due <= now:
+                        due += every
+            last = now
+            if now >= stop:
+                break
+    except Exception as exc:
+        tally.record_error(error_name(exc), last, time.perf_counter())
+    finally:
+        close = getattr(items, "close", None)
+        if close is not None:
+            close()
+    return samples
+
+
+def rss_growth(samples: list[list[float]]) -> dict[str, float | None]:
+    """Growth in MiB of the client's and the server's RSS, last sample minus first, and the
+    peak above the first; None for each without two samples."""
+    out: dict[str, float | None] = {}
+    for column, side in ((1, "client"), (2, "server")):
+        values = [row[column] for row in samples]
+        ok = len(values) >= 2
+        out[f"{side}_rss_growth_mib"] = round(values[-1] - values[0], 3) if ok else None
+        out[f"{side}_rss_peak_growth_mib"] = round(max(values) - values[0], 3) if ok else None
+    return out
+
+
+def _rss_sampler(server_pids: list[int]) -> Callable[[], tuple[float, float]]:
+    """``sample()``: this process's RSS and the servers' summed, in MiB."""
+    import psutil
+
+    me = psutil.Process()
+    servers = [psutil.Process(pid) for pid in server_pids]
+
+    def sample() -> tuple[float, float]:
+        server = 0
+        for proc in servers:
+            with contextlib.suppress(psutil.Error):
+                server += proc.memory_info().rss
+        return round(me.memory_info().rss / MIB, 3), round(server / MIB, 3)
+
+    return sample
+
+
+def run_rpc_stream(case: dict[str, Any]) -> dict[str, Any]:
+    """Modes ``stream`` and ``slow-stream`` of the ``rpc`` client (one :class:`rpc.Proxy`)."""
+    from rpc import Proxy
+
+    with Proxy(case["url"], server_id=case["server_id"], timeout=CALL_TIMEOUT,
+               serializer=case["serializer"]) as proxy:
+        streams = proxy.stream(timeout=CALL_TIMEOUT)  # the longest wait for one item
+        method = case["method"]
+        length = case["args"][0] if case.get("args") else case["total"]
+        warm = Tally()
+        stream_phase(getattr(streams, method)(case["warmup"]),
+                     time.perf_counter() + WARMUP_SECONDS, warm)
+        if warm.error_count:
+            raise SystemExit(f"warm-up stream failed: {warm.errors}")
+        _handshake()
+        clock = _Clock(case)
+        tally = Tally(clock.start)
+        cpu = time.process_time()
+        items = getattr(streams, method)(length)
+        extra: dict[str, Any] = {}
+        if case["mode"] == "stream":
+            stream_phase(items, clock.stop, tally)
+        else:
+            sample = _rss_sampler(case.get("server_pids", []))
+            samples = slow_stream_phase(items, clock.start, clock.stop, tally, case["options"],
+                                        sample)
+            # A plain call needs the server's only worker, which the stream held: its reply
+            # shows the generator stopped.
+            closed = time.perf_counter()
+            try:
+                proxy.add(1, 2)
+                extra["freed_s"] = round(time.perf_counter() - closed, 3)
+            except Exception as exc:
+                tally.record_error(f"after close: {error_name(exc)}", closed, time.perf_counter())
+                extra["freed_s"] = None
+            extra.update(rss_growth(samples))
+            extra["memory"] = {"samples": samples, "columns": ["s", "client MiB", "server MiB"],
+                               "items": tally.ok, "pace": case["options"]}
+        cpu = time.process_time() - cpu
+    return {**build_report(dict(case), tally, client_cpu_s=cpu), **extra}
+
+
 def run_rpc(case: dict[str, Any]) -> dict[str, Any]:
+    if case["mode"] in ("stream", "slow-stream"):
+        return run_rpc_stream(case)
     from rpc.bench.loadgen import LoadSpec, run_load
 
     mode = case["mode"]
@@ -261,10 +423,31 @@ def run_rpc_async(case: dict[str, Any]) -> dict[str, Any]:
     async def main() -> dict[str, Any]:
         async with AsyncProxy(case["url"], server_id=case["server_id"], timeout=CALL_TIMEOUT,
                               serializer=case["serializer"]) as proxy:
+            if case["mode"] == "stream":
+                return await _stream_async(case, proxy)
             # as an application writes it: ``await proxy.add(1, 2)``
             return await _drive_async(case, lambda: getattr(proxy, case["method"])(*args))
 
     return _run_async(main)
+
+
+async def _stream_async(case: dict[str, Any], proxy: Any) -> dict[str, Any]:
+    """``async for`` over one stream of ``total`` items (after a warm-up stream)."""
+    streams = proxy.stream(timeout=CALL_TIMEOUT)
+    method = case["method"]
+    warm = Tally()
+    await stream_phase_async(getattr(streams, method)(case["warmup"]),
+                             time.perf_counter() + WARMUP_SECONDS, warm)
+    if warm.error_count:
+        raise SystemExit(f"warm-up stream failed: {warm.errors}")
+    await asyncio.get_running_loop().run_in_executor(None, _handshake)
+    clock = _Clock(case)
+    tally = Tally(clock.start)
+    cpu = time.process_time()
+    await stream_phase_async(getattr(streams, method)(case["total"]), clock.stop, tally)
+    cpu = time.process_time() - cpu
+    loop = type(asyncio.get_running_loop()).__module__.split(".")[0]
+    return build_report({**case, "event_loop": loop}, tally, client_cpu_s=cpu)
 
 
 def run_aiopika(case: dict[str, Any]) -> dict[str, Any]:

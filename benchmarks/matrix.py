@@ -26,6 +26,21 @@ ASYNC_SLEEP_S = 0.1
 ASYNC_HANDLER = (f"rpc-async {ASYNC_HANDLER_CALLS} in flight sleep_async {ASYNC_SLEEP_S:g} s, "
                  "default server")
 
+#: Streams: one ``proxy.stream.count(n)`` per phase, its items/s against sequential calls/s of
+#: the same proxy kind. n is the phase's call cap times :data:`STREAM_ITEMS_SCALE` (an item
+#: costs a fraction of a call); the phase's seconds bound it as well.
+STREAM = "rpc stream count"
+ASYNC_STREAM = "rpc-async stream count"
+STREAM_ITEMS_SCALE = 10.0
+#: One stream of this many items to a consumer that sleeps: how the client's and the server's
+#: resident memory grow while it runs, for a fixed time (full, quick), whatever ``--seconds``.
+MEMORY_ITEMS = 1_000_000
+STREAM_MEMORY = f"rpc stream of {MEMORY_ITEMS:,} items to a slow consumer, memory"
+MEMORY_SECONDS = (20.0, 10.0)
+#: The slow consumer: it sleeps ``sleep_s`` after every ``batch`` items; RSS is sampled every
+#: ``sample_every_s`` from ``settle_s`` into the phase (imports and buffers settled by then).
+MEMORY_CONSUMER = {"batch": 10, "sleep_s": 0.001, "settle_s": 2.0, "sample_every_s": 0.5}
+
 
 @dataclass(frozen=True)
 class ServerSetup:
@@ -75,7 +90,15 @@ class Case:
     #: Calls of the measured phase and of the warm-up whatever ``--total`` and ``--warmup``
     #: say: one batch of this many, for a case whose figure is the batch's wall time.
     calls: int | None = None
+    #: Wall-clock seconds of the measured phase whatever ``--seconds`` says (None: that).
+    seconds: float | None = None
+    #: Settings of the client's workload (the slow consumer's pace), passed on as they are.
+    options: dict[str, Any] = field(default_factory=dict, hash=False, compare=False)
     tags: dict[str, Any] = field(default_factory=dict, hash=False, compare=False)
+
+    def phase_seconds(self, seconds: float) -> float:
+        """The wall-clock cap of this case's measured phase, given ``--seconds``."""
+        return self.seconds if self.seconds is not None else seconds
 
     def client_spec(self, url: str, server_id: str, seconds: float, total: int,
                     warmup: int) -> dict[str, Any]:
@@ -84,9 +107,10 @@ class Case:
             "client": self.client, "url": url, "server_id": server_id, "method": self.method,
             "args": list(self.args), "mode": self.mode, "concurrency": self.concurrency,
             "payload_size": self.payload_size, "serializer": self.serializer,
-            "seconds": seconds, "total": self.calls or max(int(total * self.calls_scale), 1),
+            "seconds": self.phase_seconds(seconds),
+            "total": self.calls or max(int(total * self.calls_scale), 1),
             "warmup": self.calls or max(int(warmup * self.calls_scale), 1),
-            "count_results": self.count_results,
+            "count_results": self.count_results, "options": dict(self.options),
         }
 
     def describe(self) -> dict[str, Any]:
@@ -136,6 +160,19 @@ def build_matrix(quick: bool, peers: frozenset[str] = frozenset()) -> list[Case]
     cases.append(Case("rpc-async seq add", "asyncio", "rpc-async", ours))
     cases.append(Case("rpc-async 100 in flight add", "asyncio", "rpc-async", ours, mode="pipe",
                       concurrency=100, baseline=BASE_PIPE))
+
+    # Items of one stream against calls one at a time, on the same server as "rpc seq add".
+    cases.append(Case(STREAM, "streams", "rpc", ours, method="count", args=(), mode="stream",
+                      baseline="rpc seq add", calls_scale=STREAM_ITEMS_SCALE))
+    cases.append(Case(ASYNC_STREAM, "streams", "rpc-async", ours, method="count", args=(),
+                      mode="stream", baseline="rpc-async seq add",
+                      calls_scale=STREAM_ITEMS_SCALE))
+    # Its figures are RSS growths in MiB, not a ratio: no baseline.
+    cases.append(Case(
+        STREAM_MEMORY, "streams", "rpc", ours, method="count", args=(MEMORY_ITEMS,),
+        mode="slow-stream", baseline=None, seconds=MEMORY_SECONDS[quick],
+        options=dict(MEMORY_CONSUMER),
+    ))
 
     cases += [Case(f"rpc seq echo {_size(n)}", "payload", "rpc", ours,
                    baseline=f"pika seq echo {_size(n)}", **_echo(n)) for n in payloads]

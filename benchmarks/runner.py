@@ -72,13 +72,14 @@ def run_case(case: Case, servers: Servers, *, seconds: float, total: int, warmup
     """Measure ``case`` once; the run record of :mod:`benchmarks.analysis`."""
     servers.use(case.server)
     spec = case.client_spec(servers.url, servers.server_id, seconds, total, warmup)
+    spec["server_pids"] = servers.pids  # whose memory a memory case samples
     client = Child("benchmarks.clients", json.dumps(spec))
     try:
         client.expect("WARM", timeout=60 + warmup * 0.05)
         pids = {"client": [client.pid], "driver": [os.getpid()]}
         before = _snapshot(servers.pids, pids, broker)
         client.send("GO")
-        report = json.loads(client.expect("RESULT", timeout=seconds + 60))
+        report = json.loads(client.expect("RESULT", timeout=case.phase_seconds(seconds) + 60))
         after = _snapshot(servers.pids, pids, broker)
         client.send("BYE")
         client.proc.wait(timeout=30)

@@ -2,9 +2,9 @@
 
 Each prints ``READY`` on standard output once it consumes, and stops cleanly on SIGTERM. KIND is
 ``rpc`` (this framework; options not given are left to its defaults, ``--async-handlers`` adds
-the ``async def`` workloads), ``pika`` (the raw floor: BlockingConnection, msgpack
-``[method, args]``, prefetch 100, ack after the reply), ``nameko`` or ``aiopika``
-(``aio_pika.patterns.RPC``).
+the ``async def`` workloads; it also streams the generator ``count``), ``pika`` (the raw floor:
+BlockingConnection, msgpack ``[method, args]``, prefetch 100, ack after the reply), ``nameko``
+or ``aiopika`` (``aio_pika.patterns.RPC``).
 """
 
 from __future__ import annotations
@@ -58,6 +58,9 @@ def serve_rpc(options: argparse.Namespace) -> None:
                     **{key: value for key, value in given.items() if value is not None})
     for name, func in _functions(options).items():
         server.register_function(func, name)
+    # A generator: its items stream to ``proxy.stream.count(n)`` (no other framework here has
+    # streams). A plain generator runs on a worker thread, so no server default changes.
+    server.register_function(workloads.count, "count")
     stop = _stop_event()
     server.start()
     try:

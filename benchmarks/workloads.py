@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import time
+from collections.abc import Iterator
 from typing import Any
 
 #: Iterations of :func:`burn` that make one CPU-bound call (a few milliseconds of pure Python).
@@ -24,6 +25,11 @@ def burn(n: int) -> int:
     for i in range(n):
         total += i * i
     return total
+
+
+def count(n: int) -> Iterator[int]:
+    """A stream (rpc only): the integers 0 to ``n - 1``, small items as fast as credit allows."""
+    yield from range(n)
 
 
 async def sleep_async(seconds: float) -> None:

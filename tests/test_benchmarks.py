@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import time
+
 import pytest
 
 pytest.importorskip("psutil", reason="the bench extra is not installed")
@@ -17,12 +19,22 @@ from benchmarks.analysis import (  # noqa: E402
     result_problems,
     summarize,
 )
+from benchmarks.clients import (  # noqa: E402
+    rss_growth,
+    slow_stream_phase,
+    stream_phase,
+)
 from benchmarks.matrix import (  # noqa: E402
     ASYNC_HANDLER,
+    ASYNC_STREAM,
     BASE_PIPE,
     BASE_SEQ,
+    MEMORY_ITEMS,
+    STREAM,
+    STREAM_MEMORY,
     build_matrix,
 )
+from rpc.bench.stats import Tally  # noqa: E402
 
 
 def fake_run(name: str, rep: int, calls_per_s: float, *, baseline: str | None = BASE_SEQ,
@@ -171,7 +183,9 @@ def test_the_quick_matrix_is_a_subset_of_the_full_one() -> None:
     quick = {case.name for case in build_matrix(True)}
     full = {case.name for case in build_matrix(False)}
     assert quick < full
-    assert len(quick) < 30
+    assert len(quick) <= 32
+    # Cases whose phase has a fixed length (whatever --seconds) keep the quick run short.
+    assert sum(case.seconds or 0 for case in build_matrix(True)) <= 10
 
 
 def test_every_baseline_a_case_names_is_measured_in_the_same_matrix() -> None:
@@ -234,3 +248,84 @@ def test_the_cluster_benchmark_compares_each_side_with_one_node_in_the_same_mode
     assert quorum["cpu_ratio_broker"] == pytest.approx(3.0)
     assert quorum["cpu_ratio_client_server"] == pytest.approx(1.0)
     assert quorum["cpu_ratio_total"] == pytest.approx(2.0)
+
+
+def test_stream_cases_compare_items_per_second_with_sequential_calls_of_the_same_proxy() -> None:
+    for quick in (True, False):
+        cases = {case.name: case for case in build_matrix(quick)}
+        sync, aio = cases[STREAM], cases[ASYNC_STREAM]
+        assert (sync.client, aio.client) == ("rpc", "rpc-async")
+        for case, base in ((sync, "rpc seq add"), (aio, "rpc-async seq add")):
+            assert (case.method, case.args, case.mode, case.baseline) == (
+                "count", (), "stream", base)
+            assert case.server == cases[base].server  # the same server process, reused
+            spec = case.client_spec("amqp://", "q", seconds=1.0, total=20_000, warmup=200)
+            # one stream of 10x the call cap, bounded by the phase's seconds too
+            assert (spec["total"], spec["warmup"], spec["seconds"]) == (200_000, 2000, 1.0)
+
+
+def test_the_memory_case_is_a_long_stream_to_a_slow_consumer_for_a_fixed_time() -> None:
+    for quick, seconds in ((True, 10.0), (False, 20.0)):
+        case = next(c for c in build_matrix(quick) if c.name == STREAM_MEMORY)
+        assert (case.client, case.method, case.args, case.mode) == (
+            "rpc", "count", (MEMORY_ITEMS,), "slow-stream")
+        assert case.baseline is None and MEMORY_ITEMS == 1_000_000
+        spec = case.client_spec("amqp://", "q", seconds=1.0, total=20_000, warmup=200)
+        assert spec["seconds"] == case.phase_seconds(1.0) == seconds
+        assert spec["options"]["sleep_s"] > 0 and spec["options"]["settle_s"] < seconds
+    # --only "rpc stream count" picks the throughput case alone
+    assert [c.name for c in build_matrix(True) if "rpc stream count" in c.name] == [STREAM]
+
+
+class FakeStream:
+    """An iterator of ``n`` items, one every ``gap`` seconds, that records its close()."""
+
+    def __init__(self, n: int, gap: float = 0.0, fail_at: int | None = None) -> None:
+        self.n, self.gap, self.fail_at = n, gap, fail_at
+        self.given = 0
+        self.closed = False
+
+    def __iter__(self) -> FakeStream:
+        return self
+
+    def __next__(self) -> int:
+        if self.given == self.fail_at:
+            raise TimeoutError("no item")
+        if self.given >= self.n:
+            raise StopIteration
+        time.sleep(self.gap)
+        self.given += 1
+        return self.given - 1
+
+    def close(self) -> None:
+        self.closed = True
+
+
+def test_a_stream_phase_stops_at_its_end_or_its_time_and_closes_the_stream() -> None:
+    tally = Tally(time.perf_counter())
+    ended = FakeStream(50)
+    assert stream_phase(ended, time.perf_counter() + 30, tally) == 50 and ended.closed
+    endless = FakeStream(10**9, gap=0.001)
+    started = time.perf_counter()
+    received = stream_phase(endless, started + 0.1, tally)
+    assert time.perf_counter() - started < 5 and endless.closed and received == endless.given
+    assert tally.ok == 50 + received and tally.error_count == 0
+    failing = FakeStream(10, fail_at=3)
+    assert stream_phase(failing, time.perf_counter() + 30, tally) == 3 and failing.closed
+    assert tally.errors == {"TimeoutError": 1}
+
+
+def test_a_slow_consumer_samples_memory_after_it_settles_and_closes_the_stream() -> None:
+    pace = {"batch": 5, "sleep_s": 0.002, "settle_s": 0.1, "sample_every_s": 0.05}
+    stream = FakeStream(10**9)
+    sizes = iter(range(1000))
+    start = time.perf_counter()
+    samples = slow_stream_phase(stream, start, start + 0.6, Tally(start), pace,
+                                lambda: (float(next(sizes)), 100.0))
+    assert stream.closed and stream.given < 10**9
+    assert 2 <= len(samples) <= 11  # every 50 ms from 100 ms to 600 ms (fewer on a busy box)
+    assert all(row[0] >= 0.1 for row in samples)
+    assert [row[1] for row in samples] == [float(i) for i in range(len(samples))]
+    growth = rss_growth(samples)
+    assert growth["client_rss_growth_mib"] == len(samples) - 1
+    assert growth["server_rss_growth_mib"] == growth["server_rss_peak_growth_mib"] == 0.0
