@@ -15,7 +15,7 @@ from collections.abc import Iterable
 from statistics import median
 from typing import Any
 
-from .matrix import ASYNC_HANDLER
+from .matrix import ASYNC_HANDLER, ASYNC_STREAM, MEMORY_ITEMS, STREAM, STREAM_MEMORY
 
 RESULT_SCHEMA = "rpc-benchmarks/1"
 SIDES = ("client", "server", "broker")
@@ -102,6 +102,9 @@ def summarize(runs: list[dict[str, Any]]) -> list[dict[str, Any]]:
         }
         for key in ("p50", "p99"):
             row[f"{key}_ms"] = _median(run["report"]["latency_ms"][key] for run in good)
+        for key in MEMORY_FIGURES:
+            if any(key in run["report"] for run in good):
+                row[key] = _median(run["report"].get(key) for run in good)
         for key in (*SIDES, "client_server", "total"):
             row[f"cpu_{key}_us"] = _median(run["cpu_us_per_call"][key] for run in good)
         row["share"] = result_shares(good)
@@ -134,12 +137,23 @@ def pair_ratio(runs: list[dict[str, Any]], name: str, base: str,
 
 def case_median(runs: list[dict[str, Any]], name: str, key: str) -> float | None:
     """Median over reps of ``name``'s own figure ``key`` (a report key, such as elapsed_s)."""
-    return _median(run["report"][key] for run in runs
+    return _median(run["report"].get(key) for run in runs
                    if _usable(run) and run["case"]["name"] == name)
 
 
+#: What a memory case's report adds: RSS growth of each side over the phase after it settled
+#: (last sample minus first, and the peak above the first), MiB; and the seconds from leaving
+#: the stream to the reply of a call that needed the worker the stream held.
+MEMORY_FIGURES = ("client_rss_growth_mib", "server_rss_growth_mib", "client_rss_peak_growth_mib",
+                  "server_rss_peak_growth_mib", "freed_s")
+#: The unit of each figure a headline gives as it is (not as a ratio).
+FIGURE_UNITS = {"elapsed_s": "s", "client_rss_growth_mib": "MiB",
+                "server_rss_growth_mib": "MiB"}
+
+
 #: The figures the project tracks: (label, case, compared with, figure, target). A same-run
-#: ratio of ``figure`` to the case compared with; with None, the case's own ``figure`` (seconds).
+#: ratio of ``figure`` to the case compared with; with None, the case's own ``figure``, in its
+#: unit (:data:`FIGURE_UNITS`).
 HEADLINES: tuple[tuple[str, str, str | None, str, str | None], ...] = (
     ("sequential calls/s vs raw pika sequential", "rpc seq add", "pika seq add",
      "calls_per_s", ">= 1.5"),
@@ -169,6 +183,13 @@ HEADLINES: tuple[tuple[str, str, str | None, str, str | None], ...] = (
      "aiopika 100 in flight add", "calls_per_s", ">= 3.0"),
     ("100 concurrent calls of an async def handler sleeping 0.1 s, default server: wall seconds",
      ASYNC_HANDLER, None, "elapsed_s", "< 0.5 s"),
+    ("streamed items/s vs sequential calls/s", STREAM, "rpc seq add", "calls_per_s", ">= 10"),
+    ("AsyncProxy streamed items/s vs AsyncProxy sequential calls/s", ASYNC_STREAM,
+     "rpc-async seq add", "calls_per_s", ">= 10"),
+    (f"{MEMORY_ITEMS:,}-item stream to a slow consumer: client RSS growth", STREAM_MEMORY, None,
+     "client_rss_growth_mib", "< 5 MiB"),
+    (f"{MEMORY_ITEMS:,}-item stream to a slow consumer: server RSS growth", STREAM_MEMORY, None,
+     "server_rss_growth_mib", "< 5 MiB"),
 )
 
 
@@ -181,7 +202,8 @@ def headlines(runs: list[dict[str, Any]]) -> list[dict[str, Any]]:
         if base is None:
             value = case_median(runs, name, key)
             if value is not None:
-                out.append({**entry, "ratio": None, "value": round(value, 3), "unit": "s"})
+                out.append({**entry, "ratio": None, "value": round(value, 3),
+                            "unit": FIGURE_UNITS.get(key, "s")})
             continue
         value = pair_ratio(runs, name, base, key)
         if value is not None:
@@ -272,9 +294,48 @@ def markdown(result: dict[str, Any]) -> str:
                 f"{_fmt(tp['ratio'])} | {_fmt(fair['calls_per_s'], 0)} | "
                 f"{_fmt(fair['p99_ms'], 1)} | {_fmt(slow)} |"
             )
+    lines += _streams_table(result["summary"])
     if result.get("skipped"):
         lines += ["", "Skipped: " + "; ".join(f"{k} ({v})" for k, v in result["skipped"].items())]
     return "\n".join(lines) + "\n"
+
+
+def _streams_table(summary: list[dict[str, Any]]) -> list[str]:
+    """The streams section: items/s against sequential calls/s, and the slow consumer's memory."""
+    rows = {row["name"]: row for row in summary}
+    lines: list[str] = []
+    pairs = [(STREAM, "rpc seq add"), (ASYNC_STREAM, "rpc-async seq add")]
+    measured = [(rows[name], rows.get(base)) for name, base in pairs if name in rows]
+    if measured:
+        lines += [
+            "",
+            "## Streams",
+            "",
+            "One `proxy.stream.count(n)` per phase (window 100, the default), small items (the "
+            "integers): items/s against sequential calls/s of the same proxy kind, same run.",
+            "",
+            "| case | items/s | compared with | calls/s | × | p50 / p99 ms per item |",
+            "|---|---|---|---|---|---|",
+        ]
+        for row, base in measured:
+            lines.append(
+                f"| {row['name']} | {_fmt(row['calls_per_s'], 0)} | "
+                f"{row['baseline']} | {_fmt(base['calls_per_s'] if base else None, 0)} | "
+                f"{_fmt(row['ratio'])} | {_fmt(row['p50_ms'], 3)} / {_fmt(row['p99_ms'], 3)} |")
+    memory = rows.get(STREAM_MEMORY)
+    if memory:
+        lines += [
+            "",
+            f"Slow consumer: one stream of {MEMORY_ITEMS:,} items, read at {_fmt(memory['calls_per_s'], 0)} "
+            "items/s, left early. RSS growth after the phase settled, last sample minus first "
+            "(peak above the first), MiB: client "
+            f"**{_fmt(memory.get('client_rss_growth_mib'))}** "
+            f"({_fmt(memory.get('client_rss_peak_growth_mib'))}), server "
+            f"**{_fmt(memory.get('server_rss_growth_mib'))}** "
+            f"({_fmt(memory.get('server_rss_peak_growth_mib'))}); the server's worker was free "
+            f"{_fmt(memory.get('freed_s'), 3)} s after the stream was left.",
+        ]
+    return lines
 
 
 #: Top-level keys of a results file and their types.

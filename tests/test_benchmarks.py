@@ -277,6 +277,49 @@ def test_the_memory_case_is_a_long_stream_to_a_slow_consumer_for_a_fixed_time() 
     assert [c.name for c in build_matrix(True) if "rpc stream count" in c.name] == [STREAM]
 
 
+def memory_run(rep: int, client: float | None, server: float | None) -> dict:
+    run = fake_run(STREAM_MEMORY, rep, 8000, baseline=None, calls=80_000, group="streams")
+    run["report"].update(client_rss_growth_mib=client, server_rss_growth_mib=server,
+                         client_rss_peak_growth_mib=None if client is None else client + 0.5,
+                         server_rss_peak_growth_mib=None if server is None else server + 0.5,
+                         freed_s=0.01)
+    return run
+
+
+def test_stream_headlines_are_items_per_second_ratios_and_memory_growth_in_mib() -> None:
+    runs = [fake_run(BASE_SEQ, 0, 1000, baseline=None),
+            fake_run("rpc seq add", 0, 2000),
+            fake_run("rpc-async seq add", 0, 2500, group="asyncio"),
+            fake_run(STREAM, 0, 30_000, baseline="rpc seq add", calls=30_000, group="streams"),
+            fake_run(ASYNC_STREAM, 0, 20_000, baseline="rpc-async seq add", calls=20_000,
+                     group="streams"),
+            memory_run(0, 0.25, 1.5), memory_run(1, 0.75, -0.5), memory_run(2, 0.5, 0.0)]
+    result = result_of(runs)
+    found = {h["label"]: h for h in result["headlines"]}
+    items = found["streamed items/s vs sequential calls/s"]
+    assert (items["ratio"], items["target"]) == (15.0, ">= 10")
+    assert found["AsyncProxy streamed items/s vs AsyncProxy sequential calls/s"]["ratio"] == 8.0
+    client = found["1,000,000-item stream to a slow consumer: client RSS growth"]
+    server = found["1,000,000-item stream to a slow consumer: server RSS growth"]
+    assert (client["ratio"], client["value"], client["unit"], client["target"]) == (
+        None, 0.5, "MiB", "< 5 MiB")
+    assert (server["value"], server["versus"]) == (0.0, None)  # median of 1.5, -0.5, 0.0
+    table = markdown(result)
+    assert f"| {client['label']} | **0.50 MiB** | < 5 MiB |" in table
+    assert "| streamed items/s vs sequential calls/s | **15.00×** | >= 10 |" in table
+    assert "| rpc stream count | 30000 | rpc seq add | 2000 | 15.00 |" in table
+    assert "client **0.50** (1.00), server **0.00** (0.50)" in table
+    row = next(row for row in result["summary"] if row["name"] == STREAM_MEMORY)
+    assert row["server_rss_peak_growth_mib"] == 0.5 and row["freed_s"] == 0.01
+    assert result_problems(result) == []
+
+
+def test_no_memory_headline_without_two_samples() -> None:
+    assert rss_growth([[2.0, 50.0, 60.0]])["client_rss_growth_mib"] is None
+    result = result_of([memory_run(0, None, None)])
+    assert result["headlines"] == []
+
+
 class FakeStream:
     """An iterator of ``n`` items, one every ``gap`` seconds, that records its close()."""
 
