@@ -30,6 +30,11 @@ RECONNECT_RETRY = 30.0
 RECONNECT_BACKOFF = 5.0
 #: Seconds ``queue_depth()`` waits for the broker's answer.
 INSPECT_WAIT = 2.0
+#: Deliveries the broadcast queue's consumer may hold unacknowledged beyond the request
+#: queue's prefetch. Grants of credit and cancels share that queue with broadcast requests,
+#: and queue behind those waiting for a worker: a stream paused for credit must not wait for
+#: ever behind broadcasts that wait for its worker.
+CONTROL_HEADROOM = 64
 
 
 class Consumer:
@@ -63,6 +68,9 @@ class Consumer:
         self.link: Link | None = None
         self.consumer_tag: str | None = None
         self.broadcast_tag: str | None = None
+        #: The broadcast queue of the current connection: also this instance's control
+        #: address, where the callers of its streams send credit and cancels.
+        self.broadcast_queue: str | None = None
         self._thread: threading.Thread | None = None
 
     @property
@@ -85,14 +93,17 @@ class Consumer:
         self._thread.start()
 
     def cancel(self) -> None:
-        """Ask the broker to send no more requests (those already sent still arrive)."""
+        """Ask the broker to send no more requests (those already sent still arrive).
+
+        The broadcast queue is still consumed: the streams that finish within the grace hear
+        their callers' credit and cancels through it (broadcasts that still come are refused).
+        """
         link = self.link
         if link is None or link.closed:
             return
         try:
-            for tag in (self.consumer_tag, self.broadcast_tag):
-                if tag is not None:
-                    link.cancel(tag)
+            if self.consumer_tag is not None:
+                link.cancel(self.consumer_tag)
         except ConnectionLost:
             pass
 
@@ -172,7 +183,8 @@ class Consumer:
         link.declare_queue(self.server_id, durable=True,
                            arguments=options.request_queue_arguments())
         broadcasts = link.broadcast_queue(protocol.broadcast_exchange(self.server_id))
-        self.broadcast_tag = link.consume(broadcasts, prefetch=self.prefetch)
+        self.broadcast_queue = broadcasts
+        self.broadcast_tag = link.consume(broadcasts, prefetch=self.prefetch + CONTROL_HEADROOM)
         self.consumer_tag = link.consume(self.server_id, prefetch=self.prefetch)
         return link
 

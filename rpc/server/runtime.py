@@ -16,6 +16,7 @@ import queue
 import threading
 import time
 
+from ..core import protocol
 from ..core.dedup import CompletedCalls
 from ..core.errors import ConnectionLost
 from ..transport.link import Incoming, Link
@@ -28,6 +29,7 @@ from .options import ServerOptions
 from .registry import Registry
 from .replies import INTERNAL_ERROR, Replier
 from .status import InFlight, Stats
+from .streams import Streams
 
 logger = logging.getLogger(LOGGER_NAME)
 
@@ -63,10 +65,12 @@ class Runtime:
         self.endpoint: Endpoint | None = None
         self.replier = Replier(server_id, identity, stats.counts, self.stopping)
         self.loop = HandlerLoop(f"rpc-server-loop-{server_id}", options.async_concurrency, loop)
+        self.streams = Streams(server_id, limiter=failures.limiter)
         self.handler = Handler(
             options=options, registry=registry, completed=completed, stats=stats,
             in_flight=self.in_flight, failures=failures, replier=self.replier, loop=self.loop,
-            stopping=self.stopping, metrics=self.metrics,
+            stopping=self.stopping, metrics=self.metrics, streams=self.streams,
+            control_address=self.control_address,
         )
         self.prefetch = options.prefetch_count(registry.has_async())
         self.consumer = Consumer(
@@ -130,6 +134,7 @@ class Runtime:
             logger.warning("stopping %r with %d call(s) still running after the %s s grace: the "
                            "broker will redeliver them", self.server_id, abandoned, grace)
         self.consumer.close()
+        self.streams.wake_all()  # streams paused for credit see the closed connection and end
         self.loop.cancel_running()
         self.loop.close()
         if self.endpoint is not None:
@@ -158,15 +163,27 @@ class Runtime:
         """The current connection."""
         return self.consumer.link
 
+    def control_address(self) -> str | None:
+        """Where the callers of this instance's streams send credit and cancels: the broadcast
+        queue of the current connection."""
+        return self.consumer.broadcast_queue
+
     # -- on the I/O thread -------------------------------------------------------------------------
 
     def on_message(self, msg: Incoming) -> None:
-        """Cheap checks, then hand the request to a worker."""
+        """Control messages of streams are applied here; requests get cheap checks, then go to
+        a worker."""
         tag = msg.delivery_tag
         assert tag is not None, "a request is a delivery, which always has a tag"
+        kind = msg.props.get("type")
+        if kind == protocol.CREDIT_TYPE or kind == protocol.CANCEL_TYPE:
+            self.streams.control(msg)
+            return
         if not self.accepting:
             self.counts["requeued"] += 1
-            requeue(msg.link, tag)
+            # A broadcast, read while streams finish during a stop: its queue goes with this
+            # connection, and requeued it would only come straight back.
+            requeue(msg.link, tag, again=msg.routing_key == self.server_id)
             return
         verdict = self.handler.screen(msg)
         if verdict is None:
@@ -225,10 +242,11 @@ class Runtime:
                     handler.settle(outcome)
 
 
-def requeue(link: Link, tag: int) -> None:
-    """Give a delivery back to its queue, unless the connection is gone (which does the same)."""
+def requeue(link: Link, tag: int, *, again: bool = True) -> None:
+    """Give a delivery back to its queue (``again=False``: drop it), unless the connection is
+    gone (which does the same)."""
     if not link.closed:
         try:
-            link.reject(tag, requeue=True)
+            link.reject(tag, requeue=again)
         except ConnectionLost:
             pass
