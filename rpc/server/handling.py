@@ -51,6 +51,8 @@ METRIC_OUTCOME = {
 }
 #: What :meth:`Handler.screen` says of a delivery no worker should see.
 REJECTED, EXPIRED = "rejected", "expired"
+#: Seconds an async generator's stream runs at most without letting the loop's other tasks run.
+LOOP_TURN = 0.002
 
 
 class Call:
@@ -547,6 +549,7 @@ class Handler:
                 try:
                     items = target.func(*request.args, **request.kwargs)
                     assert items is not None
+                    turn = time.monotonic() + LOOP_TURN
                     while True:
                         if stream.cancelled:
                             raise StreamCancelled()
@@ -556,7 +559,9 @@ class Handler:
                             return None
                         await stream.take_async(link)
                         self.send_item(call, stream, item)
-                        await asyncio.sleep(0)  # the loop's other tasks get their turn
+                        if time.monotonic() >= turn:  # a generator that never awaits
+                            await asyncio.sleep(0)  # lets the loop's other tasks run
+                            turn = time.monotonic() + LOOP_TURN
                 except (StreamCancelled, StreamExpired, asyncio.CancelledError):
                     raise
                 except ConnectionLost as exc:

@@ -531,3 +531,29 @@ def test_an_async_generator_runs_on_the_worker_without_async_concurrency(notes: 
 def test_control_messages_decode_as_json_whatever_the_call() -> None:
     body, props = protocol.control_message(protocol.CREDIT_TYPE, "c", 7)
     assert json.loads(body) == {"credit": 7} and props["content_type"] == "application/json"
+
+
+def test_an_async_generator_that_never_awaits_still_lets_the_loop_run() -> None:
+    async def busy(n: int) -> AsyncIterator[int]:
+        for i in range(n):
+            yield i
+
+    registry = Registry()
+    registry.add_function(busy)
+    rig = Rig(registry)
+    seen: list[int] = []  # items written, as a task beside the stream saw them
+
+    async def watch() -> None:
+        while len(seen) < 100_000 and (not seen or seen[-1] < 10_001):
+            seen.append(len(rig.link.writes))
+            await asyncio.sleep(0)
+
+    try:
+        watching = asyncio.run_coroutine_threadsafe(watch(), rig.loop.loop)
+        rig.handle(rig.message("busy", (10_000,), credit=10_000))
+        rig.settled()
+        watching.result(WAIT)
+        assert len(rig.link.items()) == 10_000
+        assert any(0 < count < 10_000 for count in seen)  # it had turns mid-stream
+    finally:
+        rig.loop.close()
