@@ -7,8 +7,15 @@ chain of services can be traced back to the call that started it (as nameko's ca
 from __future__ import annotations
 
 import contextvars
+import threading
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
+
+from .errors import Cancelled
+
+#: What publishes a handler's progress report: ``(done, total, message)``.
+ProgressReporter = Callable[[float, "float | None", str], None]
 
 #: Header carrying the caller's context: a table of small values.
 CONTEXT_HEADER = "rpc-context"
@@ -33,6 +40,26 @@ class CallInfo:
     call_stack: tuple[str, ...] = ()
     #: Every header of the request (trace context, the caller's own headers).
     headers: dict[str, Any] = field(default_factory=dict)
+    #: Set when the caller cancels the call (protocol v1.1): a long handler may watch it.
+    cancelled: threading.Event = field(default_factory=threading.Event, compare=False)
+    #: Publishes progress to the caller; None when the request asked for no keep-alives (the
+    #: server wires it in; ``progress()`` is then a no-op).
+    reporter: ProgressReporter | None = field(default=None, compare=False, repr=False)
+
+    def check_cancelled(self) -> None:
+        """Raise :class:`rpc.Cancelled` if the caller has cancelled this call.
+
+        Raises:
+            rpc.Cancelled: the caller cancelled.
+        """
+        if self.cancelled.is_set():
+            raise Cancelled(f"{self.method}() was cancelled by its caller")
+
+    def progress(self, done: float, total: float | None = None, message: str = "") -> None:
+        """Tell the caller how far the call has got (at most ten reports a second reach it;
+        the latest goes before the reply). A no-op when the caller asked for no keep-alives."""
+        if self.reporter is not None:
+            self.reporter(done, total, message)
 
     @property
     def call_id(self) -> str:
