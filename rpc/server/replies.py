@@ -111,6 +111,19 @@ class Replier:
             return
         msg.link.publish(reply_to, payload, item_props)
 
+    def send_notice(self, msg: Incoming, payload: bytes, props: dict[str, Any]) -> None:
+        """Publish a keep-alive or a progress report of the call ``msg`` asked for (from any
+        thread); nothing goes to a caller known gone or suspect, or without a reply address.
+
+        Raises:
+            ConnectionLost: the connection failed.
+        """
+        reply_to = msg.props.get("reply_to")
+        if (not isinstance(reply_to, str) or not protocol.is_reply_address(reply_to)
+                or self.gone(reply_to) or self.is_suspect(reply_to)):
+            return
+        msg.link.publish(reply_to, payload, props)
+
     def gone(self, reply_to: Any) -> bool:
         """Whether ``reply_to`` is known to belong to a caller that is gone."""
         return bool(self._gone) and reply_to in self._gone

@@ -23,6 +23,7 @@ from ..transport.link import Incoming, Link
 from .consumer import Consumer
 from .failures import LOGGER_NAME, FailureLog
 from .handling import REJECTED, Handler
+from .longcalls import Keepalives
 from .loops import HandlerLoop
 from .monitoring import Endpoint, server_metrics
 from .options import ServerOptions
@@ -72,6 +73,8 @@ class Runtime:
             stopping=self.stopping, metrics=self.metrics, streams=self.streams,
             control_address=self.control_address,
         )
+        #: Sends the keep-alives and throttled progress of the calls in flight.
+        self.keepalives = Keepalives(self.streams, f"rpc-keepalive-{server_id}")
         self.prefetch = options.prefetch_count(registry.has_async())
         self.consumer = Consumer(
             options, prefetch=self.prefetch, on_message=self.on_message,
@@ -111,6 +114,7 @@ class Runtime:
         ]
         for worker in self._workers:
             worker.start()
+        self.keepalives.start()
         self.consumer.start()
 
     def stop(self, grace: float | None) -> int:
@@ -137,6 +141,7 @@ class Runtime:
         self.streams.wake_all()  # streams paused for credit see the closed connection and end
         self.loop.cancel_running()
         self.loop.close()
+        self.keepalives.stop()
         if self.endpoint is not None:
             self.endpoint.close()
         return abandoned

@@ -23,6 +23,7 @@ from ..core.errors import BadRequest, ConnectionLost
 from ..core.ratelimit import RepeatLimiter
 from ..transport.link import Incoming, Link
 from .failures import LOGGER_NAME
+from .longcalls import Running
 
 logger = logging.getLogger(LOGGER_NAME)
 
@@ -33,6 +34,11 @@ MAX_CANCELS = 10_000
 #: Longest single wait for credit, in seconds: a paused stream looks at its connection (closed
 #: by a stop or a loss) at least this often.
 WAIT_SLICE = 1.0
+#: Seconds a stream whose request asked for no keep-alives waits for credit before it is
+#: abandoned (one that asked waits ten of its intervals).
+DEFAULT_PATIENCE = 60.0
+#: Keep-alive intervals a stream waits for credit before it is abandoned.
+PATIENCE_INTERVALS = 10
 
 
 class StreamCancelled(Exception):
@@ -43,6 +49,10 @@ class StreamExpired(Exception):
     """The stream's deadline passed: close the generator, acknowledge, send nothing more."""
 
 
+class StreamAbandoned(StreamExpired):
+    """The stream waited for credit longer than its patience: its caller is presumably gone."""
+
+
 class Stream:
     """One running stream's credit and state, shared by what runs it and the I/O thread.
 
@@ -50,14 +60,18 @@ class Stream:
         correlation_id: the call's correlation id, which control messages name.
         credit: the initial credit (the request's ``rpc-stream`` header).
         deadline: the call's deadline (epoch seconds), or None.
+        patience: seconds the stream may wait for credit at one time before it is abandoned.
     """
 
-    __slots__ = ("correlation_id", "deadline", "cancelled", "sent", "_credit", "_cond", "_loop",
-                 "_task", "_event")
+    __slots__ = ("correlation_id", "deadline", "patience", "cancelled", "sent", "_credit",
+                 "_cond", "_loop", "_task", "_event", "_paused_since")
 
-    def __init__(self, correlation_id: str, credit: int, deadline: float | None) -> None:
+    def __init__(self, correlation_id: str, credit: int, deadline: float | None,
+                 patience: float = DEFAULT_PATIENCE) -> None:
         self.correlation_id = correlation_id
         self.deadline = deadline
+        self.patience = patience
+        self._paused_since: float | None = None
         #: Set once the caller has cancelled.
         self.cancelled = False
         #: Items sent so far.
@@ -119,7 +133,8 @@ class Stream:
 
         Raises:
             StreamCancelled: the caller cancelled.
-            StreamExpired: the deadline passed first.
+            StreamExpired: the deadline passed first (StreamAbandoned: the caller granted no
+                credit for longer than the stream's patience).
             ConnectionLost: the connection closed while waiting.
         """
         with self._cond:
@@ -173,10 +188,17 @@ class Stream:
             wait = min(left, WAIT_SLICE)
         if self._credit > 0:
             self._credit -= 1
+            self._paused_since = None
             return None
         if link.closed:
             raise ConnectionLost("the connection closed while the stream waited for credit")
-        return wait
+        now = time.monotonic()
+        if self._paused_since is None:
+            self._paused_since = now
+        left = self._paused_since + self.patience - now
+        if left <= 0:
+            raise StreamAbandoned()
+        return min(wait, left)
 
 
 class Streams:
@@ -197,6 +219,8 @@ class Streams:
         self.limiter = limiter if limiter is not None else RepeatLimiter()
         self._lock = threading.Lock()
         self._live: dict[str, Stream] = {}
+        # the calls running here that a cancel can reach, by correlation id
+        self._calls: dict[str, Running] = {}
         # correlation id -> when the cancel is forgotten (time.monotonic()), oldest first
         self._cancels: OrderedDict[str, float] = OrderedDict()
 
@@ -204,13 +228,37 @@ class Streams:
         with self._lock:
             return len(self._live)
 
-    def open(self, correlation_id: str, credit: int, deadline: float | None) -> Stream | None:
+    def open(self, correlation_id: str, credit: int, deadline: float | None,
+             patience: float = DEFAULT_PATIENCE) -> Stream | None:
         """A new running stream; None when its caller cancelled it already."""
         with self._lock:
             if self._cancelled(correlation_id):
                 return None
-            stream = self._live[correlation_id] = Stream(correlation_id, credit, deadline)
+            stream = self._live[correlation_id] = Stream(correlation_id, credit, deadline,
+                                                         patience)
             return stream
+
+    def track(self, running: Running) -> bool:
+        """A call starts running here; False (and its flag set) when its caller cancelled it
+        already."""
+        with self._lock:
+            if self._cancelled(running.correlation_id):
+                running.cancelled.set()
+                return False
+            self._calls[running.correlation_id] = running
+            return True
+
+    def untrack(self, running: Running) -> None:
+        """A call is done with: no keep-alive or cancel reaches it from now on."""
+        running.finish()
+        with self._lock:
+            if self._calls.get(running.correlation_id) is running:
+                del self._calls[running.correlation_id]
+
+    def running(self) -> list[Running]:
+        """The calls running here now."""
+        with self._lock:
+            return list(self._calls.values())
 
     def close(self, stream: Stream) -> None:
         """A stream is done with: grants for it are ignored from now on."""
@@ -265,11 +313,12 @@ class Streams:
             stream.grant(credit)
 
     def cancel(self, correlation_id: str) -> None:
-        """Stop the stream ``correlation_id``, and remember the cancel, so that its request is
+        """Stop the stream or call ``correlation_id``, and remember the cancel, so that its request is
         skipped should it come (later, or again)."""
         now = time.monotonic()
         with self._lock:
             stream = self._live.get(correlation_id)
+            running = self._calls.get(correlation_id)
             cancels = self._cancels
             cancels[correlation_id] = now + self.ttl
             cancels.move_to_end(correlation_id)
@@ -277,6 +326,8 @@ class Streams:
                 cancels.popitem(last=False)
         if stream is not None:
             stream.cancel()
+        if running is not None:
+            running.cancel()
 
     def refused(self, kind: Any, exc: BadRequest) -> None:
         """Log a malformed control message, at most a few a minute of each kind."""
