@@ -50,7 +50,7 @@ METRIC_OUTCOME = {
     "bad_requests": "bad_request",
 }
 #: What :meth:`Handler.screen` says of a delivery no worker should see.
-REJECTED, EXPIRED = "rejected", "expired"
+REJECTED, EXPIRED, CANCELLED = "rejected", "expired", "cancelled"
 #: Seconds an async generator's stream runs at most without letting the loop's other tasks run.
 LOOP_TURN = 0.002
 
@@ -139,8 +139,9 @@ class Handler:
 
     def screen(self, msg: Incoming) -> str | None:
         """What to do with a delivery before any worker sees it: None to hand it to a worker,
-        :data:`REJECTED` (a reply published to the request queue: reject it) or :data:`EXPIRED`
-        (its deadline has passed: acknowledge it unanswered). Counts what it turns away."""
+        :data:`REJECTED` (a reply published to the request queue: reject it), :data:`EXPIRED`
+        (its deadline has passed) or :data:`CANCELLED` (a stream its caller cancelled before
+        it came): acknowledge those unanswered. Counts what it turns away."""
         props = msg.props
         if props.get("type") == protocol.REPLY_TYPE:
             logger.warning("refused a reply published to the request queue %r", self.server_id)
@@ -152,6 +153,10 @@ class Handler:
             self.counts["expired"] += 1
             self.observe(UNKNOWN_METHOD, EXPIRED)
             return EXPIRED
+        headers = props.get("headers")
+        if headers and protocol.STREAM_HEADER in headers and self.skip(msg):
+            self.counts["cancelled"] += 1
+            return CANCELLED
         return None
 
     def admit(self) -> None:
@@ -414,11 +419,9 @@ class Handler:
         props = msg.props
         call = Call(msg, None, tag, self.accept, deadline)
         correlation_id = props.get("correlation_id")
-        if isinstance(correlation_id, str) and self.streams.cancelled(correlation_id):
+        if self.skip(msg):  # cancelled while it waited for this worker
             msg.link.ack(tag)
-            logger.info("skipped a stream its caller cancelled (correlation_id=%s)",
-                        correlation_id)
-            return "cancelled"
+            return CANCELLED
         try:
             target = self.prepare(call)
         except BaseException as exc:  # a bad request: its error is the reply
@@ -448,6 +451,15 @@ class Handler:
             ended = self.loop.run(coro)
             return ended if isinstance(ended, str) else self.respond(call, ended)
         return self.run_stream(call, stream)
+
+    def skip(self, msg: Incoming) -> bool:
+        """Whether a stream request is one its caller cancelled before it ran."""
+        correlation_id = msg.props.get("correlation_id")
+        if isinstance(correlation_id, str) and self.streams.cancelled(correlation_id):
+            logger.info("skipped a stream its caller cancelled (correlation_id=%s)",
+                        correlation_id)
+            return True
+        return False
 
     def run_stream(self, call: Call, stream: Stream) -> str:
         """Run a plain generator's stream on this worker thread; returns the stats key.

@@ -25,7 +25,7 @@ from rpc.core.errors import ConnectionLost
 from rpc.core.ratelimit import RepeatLimiter
 from rpc.core.serialization import MSGPACK
 from rpc.server.failures import FailureLog
-from rpc.server.handling import Handler
+from rpc.server.handling import CANCELLED, Handler
 from rpc.server.loops import HandlerLoop
 from rpc.server.options import ServerOptions
 from rpc.server.registry import Registry
@@ -426,9 +426,23 @@ def test_an_item_that_cannot_be_encoded_ends_the_stream_with_an_error(rig: Rig) 
     assert error["type"] == "rpc.SerializationError" and "item 2" in error["message"]
 
 
-def test_a_cancelled_stream_request_is_skipped_when_it_comes(rig: Rig, notes: list[Any]) -> None:
+def test_a_cancelled_stream_request_is_screened_out_when_it_comes(
+        rig: Rig, notes: list[Any]) -> None:
     rig.streams.cancel("c-late")
-    assert rig.handle(rig.message("count", (3,), cid="c-late")) == "cancelled"
+    assert rig.handler.screen(rig.message("count", (3,), cid="c-late")) == CANCELLED
+    assert rig.link.writes == [] and notes == []  # acknowledging it is the I/O thread's write
+    assert rig.stats.counts["cancelled"] == 1
+
+
+def test_a_stream_cancelled_while_it_waits_for_a_worker_is_skipped(
+        rig: Rig, notes: list[Any]) -> None:
+    msg = rig.message("count", (3,), cid="c-late")
+    assert rig.handler.screen(msg) is None
+    rig.handler.admit()
+    rig.streams.cancel("c-late")
+    outcome = rig.handler.handle(msg)
+    assert outcome == "cancelled"
+    rig.handler.settle(outcome)
     assert rig.link.writes == [("ack", 1)] and notes == []
     assert rig.stats.counts["cancelled"] == 1
 
