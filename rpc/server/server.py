@@ -182,6 +182,13 @@ class BaseServer:
         ``expected`` names exceptions that are part of the method's contract (``Overdrawn``):
         they go back to the caller as usual but are logged at INFO, not as failures.
 
+        A generator function (or an async generator) *streams*: callers iterate it with
+        ``proxy.stream.name(...)``, and a plain call to it is refused. Its items go out as the
+        caller's credit allows, the generator paused meanwhile; a plain generator holds its
+        worker thread for the stream's whole life (pauses included), an async generator runs
+        on the event loop within ``async_concurrency``. A caller that stops listening, or the
+        call's deadline, closes the generator (its ``finally`` runs).
+
         Raises:
             ValueError: ``func`` is not callable, or the name is empty or private.
         """
