@@ -26,7 +26,6 @@ from ..core.calls import (
     FUTURE,
     STREAM,
     SYNC,
-    CallbackState,
     CallbackStates,
     CallTable,
     Pending,
@@ -43,13 +42,21 @@ from ..transport.aio import AsyncLink, open_async_link
 from ..transport.connect import Failover, FailoverStrategy, open_connection
 from ..transport.link import Incoming, Link, QueueInfo, open_link
 from ..transport.urls import BrokerURL, mask_url, resolve_url
-from .calling import CallMaker, Request, batch, check_concurrency, closed_error, mapped
+from .calling import (
+    CallMaker,
+    ProxySettings,
+    Request,
+    batch,
+    check_concurrency,
+    closed_error,
+    mapped,
+)
 from .views import FUTURE_CALL, CallOptions, ProxyBase, check_timeout
 
 logger = logging.getLogger(__name__)
 
 
-class AsyncProxy(ProxyBase):
+class AsyncProxy(ProxySettings, ProxyBase):
     """A dynamic client for ``server_id`` whose remote methods are coroutines.
 
     Example::
@@ -119,62 +126,10 @@ class AsyncProxy(ProxyBase):
         self._watch: asyncio.TimerHandle | None = None
         self._closed = False
 
-    # -- settings --------------------------------------------------------------------------------
-
-    @property
-    def server_id(self) -> str:
-        """The server (request queue) this proxy calls."""
-        return self._calls.server_id
-
-    @property
-    def default_timeout(self) -> float | None:
-        """Seconds a call waits unless ``set_timeout`` says otherwise (None: for ever)."""
-        return self._calls.default_timeout
-
-    @default_timeout.setter
-    def default_timeout(self, timeout: float | None) -> None:
-        self._calls.default_timeout = check_timeout(timeout)
-
-    @property
-    def default_wait_for_ready(self) -> bool:
-        """Whether requests wait in the queue for a server unless a call says otherwise."""
-        return self._calls.default_wait_for_ready
-
-    def _waits_by_default(self) -> bool:
-        return self._calls.default_wait_for_ready
-
-    @property
-    def replies_dropped(self) -> int:
-        """Replies that matched no pending call (late after a timeout or a cancellation, ...)."""
-        return self._calls.replies_dropped
-
-    @property
-    def pending_calls(self) -> int:
-        """Calls awaiting their reply."""
-        return len(self._table)
-
     @property
     def connected(self) -> bool:
         """Whether the connection is up (the next call reconnects if it is not)."""
         return self._link is not None and not self._link.closed
-
-    @property
-    def node(self) -> str | None:
-        """``host:port`` of the broker node this proxy is connected to."""
-        return self._failover.node()
-
-    @property
-    def checks_availability(self) -> bool:
-        """Whether the next call asks the broker first if a server consumes (once a second)."""
-        return time.monotonic() >= self._calls.available_until
-
-    def get_callback_state(self, uid: str) -> CallbackState:
-        """The state of a callback call (see :meth:`rpc.Proxy.get_callback_state`)."""
-        return self._states.get(uid)
-
-    def get_num_waiting_callbacks(self) -> int:
-        """How many callback calls have not finished yet."""
-        return self._states.waiting()
 
     # -- connecting and closing ------------------------------------------------------------------
 

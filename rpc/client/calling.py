@@ -26,6 +26,9 @@ from ..core.calls import (
     FUTURE,
     STREAM,
     SYNC,
+    CallbackState,
+    CallbackStates,
+    CallTable,
     Pending,
     StreamState,
 )
@@ -43,6 +46,7 @@ from ..core.errors import (
     UnknownServer,
 )
 from ..defaults import BROADCAST_TIMEOUT, DEFAULT_KEEPALIVE, DEFAULT_STREAM_WINDOW
+from ..transport.connect import Failover
 from ..transport.link import Incoming, QueueInfo
 from .views import CallOptions, check_retries, check_timeout
 
@@ -364,6 +368,84 @@ class CallMaker:
 
             self.metrics.call(pending.method, proxy_outcome(None if ok else value),
                               time.perf_counter() - pending.started)
+
+
+class ProxySettings:
+    """The settings and bookkeeping both proxies show alike, read from their CallMaker."""
+
+    _calls: CallMaker
+    _failover: Failover
+    _states: CallbackStates
+    _table: CallTable
+
+    @property
+    def server_id(self) -> str:
+        """The server (request queue) this proxy calls."""
+        return self._calls.server_id
+
+    @property
+    def content_type(self) -> str:
+        """The content type requests are encoded in."""
+        return self._calls.content_type
+
+    @property
+    def default_timeout(self) -> float | None:
+        """Seconds a call waits unless ``set_timeout`` says otherwise (None: for ever)."""
+        return self._calls.default_timeout
+
+    @default_timeout.setter
+    def default_timeout(self, timeout: float | None) -> None:
+        self._calls.default_timeout = check_timeout(timeout)
+
+    @property
+    def default_retries(self) -> int:
+        """Retries of a call unless ``set_retries`` says otherwise."""
+        return self._calls.default_retries
+
+    @property
+    def default_wait_for_ready(self) -> bool:
+        """Whether requests wait in the queue for a server unless a call says otherwise."""
+        return self._calls.default_wait_for_ready
+
+    def _waits_by_default(self) -> bool:
+        return self._calls.default_wait_for_ready
+
+    @property
+    def max_message_size(self) -> int:
+        """Largest reply body accepted, in bytes."""
+        return self._calls.max_message_size
+
+    @property
+    def replies_dropped(self) -> int:
+        """Replies that matched no pending call (late after a timeout, duplicates, forgeries)."""
+        return self._calls.replies_dropped
+
+    @property
+    def pending_calls(self) -> int:
+        """Calls awaiting their reply."""
+        return len(self._table)
+
+    @property
+    def node(self) -> str | None:
+        """``host:port`` of the broker node this proxy is connected to."""
+        return self._failover.node()
+
+    @property
+    def checks_availability(self) -> bool:
+        """Whether the next call asks the broker first if a server consumes (once a second)."""
+        return time.monotonic() >= self._calls.available_until
+
+    def get_callback_state(self, uid: str) -> CallbackState:
+        """The state of a callback call.
+
+        Raises:
+            KeyError: ``uid`` was not issued by this proxy (or finished over 10,000 calls ago).
+        """
+        return self._states.get(uid)
+
+    def get_num_waiting_callbacks(self) -> int:
+        """How many callback calls have not finished yet."""
+        return self._states.waiting()
 
 
 def closed_error() -> RPCError:

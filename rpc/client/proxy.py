@@ -54,18 +54,19 @@ from ..transport.urls import BrokerURL, mask_url, resolve_url
 from .calling import (
     BroadcastReply,
     CallMaker,
+    ProxySettings,
     Request,
     batch,
     check_concurrency,
     closed_error,
     mapped,
 )
-from .views import CallOptions, CallView, ProxyBase, check_timeout
+from .views import CallOptions, CallView, ProxyBase
 
 logger = logging.getLogger(__name__)
 
 
-class Proxy(ProxyBase):
+class Proxy(ProxySettings, ProxyBase):
     """A dynamic client for the server registered as ``server_id``.
 
     Example::
@@ -160,50 +161,6 @@ class Proxy(ProxyBase):
         )
         self._pump_thread.start()
 
-    # -- settings --------------------------------------------------------------------------------
-
-    @property
-    def server_id(self) -> str:
-        """The server (request queue) this proxy calls."""
-        return self._calls.server_id
-
-    @property
-    def content_type(self) -> str:
-        """The content type requests are encoded in."""
-        return self._calls.content_type
-
-    @property
-    def default_timeout(self) -> float | None:
-        """Seconds a call waits unless ``set_timeout`` says otherwise (None: for ever)."""
-        return self._calls.default_timeout
-
-    @default_timeout.setter
-    def default_timeout(self, timeout: float | None) -> None:
-        self._calls.default_timeout = check_timeout(timeout)
-
-    @property
-    def default_retries(self) -> int:
-        """Retries of a call unless ``set_retries`` says otherwise."""
-        return self._calls.default_retries
-
-    @property
-    def default_wait_for_ready(self) -> bool:
-        """Whether requests wait in the queue for a server unless a call says otherwise."""
-        return self._calls.default_wait_for_ready
-
-    def _waits_by_default(self) -> bool:
-        return self._calls.default_wait_for_ready
-
-    @property
-    def max_message_size(self) -> int:
-        """Largest reply body accepted, in bytes."""
-        return self._calls.max_message_size
-
-    @property
-    def replies_dropped(self) -> int:
-        """Replies that matched no pending call (late after a timeout, duplicates, forgeries)."""
-        return self._calls.replies_dropped
-
     # -- the public surface beyond the views -----------------------------------------------------
 
     def gather(
@@ -241,18 +198,6 @@ class Proxy(ProxyBase):
         while window:
             yield _outcome(window.popleft(), raise_errors)
 
-    def get_callback_state(self, uid: str) -> CallbackState:
-        """The state of a callback call.
-
-        Raises:
-            KeyError: ``uid`` was not issued by this proxy (or finished over 10,000 calls ago).
-        """
-        return self._states.get(uid)
-
-    def get_num_waiting_callbacks(self) -> int:
-        """How many callback calls have not finished yet."""
-        return self._states.waiting()
-
     @property
     def connected(self) -> bool:
         """Whether the connection is up (the next call reconnects if it is not)."""
@@ -266,21 +211,6 @@ class Proxy(ProxyBase):
             ServerUnavailable: the queue exists and nobody consumes it.
         """
         self._check_available(self._live_link(), None)
-
-    @property
-    def checks_availability(self) -> bool:
-        """Whether the next call asks the broker first if a server consumes (once a second)."""
-        return time.monotonic() >= self._calls.available_until
-
-    @property
-    def node(self) -> str | None:
-        """``host:port`` of the broker node this proxy is connected to."""
-        return self._failover.node()
-
-    @property
-    def pending_calls(self) -> int:
-        """Calls awaiting their reply."""
-        return len(self._table)
 
     def close(self) -> None:
         """Fail calls still pending, stop the proxy's threads and close the connection."""
