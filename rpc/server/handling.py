@@ -30,12 +30,21 @@ from ..core.context import CallInfo
 from ..core.errors import BadRequest, ConnectionLost, SerializationError
 from ..transport.link import Incoming
 from .failures import LOGGER_NAME, UNDECODABLE, FailureLog, report
+from .longcalls import Running
 from .loops import HandlerLoop
 from .options import ServerOptions
 from .registry import Method, Registry
 from .replies import Replier
 from .status import InFlight, Stats
-from .streams import Stream, StreamCancelled, StreamExpired, Streams
+from .streams import (
+    DEFAULT_PATIENCE,
+    PATIENCE_INTERVALS,
+    Stream,
+    StreamAbandoned,
+    StreamCancelled,
+    StreamExpired,
+    Streams,
+)
 
 if TYPE_CHECKING:
     from ..metrics import ServerMetrics
@@ -59,7 +68,7 @@ class Call:
     """One request on its way through the server: what is known of it so far."""
 
     __slots__ = ("msg", "key", "tag", "deadline", "reply_type", "started", "method", "target",
-                 "request", "info", "credit")
+                 "request", "info", "credit", "running")
 
     def __init__(
         self, msg: Incoming, key: tuple[str, int] | None, tag: int | None, accept: frozenset[str],
@@ -79,6 +88,8 @@ class Call:
         self.info: CallInfo | None = None
         #: A stream request's initial credit (None: a plain request).
         self.credit: int | None = None
+        #: Its entry in the table of calls running here (None: one no cancel can name).
+        self.running: Running | None = None
 
 
 class Reply:
@@ -153,8 +164,7 @@ class Handler:
             self.counts["expired"] += 1
             self.observe(UNKNOWN_METHOD, EXPIRED)
             return EXPIRED
-        headers = props.get("headers")
-        if headers and protocol.STREAM_HEADER in headers and self.skip(msg):
+        if self.skip(msg):
             self.counts["cancelled"] += 1
             return CANCELLED
         return None
@@ -196,6 +206,9 @@ class Handler:
         headers = props.get("headers")
         if headers and protocol.STREAM_HEADER in headers:
             return self.stream(msg, tag, deadline)
+        if self.skip(msg):  # cancelled while it waited for this worker
+            msg.link.ack(tag)
+            return CANCELLED
         key = self.repeat_key(msg)
         if key is not None:
             wait = None if deadline is None else max(deadline - time.time(), 0.0)
@@ -208,7 +221,10 @@ class Handler:
                 self.replier.send(msg, tag, done.body, done.content_type)
                 return "duplicates"
         call = Call(msg, key, tag, self.accept, deadline)
+        running = self.track(call)
         try:
+            if running is not None and running.cancelled.is_set():  # cancelled just now
+                return self.dropped(call)
             try:
                 target = self.prepare(call)
             except BaseException as exc:  # a bad request: its error is the reply
@@ -218,16 +234,64 @@ class Handler:
                 call.tag = None
             if target.is_async and self.async_concurrency:
                 self.loop.submit(self.run_async(call), lambda done: self.after_async(call, done))
+                running = None  # after_async() is done with it
                 return None
             try:
                 result = self.execute(call)
             except BaseException as exc:  # a handler's SystemExit must not end a worker either
+                if self.was_cancelled(call):
+                    return self.dropped(call)
                 return self.respond(call, self.finish(call, None, exc))
+            if self.was_cancelled(call):
+                return self.dropped(call)
             return self.respond(call, self.finish(call, result, None))
         except BaseException:
             if key is not None:
                 self.completed.finish(key, None)
             raise
+        finally:
+            if running is not None:
+                self.streams.untrack(running)
+
+    def track(self, call: Call) -> Running | None:
+        """Enter a call in the table of calls running here, where its caller's cancel finds it
+        and the keep-alive thread sends its keep-alives (when it asked for them); None for a
+        request without a correlation id, which no cancel can name."""
+        props = call.msg.props
+        correlation_id = props.get("correlation_id")
+        if not isinstance(correlation_id, str) or not correlation_id:
+            return None
+        running = Running(correlation_id, call.msg,
+                          protocol.keepalive_interval(props.get("headers")), call.reply_type,
+                          self.replier, self.control_address)
+        call.running = running
+        self.streams.track(running)
+        return running
+
+    @staticmethod
+    def was_cancelled(call: Call) -> bool:
+        """Whether the call's caller cancelled it while it ran."""
+        return call.running is not None and call.running.cancelled.is_set()
+
+    def dropped(self, call: Call) -> str:
+        """A call its caller cancelled: acknowledge its request and send no reply (the caller
+        is gone); returns the stats key.
+
+        Raises:
+            ConnectionLost: the acknowledgement could not be sent.
+        """
+        if call.running is not None:
+            self.streams.untrack(call.running)
+        if call.key is not None:
+            self.completed.finish(call.key, None)
+            call.key = None
+        logger.info("%s: call cancelled by its caller (correlation_id=%s, %.2f ms)",
+                    call.method or UNDECODABLE, call.msg.props.get("correlation_id"),
+                    (time.perf_counter() - call.started) * 1000)
+        if call.tag is not None:
+            call.msg.link.ack(call.tag)
+            call.tag = None
+        return CANCELLED
 
     def repeat_key(self, msg: Incoming) -> tuple[str, int] | None:
         """What identifies a repeat of this request: its message id and body (None: repeats of
@@ -256,7 +320,7 @@ class Handler:
         call.credit = self.check_stream(msg.props, request.method, target)
         target.check_arguments(request.args, request.kwargs)
         call.request = request
-        call.info = self.call_info(msg, request.method, call.deadline)
+        call.info = self.call_info(msg, request.method, call.deadline, call.running)
         if self.metrics is not None:
             self.observe_queued(msg.props)
         return target
@@ -288,8 +352,10 @@ class Handler:
             raise BadRequest("a stream request needs a correlation_id")
         return credit
 
-    def call_info(self, msg: Incoming, method: str, deadline: float | None) -> CallInfo:
-        """What ``rpc.current_call()`` tells the handler of this request."""
+    def call_info(self, msg: Incoming, method: str, deadline: float | None,
+                  running: Running | None = None) -> CallInfo:
+        """What ``rpc.current_call()`` tells the handler of this request; with ``running``, its
+        cancelled flag, and its progress when the request asked for keep-alives."""
         props = msg.props
         headers = props.get("headers")
         ctx, stack = context.incoming(headers)
@@ -298,6 +364,8 @@ class Handler:
             correlation_id=props.get("correlation_id"), message_id=props.get("message_id"),
             deadline=deadline, redelivered=msg.redelivered,
             user_id=props.get("user_id"), context=ctx, call_stack=stack, headers=headers or {},
+            cancelled=running.cancelled if running is not None else threading.Event(),
+            reporter=running.report if running is not None and running.interval else None,
         )
 
     def execute(self, call: Call) -> Any:
@@ -347,6 +415,8 @@ class Handler:
 
     def respond(self, call: Call, reply: Reply) -> str:
         """Send a finished call's reply and acknowledge its request; returns its stats key."""
+        if call.running is not None:  # its last progress, and then no keep-alive, before it
+            self.streams.untrack(call.running)
         self.replier.send(call.msg, call.tag, reply.body, reply.content_type)
         return reply.outcome
 
@@ -357,15 +427,35 @@ class Handler:
         target, request, info = call.target, call.request, call.info
         assert target is not None and request is not None and info is not None
         async with self.loop.slots:
+            running = call.running
+            if running is not None:  # a cancel cancels this task
+                task = asyncio.current_task()
+                assert task is not None
+                running.attach(task)
             token = context.enter(info)
             try:
                 with tracing.server_span(info.headers, self.server_id, info.method):
                     return await target.func(*request.args, **request.kwargs)
             finally:
                 context.leave(token)
+                if running is not None:
+                    running.detach()
 
     def after_async(self, call: Call, done: concurrent.futures.Future[Any]) -> None:
         """Reply to a coroutine handler's call once it has ended (on the loop's thread)."""
+        if call.running is not None:
+            self.streams.untrack(call.running)
+        if self.was_cancelled(call):  # its caller cancelled it: no reply
+            outcome = "requeued"
+            try:
+                outcome = self.dropped(call)
+            except ConnectionLost:
+                pass
+            except Exception:
+                logger.exception("unexpected error acknowledging a cancelled call")
+            finally:
+                self.settle(outcome)
+            return
         if done.cancelled() and self.stopping.is_set():
             # Cut off by a stop whose grace ran out: the broker redelivers it to another server.
             if call.key is not None:
@@ -416,22 +506,40 @@ class Handler:
         Raises:
             ConnectionLost: the connection failed; the broker redelivers the request.
         """
-        props = msg.props
         call = Call(msg, None, tag, self.accept, deadline)
-        correlation_id = props.get("correlation_id")
         if self.skip(msg):  # cancelled while it waited for this worker
             msg.link.ack(tag)
             return CANCELLED
+        running = self.track(call)  # for its keep-alives, while it runs or waits for credit
+        try:
+            return self.start_stream(call, running)
+        except BaseException:
+            if running is not None:
+                self.streams.untrack(running)
+            raise
+
+    def start_stream(self, call: Call, running: Running | None) -> str | None:
+        """:meth:`stream`, once the request is entered in the table of calls running here."""
+        msg, tag, deadline = call.msg, call.tag, call.deadline
+        assert tag is not None
+        props = msg.props
+        correlation_id = props.get("correlation_id")
         try:
             target = self.prepare(call)
         except BaseException as exc:  # a bad request: its error is the reply
             return self.respond(call, self.finish(call, None, exc))
         assert call.credit is not None and isinstance(correlation_id, str)
         if self.replier.gone(props.get("reply_to")):
+            if running is not None:
+                self.streams.untrack(running)
             msg.link.ack(tag)
             return "gone_callers"
-        stream = self.streams.open(correlation_id, call.credit, deadline)
+        interval = running.interval if running is not None else None
+        patience = PATIENCE_INTERVALS * interval if interval else DEFAULT_PATIENCE
+        stream = self.streams.open(correlation_id, call.credit, deadline, patience)
         if stream is None:  # cancelled since the look above
+            if running is not None:
+                self.streams.untrack(running)
             msg.link.ack(tag)
             return "cancelled"
         self.counts["streams"] += 1
@@ -453,10 +561,10 @@ class Handler:
         return self.run_stream(call, stream)
 
     def skip(self, msg: Incoming) -> bool:
-        """Whether a stream request is one its caller cancelled before it ran."""
+        """Whether a request is one its caller cancelled before it ran."""
         correlation_id = msg.props.get("correlation_id")
         if isinstance(correlation_id, str) and self.streams.cancelled(correlation_id):
-            logger.info("skipped a stream its caller cancelled (correlation_id=%s)",
+            logger.info("skipped a request its caller cancelled (correlation_id=%s)",
                         correlation_id)
             return True
         return False
@@ -504,6 +612,8 @@ class Handler:
         finally:
             context.leave(token)
             self.streams.close(stream)
+            if call.running is not None:
+                self.streams.untrack(call.running)
             self.counts["items"] += stream.sent
         if stop is not None:
             return self.stopped(call, stream, stop)
@@ -540,6 +650,8 @@ class Handler:
             ended = self.finish(call, None, failure)
         finally:
             self.streams.close(stream)
+            if call.running is not None:
+                self.streams.untrack(call.running)
             self.counts["items"] += stream.sent
         ending.append(ended)
         return ended
@@ -591,6 +703,8 @@ class Handler:
     def after_async_stream(self, call: Call, done: concurrent.futures.Future[Any],
                            ending: list[str | Reply]) -> None:
         """Reply to an async generator's stream once it has ended (on the loop's thread)."""
+        if call.running is not None:
+            self.streams.untrack(call.running)
         ended: str | Reply
         if ending:
             ended = ending[0]
@@ -652,6 +766,11 @@ class Handler:
             logger.info("%s: stream cancelled by its caller after %d items (correlation_id=%s, "
                         "%.2f ms)", call.method, stream.sent, stream.correlation_id,
                         elapsed * 1000)
+        elif isinstance(stop, StreamAbandoned):
+            outcome = "gone_callers"
+            logger.info("%s: stream abandoned after %d items: its caller granted no credit for "
+                        "%.0f s (correlation_id=%s)", call.method, stream.sent, stream.patience,
+                        stream.correlation_id)
         else:
             outcome = "expired"
             logger.info("%s: stream abandoned at its deadline after %d items "
