@@ -172,7 +172,8 @@ def test_a_rejected_message_comes_back_redelivered(url: str) -> None:
     run(scenario())
 
 
-def test_a_callback_that_raises_costs_only_its_own_message(url: str, caplog: pytest.LogCaptureFixture) -> None:
+def test_a_callback_that_raises_costs_only_its_own_message(
+        url: str, caplog: pytest.LogCaptureFixture) -> None:
     queue = queue_name()
 
     async def scenario() -> None:
