@@ -392,11 +392,14 @@ class Session(Generic[LinkT]):
         unconfirmed = self._unconfirmed
         if multiple:  # sequence numbers go in in increasing order: stop at the first above
             keys = []
-            while unconfirmed:
-                seq = next(iter(unconfirmed))
+            # list() copies the keys in one step: a publisher on another thread may add one
+            # meanwhile, which would break an iteration over the dict itself.
+            for seq in list(unconfirmed):
                 if seq > tag:
                     break
-                keys.append(unconfirmed.pop(seq))
+                key = unconfirmed.pop(seq, None)
+                if key is not None:
+                    keys.append(key)
         else:
             key = unconfirmed.pop(tag, None)
             keys = [] if key is None else [key]
