@@ -107,6 +107,22 @@ def test_an_async_proxy_hears_progress(served: Server, url: str, server_id: str)
     assert asyncio.run(asyncio.wait_for(scenario(), WAIT)) == [1, 2]
 
 
+def test_a_tracked_call_is_iterated_for_its_progress_then_awaited(
+        served: Server, url: str, server_id: str) -> None:
+    async def scenario() -> tuple[list[float], int]:
+        async with AsyncProxy(url, server_id=server_id) as proxy:
+            call = proxy.tracked.steps(3)
+            reports = [report.done async for report in call]
+            return reports, await call
+
+    assert asyncio.run(asyncio.wait_for(scenario(), WAIT)) == ([1, 2, 3], 3)
+
+
+def test_only_an_async_proxy_tracks_a_call(served: Server, make_proxy: Any) -> None:
+    with pytest.raises(TypeError, match="on_progress"):
+        make_proxy().on_progress(print).tracked.steps(1)
+
+
 # -- cancellation ----------------------------------------------------------------------------------
 
 def test_cancelling_a_future_sets_the_handlers_cancelled_flag(

@@ -15,7 +15,7 @@ import inspect
 import logging
 import time
 from collections import deque
-from collections.abc import AsyncIterator, Iterable, Sequence
+from collections.abc import AsyncIterator, Callable, Coroutine, Generator, Iterable, Sequence
 from dataclasses import replace
 from typing import Any
 
@@ -51,7 +51,7 @@ from .calling import (
     closed_error,
     mapped,
 )
-from .views import FUTURE_CALL, CallOptions, ProxyBase, check_timeout
+from .views import FUTURE_CALL, CallOptions, CallView, ProxyBase, check_timeout
 
 logger = logging.getLogger(__name__)
 
@@ -130,6 +130,17 @@ class AsyncProxy(ProxySettings, ProxyBase):
     def connected(self) -> bool:
         """Whether the connection is up (the next call reconnects if it is not)."""
         return self._link is not None and not self._link.closed
+
+    @property
+    def tracked(self) -> CallView:
+        """A one-call view whose call is iterated for its progress, then awaited::
+
+            call = proxy.tracked.long_job()
+            async for report in call:          # rpc.Progress, as the handler reports them
+                print(report.done, report.total)
+            result = await call
+        """
+        return self._view().tracked
 
     # -- connecting and closing ------------------------------------------------------------------
 
@@ -243,6 +254,8 @@ class AsyncProxy(ProxySettings, ProxyBase):
             raise closed_error()
         pending = self._calls.prepare(options, method, args, kwargs)
         kind = pending.kind
+        if options.tracked and kind == SYNC:
+            return TrackedCall(self._call, pending)
         if kind == SYNC or kind == CAST:
             return self._call(pending)
         if kind == BROADCAST:
@@ -667,6 +680,48 @@ class AsyncProxy(ProxySettings, ProxyBase):
                 self._table.take(pending.cid)
 
 
+class TrackedCall(AsyncIterator[Any]):
+    """A call that is iterated for its progress reports and awaited for its result.
+
+    The request goes out at the first ``async for`` step or ``await``; the iteration ends when
+    the call does, and ``await`` then gives its result (or raises its error).
+    """
+
+    def __init__(self, call: Callable[[Pending], Coroutine[Any, Any, Any]],
+                 pending: Pending) -> None:
+        self._call = call
+        self._pending = pending
+        self._task: asyncio.Task[Any] | None = None
+        self._reports: deque[Any] = deque()
+        self._news: asyncio.Future[None] | None = None
+        pending.on_progress = self._heard
+
+    def _heard(self, report: Any) -> None:
+        self._reports.append(report)
+        if self._news is not None and not self._news.done():
+            self._news.set_result(None)
+
+    def _started(self) -> asyncio.Task[Any]:
+        if self._task is None:
+            self._task = asyncio.ensure_future(self._call(self._pending))
+        return self._task
+
+    def __await__(self) -> Generator[Any, None, Any]:
+        return self._started().__await__()
+
+    def __aiter__(self) -> TrackedCall:
+        return self
+
+    async def __anext__(self) -> Any:
+        task = self._started()
+        while not self._reports:
+            if task.done():
+                raise StopAsyncIteration
+            self._news = asyncio.get_running_loop().create_future()
+            await asyncio.wait({self._news, task}, return_when=asyncio.FIRST_COMPLETED)
+        return self._reports.popleft()
+
+
 class AsyncStream(AsyncIterator[Any]):
     """The items of a streaming call as they come: ``async for row in proxy.stream.export(t)``.
 
@@ -736,4 +791,4 @@ async def _outcome(future: asyncio.Future[Any], raise_errors: bool) -> Any:
         return exc
 
 
-__all__ = ["AsyncProxy", "AsyncStream"]
+__all__ = ["AsyncProxy", "AsyncStream", "TrackedCall"]

@@ -289,6 +289,9 @@ class Proxy(ProxySettings, ProxyBase):
         """Make one call as ``options`` say: the single entry point of every view."""
         if self._closed:
             raise closed_error()
+        if options.tracked:
+            raise TypeError("tracked calls are AsyncProxy's: here use on_progress(fn) or a "
+                            "future's progress")
         pending = self._calls.prepare(options, method, args, kwargs)
         kind = pending.kind
         if kind == SYNC or kind == CAST:

@@ -50,6 +50,8 @@ class CallOptions:
     stream: bool = False
     #: Hears each progress report of the call (protocol v1.1).
     on_progress: Callable[[Any], Any] | None = None
+    #: An AsyncProxy call that is awaited for its result and iterated for its progress.
+    tracked: bool = False
     #: A stream's items let ahead, and the longest wait for one item (None: no limit).
     window: int | None = None
     item_timeout: float | None = None
@@ -123,6 +125,12 @@ class CallView:
         if not callable(function):
             raise TypeError(f"on_progress needs a callable, not {type(function).__name__}")
         return self._with(on_progress=function)
+
+    @property
+    def tracked(self) -> CallView:
+        """On an AsyncProxy: a call to ``async for`` over its progress reports, then ``await``
+        for its result."""
+        return self._with(tracked=True)
 
     @property
     def stream(self) -> CallView:
