@@ -12,7 +12,7 @@ from typing import Any
 import pytest
 
 import rpc
-import rpc.client.aio
+import rpc.client.calling
 from rpc import (
     BroadcastReply,
     ConnectionError,
@@ -388,7 +388,7 @@ def test_close_fails_the_calls_still_pending(connect, gates):
 
 def test_a_lost_connection_is_reopened_off_the_event_loop(connect, monkeypatch):
     threads: list[threading.Thread] = []
-    real_open = rpc.client.aio.open_connection
+    real_open = rpc.client.calling.open_connection
 
     def recording_open(*args, **kwargs):
         threads.append(threading.current_thread())
@@ -396,7 +396,7 @@ def test_a_lost_connection_is_reopened_off_the_event_loop(connect, monkeypatch):
 
     async def scenario():
         async with connect() as proxy:
-            monkeypatch.setattr(rpc.client.aio, "open_connection", recording_open)
+            monkeypatch.setattr(rpc.client.calling, "open_connection", recording_open)
             await proxy._link.close()
             return await proxy.add(2, 2)
 

@@ -39,11 +39,10 @@ from ..defaults import (
     DEFAULT_TIMEOUT,
 )
 from ..transport.aio import AsyncLink, open_async_link
-from ..transport.connect import Failover, FailoverStrategy, open_connection
-from ..transport.link import Incoming, Link, QueueInfo, open_link
-from ..transport.urls import BrokerURL, mask_url, resolve_url
+from ..transport.connect import FailoverStrategy
+from ..transport.link import Incoming, Link, QueueInfo
+from ..transport.urls import BrokerURL, mask_url
 from .calling import (
-    CallMaker,
     ProxySettings,
     Request,
     batch,
@@ -100,18 +99,13 @@ class AsyncProxy(ProxySettings, ProxyBase):
         password: str | None = None,
         vhost: str | None = None,
     ) -> None:
-        self._url = resolve_url(
-            url, hostname=hostname, port=port, username=username, password=password, vhost=vhost,
+        self._configure(
+            url, server_id=server_id, serializer=serializer, timeout=timeout, retries=retries,
+            wait_for_ready=wait_for_ready, keepalive=keepalive, failover=failover,
+            metrics=metrics, heartbeat=heartbeat, connect_retry=connect_retry,
+            max_message_size=max_message_size, ssl=ssl, hostname=hostname, port=port,
+            username=username, password=password, vhost=vhost,
         )
-        self._calls = CallMaker(
-            server_id, serializer=serializer, timeout=timeout, retries=retries,
-            wait_for_ready=wait_for_ready, max_message_size=max_message_size, metrics=metrics,
-            keepalive=keepalive,
-        )
-        self._failover = Failover(self._url, failover)
-        self._heartbeat = heartbeat
-        self._connect_retry = connect_retry
-        self._ssl = ssl
         self._table = CallTable()
         self._states = CallbackStates()
         self._link: AsyncLink | None = None
@@ -189,19 +183,7 @@ class AsyncProxy(ProxySettings, ProxyBase):
 
     def _open_blocking(self) -> Link:
         """Connect and set up, on the executor; the loop takes the connection over after."""
-        conn = open_connection(
-            self._failover, heartbeat=self._heartbeat, retry_for=self._connect_retry,
-            name=f"rpc-proxy {self.server_id}", ssl=self._ssl,
-        )
-        try:
-            link = open_link(conn, self._on_reply, self._on_return,
-                             max_body=self._calls.max_message_size)
-            self._reply_to = link.reply_queue()
-            link.enable_confirms(self._on_nack, self._on_blocked)
-        except Exception:
-            conn.release()
-            raise
-        return link
+        return self._open_link(self._on_reply, self._on_return, self._on_nack, self._on_blocked)
 
     async def close(self) -> None:
         """Fail the calls still pending and close the connection (on the proxy's own loop, when

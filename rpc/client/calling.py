@@ -11,7 +11,7 @@ import itertools
 import logging
 import secrets
 import time
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -46,8 +46,9 @@ from ..core.errors import (
     UnknownServer,
 )
 from ..defaults import BROADCAST_TIMEOUT, DEFAULT_KEEPALIVE, DEFAULT_STREAM_WINDOW
-from ..transport.connect import Failover
-from ..transport.link import Incoming, QueueInfo
+from ..transport.connect import Failover, FailoverStrategy, open_connection
+from ..transport.link import Incoming, Link, QueueInfo, open_link
+from ..transport.urls import BrokerURL, resolve_url
 from .views import CallOptions, check_retries, check_timeout
 
 logger = logging.getLogger("rpc.client")
@@ -377,6 +378,46 @@ class ProxySettings:
     _failover: Failover
     _states: CallbackStates
     _table: CallTable
+    _reply_to: str
+
+    def _configure(
+        self, url: BrokerURL | None, *, server_id: str, serializer: str, timeout: float | None,
+        retries: int, wait_for_ready: bool, keepalive: float | None, failover: FailoverStrategy,
+        metrics: bool, heartbeat: float, connect_retry: float, max_message_size: int,
+        ssl: dict[str, Any] | None, hostname: str | None, port: int | None,
+        username: str | None, password: str | None, vhost: str | None,
+    ) -> None:
+        """The settings both proxies take, checked and kept (see :class:`rpc.Proxy`)."""
+        self._url = resolve_url(
+            url, hostname=hostname, port=port, username=username, password=password, vhost=vhost,
+        )
+        self._calls = CallMaker(
+            server_id, serializer=serializer, timeout=timeout, retries=retries,
+            wait_for_ready=wait_for_ready, max_message_size=max_message_size, metrics=metrics,
+            keepalive=keepalive,
+        )
+        self._failover = Failover(self._url, failover)
+        self._heartbeat = heartbeat
+        self._connect_retry = connect_retry
+        self._ssl = ssl
+
+    def _open_link(
+        self, on_reply: Callable[[Incoming], None], on_return: Callable[[Incoming, int, str], None],
+        on_nack: Callable[[Any], None], on_blocked: Callable[[list[Any], str], None],
+    ) -> Link:
+        """Connect and set up the reply consumer and publisher confirms (this blocks)."""
+        conn = open_connection(
+            self._failover, heartbeat=self._heartbeat, retry_for=self._connect_retry,
+            name=f"rpc-proxy {self.server_id}", ssl=self._ssl,
+        )
+        try:
+            link = open_link(conn, on_reply, on_return, max_body=self._calls.max_message_size)
+            self._reply_to = link.reply_queue()
+            link.enable_confirms(on_nack, on_blocked)
+        except Exception:
+            conn.release()
+            raise
+        return link
 
     @property
     def server_id(self) -> str:
