@@ -360,6 +360,8 @@ class AsyncProxy(ProxySettings, ProxyBase):
         checking = self._checking
         if checking is None or checking.done():
             checking = self._checking = asyncio.ensure_future(self._ask(link, deadline))
+            # Its callers may all be gone (cancelled, or the proxy closed): nobody else reads it.
+            checking.add_done_callback(lambda done: done.cancelled() or done.exception())
         await asyncio.shield(checking)
 
     async def _ask(self, link: AsyncLink, deadline: float | None) -> None:

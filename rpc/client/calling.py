@@ -464,7 +464,7 @@ class ProxySettings:
     @property
     def pending_calls(self) -> int:
         """Calls awaiting their reply."""
-        return len(self._table)
+        return self._table.calls()
 
     @property
     def node(self) -> str | None:

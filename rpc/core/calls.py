@@ -228,6 +228,10 @@ class CallTable:
             self.take(pending.cid)
         return gone
 
+    def calls(self) -> int:
+        """Calls awaiting replies, leaving out the proxy's own questions to the broker."""
+        return sum(1 for p in self._calls.values() if p.kind != CHECK)
+
     def heard_any(self) -> bool:
         """Whether any call in the table has heard from its server (its silence is watched)."""
         return any(p.heard is not None for p in self._calls.values())
