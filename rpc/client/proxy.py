@@ -64,6 +64,9 @@ from .views import CallOptions, CallView, ProxyBase
 
 logger = logging.getLogger(__name__)
 
+#: Seconds a caller whose deadline passed waits for a reader that took its reply to complete it.
+COMPLETION_WAIT = 1.0
+
 
 class Proxy(ProxySettings, ProxyBase):
     """A dynamic client for the server registered as ``server_id``.
@@ -455,7 +458,8 @@ class Proxy(ProxySettings, ProxyBase):
                 with self._lock:
                     self._sleepers.pop(pending.cid, None)
             if not pending.done and deadline is not None and time.monotonic() >= deadline:
-                self._expire(pending)
+                if not self._expire(pending):
+                    self._await_completion(pending)
                 return
 
     def _read_until(self, pending: Pending, deadline: float | None) -> None:
@@ -485,14 +489,29 @@ class Proxy(ProxySettings, ProxyBase):
             if self._table.background:
                 self._pump_wakeup.notify()
 
-    def _expire(self, pending: Pending) -> None:
-        if self._take(pending.cid) is None or pending.done:
-            return
+    def _expire(self, pending: Pending) -> bool:
+        """Time ``pending`` out; False if another thread took it from the table first (a
+        reader with its reply, or a lost connection), which completes it now."""
+        if self._take(pending.cid) is None:
+            return pending.done
+        if pending.done:
+            return True
         if pending.kind == BROADCAST:
             self._complete(pending, True, pending.value)
-            return
+            return True
         self._complete(pending, False, self._calls.timed_out(pending))
         self._cancel_on_server(pending)
+        return True
+
+    def _await_completion(self, pending: Pending) -> None:
+        """Wait for the thread that took ``pending`` from the table as its deadline passed to
+        complete it: its outcome is the reply that thread read, not a timeout. Bounded, in case
+        that thread failed first: the call then times out after all."""
+        limit = time.monotonic() + COMPLETION_WAIT
+        while not pending.done and time.monotonic() < limit:
+            pending.sleep(0.01)
+        if not pending.done:
+            self._complete(pending, False, self._calls.timed_out(pending))
 
     def _cancel_on_server(self, pending: Pending) -> None:
         """Tell the server nobody waits for ``pending`` any more, so it stops or skips it."""
