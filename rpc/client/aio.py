@@ -580,10 +580,36 @@ class AsyncProxy(ProxySettings, ProxyBase):
                 self._complete(pending, False, self._calls.blocked(pending, reason))
 
     def _on_lost(self, exc: ConnectionLost) -> None:
+        unwritten = []
+        if self._link is not None:
+            for cid in self._link.unwritten:
+                pending = self._table.take(cid)
+                if pending is not None:
+                    unwritten.append(pending)
         if not self._closed:
             logger.warning("proxy for %r lost its connection: %s", self.server_id, exc)
             self._spawn(self._reconnect())
         self._fail_all(ConnectionLost(f"connection lost while the call was pending: {exc}"))
+        if unwritten:
+            self._spawn(self._resend(unwritten))
+
+    async def _resend(self, calls: list[Pending]) -> None:
+        """Publish once more, on a new connection, the requests the lost one never wrote (its
+        writes go out after the loop pass that made them, so a failed write is heard here)."""
+        try:
+            link = await self._live_link()
+        except Exception as exc:
+            link, error = None, exc
+        for pending in calls:
+            if pending.waiter is not None and pending.waiter.cancelled():
+                continue  # its caller is gone
+            if link is not None:
+                try:
+                    self._send(link, pending)
+                    continue
+                except Exception as exc:
+                    error = exc
+            self._complete(pending, False, error)
 
     async def _reconnect(self) -> None:
         """Reconnect in the background after a loss, so the next call finds a connection."""

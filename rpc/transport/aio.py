@@ -5,9 +5,10 @@ declarations block), then drives the connection from the loop:
 
 * RabbitMQ (an :class:`~rpc.transport.amqp.AMQPLink`): the loop takes over the socket.
   ``add_reader`` reads each burst with one ``recv_into`` into a reused buffer and feeds it to the
-  link's :class:`~rpc.core.session.Session`, which calls back on the loop's thread; a publish is
-  one ``send``, and what the socket does not take at once waits for ``add_writer``. TLS sockets
-  too. Heartbeats go out, and a silent broker is noticed, from ``call_later`` timers.
+  link's :class:`~rpc.core.session.Session`, which calls back on the loop's thread. The writes
+  of one loop pass (the publishes of every task a burst of replies woke) go out in one ``send``
+  after the pass, and what the socket does not take at once waits for ``add_writer``. TLS
+  sockets too. Heartbeats go out, and a silent broker is noticed, from ``call_later`` timers.
 * Any other transport (a :class:`~rpc.transport.kombu.KombuLink`, for ``memory://`` and
   ``redis://``): a bridge. A reader thread calls ``link.read`` and hands every callback to the
   loop with ``call_soon_threadsafe``; publishes go straight to the thread-safe kombu link.
@@ -65,6 +66,9 @@ class AsyncLink:
     def __init__(self) -> None:
         #: Set once the connection failed or :meth:`close` began.
         self.closed = False
+        #: The ``track`` of each publish the failed connection never wrote: the broker never
+        #: got those, so they may go out again on a new connection. Read it in ``on_lost``.
+        self.unwritten: list[Any] = []
 
     @property
     def blocked(self) -> str | None:
@@ -177,10 +181,28 @@ class _SocketLink(AsyncLink):
         # The session's messages name this link from now on.
         self._session: Session[Any] = detached.session
         self._session.owner = self
+        # Whether the burst being parsed delivered a message, which wakes tasks that publish.
+        self._delivered = False
+        on_message, on_return = self._session.on_message, self._session.on_return
+
+        def delivered(msg: _Incoming[Any]) -> None:
+            self._delivered = True
+            on_message(msg)
+
+        def returned(msg: _Incoming[Any], code: int, text: str) -> None:
+            self._delivered = True
+            on_return(msg, code, text)
+
+        self._session.on_message, self._session.on_return = delivered, returned
         self._sock.setblocking(False)
         self._fd = self._sock.fileno()
         self._chunk = bytearray(self._CHUNK)
         self._view = memoryview(self._chunk)
+        # This loop pass's writes, sent together by one callback after the pass, and the
+        # tracks of the publishes among them.
+        self._out: list[bytes] = []
+        self._out_tracks: list[Any] = []
+        self._sending = False  # whether that callback is scheduled
         self._wbuf = bytearray()  # what the socket has not taken yet
         self._writing = False  # whether add_writer is on
         self._read_wants_write = False  # a TLS read that must wait for the socket to be writable
@@ -233,6 +255,13 @@ class _SocketLink(AsyncLink):
             owed = self._parse_on()
         if owed:
             self._answer()
+        if self._delivered:
+            self._delivered = False
+            if not self._sending:
+                # Scheduled after the tasks the burst woke: their publishes go out with it, in
+                # the next pass, and not one pass later.
+                self._sending = True
+                self._loop.call_soon(self._send_out)
         if self._tls is not None and not self.closed and self._tls.pending():
             self._on_readable()  # TLS holds decrypted bytes the socket will not signal
 
@@ -254,20 +283,37 @@ class _SocketLink(AsyncLink):
         """Write what the session owes the broker (close-ok, cancel-ok), if it can."""
         answer = self._session.data_to_send()
         if answer and not self.closed:
-            try:
-                self._write(answer)
-            except ConnectionLost:
-                pass
+            self._out.append(answer)
+            self._send_out()  # now: the connection may be lost right after
 
     # -- writing -----------------------------------------------------------------------------
 
     def _write(self, data: bytes) -> None:
-        """Send ``data`` now, or queue what the socket does not take; never blocks."""
+        """Queue ``data`` for the send at the end of this loop pass; never blocks.
+
+        Every publish that tasks make in one pass (a burst of replies wakes many) goes out in
+        one ``send``: a send per publish cost more CPU than the rest of a call's client side.
+        """
         if self.closed:
             raise ConnectionLost("the connection is closed")
+        self._out.append(data)
+        if not self._sending:
+            self._sending = True
+            self._loop.call_soon(self._send_out)
+
+    def _send_out(self) -> None:
+        """Send this pass's writes now, or queue what the socket does not take."""
+        self._sending = False
+        out = self._out
+        if self.closed or not out:
+            return
+        data = out[0] if len(out) == 1 else b"".join(out)
+        out.clear()
+        tracks = self._out_tracks
         self._sent = True
         if self._wbuf:
             self._wbuf += data
+            tracks.clear()
             return
         try:
             sent = self._sock.send(data)
@@ -275,11 +321,15 @@ class _SocketLink(AsyncLink):
             sent = 0
         except ssl.SSLWantReadError:  # the reader's callback retries
             self._wbuf += data
+            tracks.clear()
             return
         except OSError as exc:
-            lost = ConnectionLost(f"cannot write to the broker: {exc}")
-            self._lose(lost)
-            raise lost from exc
+            self.unwritten = tracks[:]
+            tracks.clear()
+            self._lose(ConnectionLost(f"cannot write to the broker: {exc}"))
+            return
+        tracks.clear()
+        self._written += sent
         if sent < len(data):
             self._wbuf += memoryview(data)[sent:]
             self._want_writable()
@@ -359,6 +409,8 @@ class _SocketLink(AsyncLink):
                                exchange=exchange)
         self._write(data)
         session.published(track)
+        if track is not None:
+            self._out_tracks.append(track)
 
     def ack(self, delivery_tag: int) -> None:
         self._write(self._session.ack(delivery_tag))
@@ -419,9 +471,9 @@ class _SocketLink(AsyncLink):
             except RuntimeError:  # that loop is closed: nothing watches the socket any more
                 self._release()
             return
-        try:
-            self._write(self._session.close())
-        except ConnectionLost:
+        self._out.append(self._session.close())
+        self._send_out()  # with the writes of this pass before it
+        if self.closed:
             return
         if self._wbuf:  # let the close (and what was queued before it) go out, briefly
             self._drained = self._loop.create_future()
