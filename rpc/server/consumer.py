@@ -1,14 +1,21 @@
 """A server's side of the broker: its queues, the I/O thread that reads them, and reconnecting.
 
-The I/O thread reads the connection and dispatches each delivery to ``on_message``; it never
-runs user code. A lost connection moves on to the next node of a cluster and declares everything
-again; the consumer of the request queue always comes last, once everything else is set up.
+The I/O thread reads the connection and dispatches each delivery to ``on_message``. A request
+that comes while the server has nothing else to do may be *deferred*: the I/O thread runs it
+itself once the read returns, which spares a sequential caller the hand-off to a worker thread
+(two thread switches per call). A watchdog keeps that safe: should such a request run longer
+than :data:`INLINE_LIMIT`, a new I/O thread takes over reading (heartbeats, cancels, the next
+requests) and the old one ends with its request.
+
+A lost connection moves on to the next node of a cluster and declares everything again; the
+consumer of the request queue always comes last, once everything else is set up.
 """
 
 from __future__ import annotations
 
 import logging
 import threading
+import time
 from collections.abc import Callable
 from typing import Any
 
@@ -17,7 +24,7 @@ import amqp.exceptions
 from ..core import protocol
 from ..core.errors import AccessRefused, ConnectionError, ConnectionLost
 from ..transport.connect import Failover, open_connection
-from ..transport.link import Link, OnMessage, QueueInfo, open_link
+from ..transport.link import Incoming, Link, OnMessage, QueueInfo, open_link
 from ..transport.urls import mask_url
 from .failures import LOGGER_NAME
 from .options import ServerOptions
@@ -35,6 +42,12 @@ INSPECT_WAIT = 2.0
 #: and queue behind those waiting for a worker: a stream paused for credit must not wait for
 #: ever behind broadcasts that wait for its worker.
 CONTROL_HEADROOM = 64
+#: Seconds a request may run on the I/O thread before another thread takes over reading.
+INLINE_LIMIT = 0.02
+#: Seconds between the watchdog's looks, while requests run on the I/O thread.
+WATCH_PERIOD = 0.01
+#: Seconds without a request run on the I/O thread after which the watchdog sleeps.
+WATCH_IDLE = 1.0
 
 
 class Consumer:
@@ -43,7 +56,8 @@ class Consumer:
     Args:
         options: the server's options (URL, queue, heartbeat, TLS...).
         prefetch: the prefetch of the request and broadcast consumers.
-        on_message: called on the I/O thread with every delivery.
+        on_message: called on the I/O thread with every delivery; it may :meth:`defer` one.
+        run_deferred: runs a deferred request to its end, on the I/O thread.
         stopping: set when the server stops: no more reconnecting, and connecting gives up.
         idle: whether nothing is left to answer; once stopping, the I/O thread ends when idle.
         on_lost: hears of each lost connection, before reconnecting.
@@ -52,13 +66,14 @@ class Consumer:
 
     def __init__(
         self, options: ServerOptions, *, prefetch: int, on_message: OnMessage,
-        stopping: threading.Event, idle: Callable[[], bool],
+        run_deferred: OnMessage, stopping: threading.Event, idle: Callable[[], bool],
         on_lost: Callable[[ConnectionLost], None], on_reconnected: Callable[[], None],
     ) -> None:
         self.options = options
         self.server_id = options.server_id
         self.prefetch = prefetch
         self.on_message = on_message
+        self.run_deferred = run_deferred
         self.stopping = stopping
         self.idle = idle
         self.on_lost = on_lost
@@ -71,7 +86,18 @@ class Consumer:
         #: The broadcast queue of the current connection: also this instance's control
         #: address, where the callers of its streams send credit and cancels.
         self.broadcast_queue: str | None = None
+        #: The I/O thread: the one thread that reads the connection.
         self._thread: threading.Thread | None = None
+        self._deferred: Incoming | None = None
+        #: Guards the hand-over of reading between the I/O thread and the watchdog.
+        self._role = threading.Lock()
+        #: When (monotonic) the request the I/O thread runs began; 0: it runs none.
+        self._inline_since = 0.0
+        self._last_inline = 0.0
+        #: Set while requests run on the I/O thread: the watchdog looks often.
+        self._watching = threading.Event()
+        self._watchdog: threading.Thread | None = None
+        self._closed = False
 
     @property
     def url(self) -> str:
@@ -87,10 +113,16 @@ class Consumer:
         self.link = self.open(self.options.connect_retry)
 
     def start(self) -> None:
-        """Start the I/O thread (after :meth:`connect`)."""
-        self._thread = threading.Thread(
-            target=self.run, name=f"rpc-server-io-{self.server_id}", daemon=True)
+        """Start the I/O thread and its watchdog (after :meth:`connect`)."""
+        self._thread = self._reader()
         self._thread.start()
+        self._watchdog = threading.Thread(
+            target=self.watch, name=f"rpc-server-watch-{self.server_id}", daemon=True)
+        self._watchdog.start()
+
+    def _reader(self) -> threading.Thread:
+        return threading.Thread(target=self.run, name=f"rpc-server-io-{self.server_id}",
+                                daemon=True)
 
     def cancel(self) -> None:
         """Ask the broker to send no more requests (those already sent still arrive).
@@ -110,14 +142,22 @@ class Consumer:
     def close(self) -> None:
         """Close the connection (unacknowledged deliveries go back to the queue) and wait for
         the I/O thread to end."""
+        self._closed = True
         if self.link is not None:
             self.link.close()
-        if self._thread is not None:
-            self._thread.join(timeout=5)
+        self._watching.set()  # the watchdog sees the close at once
+        with self._role:
+            thread = self._thread
+        if thread is not None:
+            thread.join(timeout=5)
+        if self._watchdog is not None:
+            self._watchdog.join(timeout=5)
 
     def healthy(self) -> bool:
         """Alive: the I/O thread runs and its connection is open (or being reopened briefly)."""
-        thread, link = self._thread, self.link
+        with self._role:
+            thread = self._thread
+        link = self.link
         return thread is not None and thread.is_alive() and link is not None and not link.closed
 
     def consuming(self) -> bool:
@@ -198,8 +238,17 @@ class Consumer:
 
     # -- the I/O thread ----------------------------------------------------------------------------
 
+    def defer(self, msg: Incoming) -> bool:
+        """Have the I/O thread run request ``msg`` itself once this read is done (called from
+        ``on_message``); False when it already has one to run."""
+        if self._deferred is not None:
+            return False
+        self._deferred = msg
+        return True
+
     def run(self) -> None:
-        """Read and dispatch until stopped and idle, reconnecting after each loss."""
+        """Read and dispatch until stopped and idle, reconnecting after each loss; return
+        early once the watchdog has handed reading to a new thread."""
         heartbeat = self.options.heartbeat
         tick = max(min(heartbeat / 4, 1.0), 0.05) if heartbeat else 1.0
         while True:
@@ -209,6 +258,8 @@ class Consumer:
                 while not (self.stopping.is_set() and self.idle()):
                     link.read(tick)
                     link.tick()
+                    if self._deferred is not None and not self.run_inline():
+                        return
                 return
             except ConnectionLost as exc:
                 if self.stopping.is_set():
@@ -217,6 +268,42 @@ class Consumer:
                 self.on_lost(exc)
                 if not self.reconnect():
                     return
+
+    def run_inline(self) -> bool:
+        """Run the deferred request on this thread; False if another thread reads from now on."""
+        msg, self._deferred = self._deferred, None
+        assert msg is not None
+        now = time.monotonic()
+        self._inline_since = self._last_inline = now
+        if not self._watching.is_set():
+            self._watching.set()
+        try:
+            self.run_deferred(msg)
+        finally:
+            with self._role:
+                self._inline_since = 0.0
+                reading = self._thread is threading.current_thread()
+        return reading
+
+    def watch(self) -> None:
+        """The watchdog: hand reading to a new thread when a request holds the I/O thread
+        longer than :data:`INLINE_LIMIT`; it looks often only while requests run there."""
+        while not self._closed:
+            if not self._watching.wait(WATCH_IDLE):
+                continue
+            time.sleep(WATCH_PERIOD)
+            now = time.monotonic()
+            with self._role:
+                since = self._inline_since
+                if since and now - since > INLINE_LIMIT and not self._closed:
+                    self._inline_since = 0.0
+                    thread = self._reader()
+                    thread.start()
+                    self._thread = thread
+            if now - self._last_inline > WATCH_IDLE:
+                self._watching.clear()
+                if time.monotonic() - self._last_inline <= WATCH_IDLE:
+                    self._watching.set()  # a request began just now: keep watching
 
     def reconnect(self) -> bool:
         """Connect again, to the next node first; False once the server stops instead."""

@@ -2,7 +2,8 @@
 
 One I/O thread (:mod:`rpc.server.consumer`) reads the connection and screens each delivery;
 ``concurrency`` worker threads take the requests from one queue and handle them
-(:mod:`rpc.server.handling`); ``async def`` handlers run on the :class:`HandlerLoop`, the
+(:mod:`rpc.server.handling`), except a request that comes while no other is in flight, which
+the I/O thread runs itself; ``async def`` handlers run on the :class:`HandlerLoop`, the
 server's own or the application's. Stopping cancels the consumers, lets the calls in flight
 finish within the grace, and closes the connection, which returns every request not
 acknowledged to the queue.
@@ -78,10 +79,14 @@ class Runtime:
         self.prefetch = options.prefetch_count(registry.has_async())
         self.consumer = Consumer(
             options, prefetch=self.prefetch, on_message=self.on_message,
-            stopping=self.stopping, idle=self.idle, on_lost=self.on_lost,
+            run_deferred=self.run_one, stopping=self.stopping, idle=self.idle,
+            on_lost=self.on_lost,
             on_reconnected=self.on_reconnected,
         )
         self._work: queue.SimpleQueue[Incoming | None] = queue.SimpleQueue()
+        #: Taken by each request while a handler runs it, on a worker or the I/O thread: no
+        #: more than ``concurrency`` run at once.
+        self._slots = threading.Semaphore(options.concurrency)
         self._workers: list[threading.Thread] = []
 
     # -- starting and stopping ---------------------------------------------------------------------
@@ -177,7 +182,7 @@ class Runtime:
 
     def on_message(self, msg: Incoming) -> None:
         """Control messages of streams are applied here; requests get cheap checks, then go to
-        a worker."""
+        a worker, or to the I/O thread itself when nothing else is in flight."""
         tag = msg.delivery_tag
         assert tag is not None, "a request is a delivery, which always has a tag"
         kind = msg.props.get("type")
@@ -193,11 +198,19 @@ class Runtime:
         verdict = self.handler.screen(msg)
         if verdict is None:
             self.handler.admit()
-            self._work.put(msg)
+            if not (self.in_flight.count == 1 and self.inline(msg) and self.consumer.defer(msg)):
+                self._work.put(msg)
         elif verdict == REJECTED:
             msg.link.reject(tag, requeue=False)
         else:
             msg.link.ack(tag)
+
+    def inline(self, msg: Incoming) -> bool:
+        """Whether request ``msg`` may run on the I/O thread: not a stream (which waits for
+        credit the I/O thread reads) nor a reply that would wait for a probe's verdict."""
+        headers = msg.props.get("headers")
+        return not (headers and protocol.STREAM_HEADER in headers) and \
+            not self.replier.would_wait(msg)
 
     def idle(self) -> bool:
         """Whether every request taken in is done with."""
@@ -226,25 +239,30 @@ class Runtime:
 
     def work(self) -> None:
         """A worker: handle requests until told to stop (a None on the queue)."""
-        handler = self.handler
         while True:
             msg = self._work.get()
             if msg is None:
                 return
-            outcome: str | None = "requeued"
-            try:
+            self.run_one(msg)
+
+    def run_one(self, msg: Incoming) -> None:
+        """Handle one request taken in, whatever happens (on a worker or the I/O thread)."""
+        handler = self.handler
+        outcome: str | None = "requeued"
+        try:
+            with self._slots:
                 if self.accepting:
                     outcome = handler.handle(msg)
                 elif msg.delivery_tag is not None:
                     requeue(msg.link, msg.delivery_tag)
-            except ConnectionLost as exc:
-                logger.warning("reply to %s not sent, the request will be redelivered: %s",
-                               msg.props.get("correlation_id"), exc)
-            except Exception:
-                logger.exception("unexpected error handling a request")
-            finally:
-                if outcome is not None:  # None: a coroutine handler runs on, on the loop
-                    handler.settle(outcome)
+        except ConnectionLost as exc:
+            logger.warning("reply to %s not sent, the request will be redelivered: %s",
+                           msg.props.get("correlation_id"), exc)
+        except Exception:
+            logger.exception("unexpected error handling a request")
+        finally:
+            if outcome is not None:  # None: a coroutine handler runs on, on the loop
+                handler.settle(outcome)
 
 
 def requeue(link: Link, tag: int, *, again: bool = True) -> None:

@@ -31,8 +31,15 @@ logger = logging.getLogger(__name__)
 
 #: Seconds a write may wait for the broker to read before the connection counts as dead.
 SEND_TIMEOUT = 10.0
-#: The receive timeouts a read blocks for, longest first; a shorter read polls.
-_RECV_STEPS = (1.0, 0.25, 0.05, 0.01)
+#: The shortest receive timeout a read blocks for; a shorter read polls.
+_SHORTEST_STEP = 0.01
+
+
+def _recv_step(timeout: float) -> float:
+    """The receive timeout a read of ``timeout`` s blocks for: the longest step within it
+    (few steps, so the socket option rarely changes)."""
+    return 1.0 if timeout >= 1.0 else 0.25 if timeout >= 0.25 else 0.05 if timeout >= 0.05 \
+        else _SHORTEST_STEP
 
 
 class Detached(NamedTuple):
@@ -244,8 +251,8 @@ class AMQPLink(Link):
                 count = self._sock.recv_into(self._chunk)
             elif timeout <= 0:
                 count = self._sock.recv_into(self._chunk, 0, socket.MSG_DONTWAIT)
-            elif timeout >= _RECV_STEPS[-1]:
-                step = next(s for s in _RECV_STEPS if s <= timeout)
+            elif timeout >= _SHORTEST_STEP:
+                step = _recv_step(timeout)
                 if step != self._recv_step:
                     self._set_recv_step(step)
                 count = self._sock.recv_into(self._chunk)
