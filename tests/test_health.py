@@ -7,6 +7,7 @@ Real ``rpc serve`` processes against the test broker; a frozen worker is one sen
 from __future__ import annotations
 
 import os
+import re
 import signal
 import time
 import urllib.request
@@ -129,7 +130,8 @@ def test_health_of_a_stale_liveness_file_fails(broker_url: str, tmp_path: Path) 
     os.utime(stale, (old, old))
     code, out = health(stale, broker_url, max_age=15)
     assert code == ExitCode.ERROR
-    assert "last touched 60 s ago" in out
+    # The command starts a moment later: on a loaded machine, a second or two.
+    assert re.search(r"last touched 6\d s ago", out), out
 
 
 def test_the_liveness_file_is_removed_when_serve_stops(
