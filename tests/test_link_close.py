@@ -54,8 +54,6 @@ def depth(link: Link, queue: str) -> int:
     return info.messages
 
 
-@pytest.mark.xfail(reason="AMQPLink.close() does not wait for the broker's close-ok yet "
-                          "(rpc/transport/amqp.py, rpc/core/session.py)", strict=False)
 def test_a_link_closed_right_after_a_publish_has_delivered_it_when_close_returns(broker_url):
     queue = f"test-link-close-{uuid.uuid4().hex[:12]}"
     watcher = open_link(open_connection(broker_url, heartbeat=None, retry_for=5.0,

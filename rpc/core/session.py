@@ -44,6 +44,7 @@ from .frames import (
     CONNECTION,
     CONNECTION_BLOCKED,
     CONNECTION_CLOSE,
+    CONNECTION_CLOSE_OK,
     CONNECTION_UNBLOCKED,
     QUEUE,
     QUEUE_DECLARE_OK,
@@ -62,6 +63,7 @@ _NACK = method_key(BASIC, BASIC_NACK)
 _CANCEL = method_key(BASIC, BASIC_CANCEL)
 _CHANNEL_CLOSE = method_key(CHANNEL, CHANNEL_CLOSE)
 _CONNECTION_CLOSE = method_key(CONNECTION, CONNECTION_CLOSE)
+_CONNECTION_CLOSE_OK = method_key(CONNECTION, CONNECTION_CLOSE_OK)
 _BLOCKED = method_key(CONNECTION, CONNECTION_BLOCKED)
 _UNBLOCKED = method_key(CONNECTION, CONNECTION_UNBLOCKED)
 _DECLARE_OK = method_key(QUEUE, QUEUE_DECLARE_OK)
@@ -216,6 +218,8 @@ class Session(Generic[LinkT]):
         self.max_body = max_body
         #: The reason the broker gave for blocking publishers (a resource alarm), or None.
         self.blocked: str | None = None
+        #: Set once the broker answered :meth:`close`: it has handled all that was written.
+        self.closed_ok = False
         # Publisher confirms: the sequence number of each tracked publish -> its key.
         self.confirming = False
         self.on_nack: Callable[[Any], None] | None = None
@@ -374,6 +378,9 @@ class Session(Generic[LinkT]):
             code, text = frames.parse_close(payload)
             self._out.append(frames.close_ok_frame(0))
             raise ConnectionLost(f"the broker closed the connection: {code} {text}", code=code)
+        elif key == _CONNECTION_CLOSE_OK:
+            self.closed_ok = True
+            raise ConnectionLost("the connection is closed")
         elif key == _BLOCKED:
             self.blocked, _ = frames.read_shortstr(payload, 4)
             logger.warning("broker blocked publishing: %s", self.blocked)
@@ -522,7 +529,9 @@ class Session(Generic[LinkT]):
             self._inspecting.pop()
 
     def close(self) -> bytes:
-        """A ``connection.close`` (the connection's end: nothing waits for close-ok)."""
+        """A ``connection.close``. The broker handles everything written before it, then
+        answers close-ok (:attr:`closed_ok`): a driver that closes its socket sooner may lose
+        the last publishes and acknowledgements."""
         return frames.close_frame(0)
 
     @staticmethod

@@ -31,6 +31,8 @@ logger = logging.getLogger(__name__)
 
 #: Seconds a write may wait for the broker to read before the connection counts as dead.
 SEND_TIMEOUT = 10.0
+#: Seconds :meth:`AMQPLink.close` waits for the broker's close-ok.
+CLOSE_WAIT = 2.0
 #: The shortest receive timeout a read blocks for; a shorter read polls.
 _SHORTEST_STEP = 0.01
 
@@ -84,6 +86,10 @@ class AMQPLink(Link):
             on_return=self.on_return, on_cancel=self.on_cancel, max_body=max_body,
         )
         self._wlock = threading.Lock()
+        # Held by the thread reading the socket: close() reads the broker's close-ok under it
+        # when no other thread does.
+        self._rlock = threading.Lock()
+        self._reader: int | None = None
         self._poller = select.poll()
         self._poller.register(self._sock, select.POLLIN | select.POLLERR | select.POLLHUP)
         self._chunk = bytearray(self._CHUNK)
@@ -239,6 +245,14 @@ class AMQPLink(Link):
     def read(self, timeout: float | None) -> bool:
         if self.closed:
             raise ConnectionLost("the connection is closed")
+        with self._rlock:
+            self._reader = threading.get_ident()
+            try:
+                return self._read(timeout)
+            finally:
+                self._reader = None
+
+    def _read(self, timeout: float | None) -> bool:
         if self._ssl:
             return self._read_tls(timeout)
         # One syscall per read: a blocking recv bounded by the socket's receive timeout (set only
@@ -319,25 +333,54 @@ class AMQPLink(Link):
 
     # -- closing ---------------------------------------------------------------------------------
 
+    def _await_close_ok(self) -> None:
+        """Read until the broker's close-ok (a reader still blocked in ``recv`` may read it
+        first), for at most :data:`CLOSE_WAIT` s; what else comes is dispatched as usual."""
+        session = self.session
+        deadline = time.monotonic() + CLOSE_WAIT
+        while not session.closed_ok:
+            left = deadline - time.monotonic()
+            if left <= 0 or not self._rlock.acquire(timeout=left):
+                return
+            try:
+                if not session.closed_ok:
+                    self._read(min(left, 0.25))
+            except ConnectionLost:  # the close-ok, or the connection's end
+                return
+            finally:
+                self._rlock.release()
+
     def _fail(self) -> None:
         """Mark the link dead and wake any reader blocked on the socket."""
         if self.closed:
             return
         self.closed = True
+        self._shutdown()
+
+    def _shutdown(self) -> None:
         try:
             self._sock.shutdown(socket.SHUT_RDWR)
         except OSError:
             pass
 
     def close(self) -> None:
+        """Close the connection once the broker has handled all that was written before
+        (its close-ok, up to :data:`CLOSE_WAIT` s): closing the socket sooner makes RabbitMQ
+        drop the channel with the last publishes and acknowledgements it has not handled."""
         if self._detached:
             return
         if not self.closed:
-            try:
-                self._send(self.session.close())
-            except ConnectionLost:
-                pass
-            self._fail()
+            with self._wlock:
+                sent = not self.closed
+                if sent:
+                    try:
+                        self._write(self.session.close())
+                    except ConnectionLost:
+                        sent = False
+                    self.closed = True  # no more writes, and other readers stop
+            if sent and self._reader != threading.get_ident():
+                self._await_close_ok()
+            self._shutdown()
         try:
             self._kombu.collect()
         except Exception:  # the socket is already gone; nothing left to release

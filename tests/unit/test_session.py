@@ -277,6 +277,18 @@ def test_the_broker_closing_the_connection_is_a_lost_connection_answered_with_cl
     assert heard.session.data_to_send() == written_by_py_amqp(0, spec.Connection.CloseOk, "", ())
 
 
+def test_our_close_is_written_like_py_amqps_and_its_close_ok_ends_the_session() -> None:
+    heard = Heard()
+    assert heard.session.close() == written_by_py_amqp(0, spec.Connection.Close, "BsBB",
+                                                       (200, "bye", 0, 0))
+    assert not heard.session.closed_ok
+    with pytest.raises(ConnectionLost):
+        heard.feed(deliver(1) + written_by_py_amqp(0, spec.Connection.CloseOk, "", ()))
+    assert heard.session.closed_ok
+    assert [m.delivery_tag for m in heard.messages] == [1]  # what came before is still heard
+    assert heard.session.data_to_send() == b""  # a close-ok is answered with nothing
+
+
 @pytest.mark.parametrize("nowait", [False, True])
 def test_a_consumer_cancelled_by_the_broker_is_heard_and_answered(nowait: bool) -> None:
     heard = Heard().feed(written_by_py_amqp(CHANNEL, spec.Basic.Cancel, "sb", ("amq.ctag-9", nowait)))
