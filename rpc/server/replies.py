@@ -76,19 +76,20 @@ class Replier:
             if tag is not None:
                 link.ack(tag)
             return
-        if msg.redelivered and tag is not None:
-            # Its first reply may have been the one that made the broker close the connection
-            # (a caller that is gone): acknowledge first, so that it cannot loop.
-            link.ack(tag)
-            tag = None
+        # A redelivered request is acknowledged after its reply, in the same write, like any
+        # other: acknowledged first, it was lost whenever another worker's reply to a gone caller
+        # made the broker close the connection between the two writes. Its reply cannot loop:
+        # after such a close every address written to is gone or suspect, and a suspect's reply
+        # goes out as a probe.
         self._recent.append(reply_to)
         reply_props = protocol.reply_properties(props.get("correlation_id"), content_type,
                                                 self.identity)
         if self.is_suspect(reply_to):
-            if tag is not None:
-                link.ack(tag)
-            self._send_probe(link, reply_to, payload, reply_props)
+            self._send_probe(link, reply_to, payload, reply_props, tag)
             return
+        if self._probe is not None:  # a probe is sent alone: wait for its verdict
+            with self._probe_lock:
+                pass
         link.publish(reply_to, payload, reply_props, ack=tag)
 
     def send_item(self, msg: Incoming, payload: bytes, content_type: str,
@@ -122,6 +123,9 @@ class Replier:
         if (not isinstance(reply_to, str) or not protocol.is_reply_address(reply_to)
                 or self.gone(reply_to) or self.is_suspect(reply_to)):
             return
+        recent = self._recent
+        if not recent or recent[-1] != reply_to:  # it may close the connection like a reply
+            recent.append(reply_to)
         msg.link.publish(reply_to, payload, props)
 
     def gone(self, reply_to: Any) -> bool:
@@ -149,9 +153,7 @@ class Replier:
         now = time.monotonic()
         recent = set(self._recent)
         self._recent.clear()
-        if self._probe is not None:
-            gone = {self._probe}
-        elif len(recent) == 1:
+        if len(recent) == 1:  # a probe in flight is the culprit only if nothing else went out
             gone = recent
         else:
             gone = set()
@@ -170,8 +172,9 @@ class Replier:
         self._recent.clear()
 
     def _send_probe(self, link: Link, reply_to: str, payload: bytes,
-                    reply_props: dict[str, Any]) -> None:
-        """Reply to a suspect address alone, and clear it if the connection survives."""
+                    reply_props: dict[str, Any], tag: int | None = None) -> None:
+        """Reply to a suspect address alone, and clear it if the connection survives; only
+        then acknowledge delivery ``tag`` (a request whose reply was lost comes back)."""
         with self._probe_lock:
             self._probe = reply_to
             try:
@@ -181,3 +184,5 @@ class Replier:
                     self._suspects.discard(reply_to)
             finally:
                 self._probe = None
+        if tag is not None:
+            link.ack(tag)
