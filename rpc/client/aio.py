@@ -297,6 +297,9 @@ class AsyncProxy(ProxySettings, ProxyBase):
     def _send(self, link: AsyncLink, pending: Pending) -> None:
         props = pending.props
         track = None
+        # A call made while no other is pending (one awaited after another) has no others in
+        # its loop pass to share a send with: it goes out at once, costing no callback.
+        alone = not self._table
         if pending.kind != CAST:
             props["reply_to"] = self._reply_to
             table = self._table
@@ -311,7 +314,7 @@ class AsyncProxy(ProxySettings, ProxyBase):
                 link.declare_fanout(exchange)
                 self._declared.add(exchange)
             link.publish(routing_key, pending.body, props, mandatory=True, exchange=exchange,
-                         track=track)
+                         track=track, now=alone)
         except BaseException:
             self._table.take(pending.cid)
             raise

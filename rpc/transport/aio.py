@@ -78,11 +78,13 @@ class AsyncLink:
     def publish(
         self, routing_key: str, body: bytes, props: dict[str, Any], *,
         mandatory: bool = False, ack: int | None = None, exchange: str = "",
-        track: Any = None,
+        track: Any = None, now: bool = False,
     ) -> None:
         """Publish a message; ``ack`` acknowledges that delivery in the same write.
 
-        ``track`` names the publish to ``on_nack`` (and ``on_blocked``) under confirms.
+        ``track`` names the publish to ``on_nack`` (and ``on_blocked``) under confirms. A
+        publish goes out with the others of its loop pass, after the pass; ``now`` sends it
+        (and those before it) at once, for a publish that has no others to wait for.
 
         Raises:
             BrokerBlocked: the broker has blocked publishing (a resource alarm).
@@ -181,16 +183,16 @@ class _SocketLink(AsyncLink):
         # The session's messages name this link from now on.
         self._session: Session[Any] = detached.session
         self._session.owner = self
-        # Whether the burst being parsed delivered a message, which wakes tasks that publish.
-        self._delivered = False
+        # The messages the burst being parsed delivered: each may wake a task that publishes.
+        self._delivered = 0
         on_message, on_return = self._session.on_message, self._session.on_return
 
         def delivered(msg: _Incoming[Any]) -> None:
-            self._delivered = True
+            self._delivered += 1
             on_message(msg)
 
         def returned(msg: _Incoming[Any], code: int, text: str) -> None:
-            self._delivered = True
+            self._delivered += 1
             on_return(msg, code, text)
 
         self._session.on_message, self._session.on_return = delivered, returned
@@ -256,12 +258,12 @@ class _SocketLink(AsyncLink):
         if owed:
             self._answer()
         if self._delivered:
-            self._delivered = False
-            if not self._sending:
+            if self._delivered > 1 and not self._sending:
                 # Scheduled after the tasks the burst woke: their publishes go out with it, in
                 # the next pass, and not one pass later.
                 self._sending = True
-                self._loop.call_soon(self._send_out)
+                self._loop.call_soon(self._send_soon)
+            self._delivered = 0
         if self._tls is not None and not self.closed and self._tls.pending():
             self._on_readable()  # TLS holds decrypted bytes the socket will not signal
 
@@ -288,8 +290,9 @@ class _SocketLink(AsyncLink):
 
     # -- writing -----------------------------------------------------------------------------
 
-    def _write(self, data: bytes) -> None:
-        """Queue ``data`` for the send at the end of this loop pass; never blocks.
+    def _write(self, data: bytes, *, now: bool = False) -> None:
+        """Queue ``data`` for the send after this loop pass (``now``: for the caller's own
+        :meth:`_send_out`); never blocks.
 
         Every publish that tasks make in one pass (a burst of replies wakes many) goes out in
         one ``send``: a send per publish cost more CPU than the rest of a call's client side.
@@ -297,13 +300,16 @@ class _SocketLink(AsyncLink):
         if self.closed:
             raise ConnectionLost("the connection is closed")
         self._out.append(data)
-        if not self._sending:
+        if not now and not self._sending:
             self._sending = True
-            self._loop.call_soon(self._send_out)
+            self._loop.call_soon(self._send_soon)
+
+    def _send_soon(self) -> None:
+        self._sending = False
+        self._send_out()
 
     def _send_out(self) -> None:
-        """Send this pass's writes now, or queue what the socket does not take."""
-        self._sending = False
+        """Send the queued writes now, or queue what the socket does not take."""
         out = self._out
         if self.closed or not out:
             return
@@ -402,15 +408,17 @@ class _SocketLink(AsyncLink):
     def publish(
         self, routing_key: str, body: bytes, props: dict[str, Any], *,
         mandatory: bool = False, ack: int | None = None, exchange: str = "",
-        track: Any = None,
+        track: Any = None, now: bool = False,
     ) -> None:
         session = self._session
         data = session.publish(routing_key, body, props, mandatory=mandatory, ack=ack,
                                exchange=exchange)
-        self._write(data)
+        self._write(data, now=now)
         session.published(track)
         if track is not None:
             self._out_tracks.append(track)
+        if now:
+            self._send_out()
 
     def ack(self, delivery_tag: int) -> None:
         self._write(self._session.ack(delivery_tag))
@@ -547,7 +555,7 @@ class _BridgeLink(AsyncLink):
     def publish(
         self, routing_key: str, body: bytes, props: dict[str, Any], *,
         mandatory: bool = False, ack: int | None = None, exchange: str = "",
-        track: Any = None,
+        track: Any = None, now: bool = False,
     ) -> None:
         self._check_open()
         self._link.publish(routing_key, body, props, mandatory=mandatory, ack=ack,
