@@ -460,3 +460,38 @@ def test_a_tls_connection_carries_messages_both_ways(tls_broker: dict[str, Any])
         assert ends.wrong_thread == [] and ends.lost == []
 
     run(scenario())
+
+
+# -- closing without losing the last writes ----------------------------------------------------
+
+def test_a_link_closed_right_after_a_publish_has_delivered_it_when_close_returns(
+        amqp_url: str) -> None:
+    """The broker handles what was written before connection.close, then answers close-ok; a
+    socket closed before close-ok makes it drop the channel with the publishes not yet handled."""
+    queue = queue_name()
+
+    async def scenario() -> None:
+        watcher_ends = Ends()
+        watcher, _ = await connect(amqp_url, watcher_ends, lambda link: link.declare_queue(
+            queue, durable=False, arguments=EXPIRES))
+        loop = asyncio.get_running_loop()
+
+        async def depth() -> int:
+            answer: asyncio.Future[QueueInfo | None] = loop.create_future()
+            watcher.inspect_queue(queue, answer.set_result)
+            info = await asyncio.wait_for(answer, WAIT)
+            assert info is not None
+            return info.messages
+
+        try:
+            for sent in range(1, 21):
+                ends = Ends()
+                link, _ = await connect(amqp_url, ends)
+                link.publish(queue, b"x", {"delivery_mode": 1})
+                await link.close()
+                assert await depth() == sent, f"round {sent}: the publish was not in yet"
+                assert ends.lost == []
+        finally:
+            await watcher.close()
+
+    run(scenario())

@@ -40,7 +40,7 @@ from typing import Any, TypeAlias
 from ..core.errors import ConnectionLost
 from ..core.session import Heartbeat, OnQueueInfo, QueueInfo, Session
 from ..core.session import Incoming as _Incoming
-from .amqp import SEND_TIMEOUT, AMQPLink, Detached
+from .amqp import CLOSE_WAIT, SEND_TIMEOUT, AMQPLink, Detached
 from .link import Link
 
 __all__ = ["AsyncIncoming", "AsyncLink", "OnLost", "QueueInfo", "open_async_link"]
@@ -209,7 +209,8 @@ class _SocketLink(AsyncLink):
         self._writing = False  # whether add_writer is on
         self._read_wants_write = False  # a TLS read that must wait for the socket to be writable
         self._written = 0  # bytes the socket took, to tell a stalled broker from a slow one
-        self._drained: asyncio.Future[None] | None = None
+        # Set while close() waits for the broker's close-ok.
+        self._closing: asyncio.Future[None] | None = None
         self._stall_timer: asyncio.TimerHandle | None = None
         # Heartbeats: whether anything came and went since the last timer, and the timer.
         self._heartbeat = Heartbeat(detached.heartbeat, time.monotonic())
@@ -297,7 +298,7 @@ class _SocketLink(AsyncLink):
         Every publish that tasks make in one pass (a burst of replies wakes many) goes out in
         one ``send``: a send per publish cost more CPU than the rest of a call's client side.
         """
-        if self.closed:
+        if self.closed or self._closing is not None:
             raise ConnectionLost("the connection is closed")
         self._out.append(data)
         if not now and not self._sending:
@@ -370,8 +371,6 @@ class _SocketLink(AsyncLink):
             return
         del self._wbuf[:sent]
         self._written += sent
-        if not self._wbuf and self._drained is not None and not self._drained.done():
-            self._drained.set_result(None)
 
     def _check_stalled(self, written: int) -> None:
         self._stall_timer = None
@@ -448,7 +447,11 @@ class _SocketLink(AsyncLink):
         if self.closed:
             return
         self._release()
-        self._loop.call_soon(self._on_lost, exc)
+        closing = self._closing
+        if closing is None:
+            self._loop.call_soon(self._on_lost, exc)
+        elif not closing.done():  # the close-ok close() waits for, or the end of the connection
+            closing.set_result(None)
 
     def _release(self) -> None:
         """Stop watching the socket and let the connection go."""
@@ -479,18 +482,21 @@ class _SocketLink(AsyncLink):
             except RuntimeError:  # that loop is closed: nothing watches the socket any more
                 self._release()
             return
+        if self._closing is not None:  # another close() waits for the close-ok
+            await asyncio.wait({self._closing}, timeout=CLOSE_WAIT)
+            return
         self._out.append(self._session.close())
         self._send_out()  # with the writes of this pass before it
         if self.closed:
             return
-        if self._wbuf:  # let the close (and what was queued before it) go out, briefly
-            self._drained = self._loop.create_future()
-            try:
-                await asyncio.wait_for(self._drained, 1.0)
-            except TimeoutError:
-                pass
-        if not self.closed:
-            self._release()
+        # The broker handles what was written before the close, then answers close-ok; a
+        # socket closed sooner makes it drop the channel with the publishes not yet handled.
+        closing = self._closing = self._loop.create_future()
+        try:
+            await asyncio.wait({closing}, timeout=CLOSE_WAIT)
+        finally:
+            if not self.closed:
+                self._release()
 
 
 class _BridgeLink(AsyncLink):
