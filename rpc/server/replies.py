@@ -72,24 +72,22 @@ class Replier:
                 link.ack(tag)
             return
         if self._gone and reply_to in self._gone:
-            self._counts["gone_callers"] += 1
             if tag is not None:
                 link.ack(tag)
+            self._counts["gone_callers"] += 1  # once acknowledged: it does not come back
             return
         # A redelivered request is acknowledged after its reply, in the same write, like any
         # other: acknowledged first, it was lost whenever another worker's reply to a gone caller
         # made the broker close the connection between the two writes. Its reply cannot loop:
         # after such a close every address written to is gone or suspect, and a suspect's reply
         # goes out as a probe.
-        self._recent.append(reply_to)
         reply_props = protocol.reply_properties(props.get("correlation_id"), content_type,
                                                 self.identity)
         if self.is_suspect(reply_to):
             self._send_probe(link, reply_to, payload, reply_props, tag)
             return
-        if self._probe is not None:  # a probe is sent alone: wait for its verdict
-            with self._probe_lock:
-                pass
+        self._wait_for_probe()
+        self._recent.append(reply_to)
         link.publish(reply_to, payload, reply_props, ack=tag)
 
     def send_item(self, msg: Incoming, payload: bytes, content_type: str,
@@ -102,14 +100,13 @@ class Replier:
         """
         props = msg.props
         reply_to = props["reply_to"]
-        recent = self._recent
-        if not recent or recent[-1] != reply_to:  # a stream must not crowd the others out
-            recent.append(reply_to)
         item_props = protocol.item_properties(props.get("correlation_id"), content_type,
                                               self.identity, control)
         if self.is_suspect(reply_to):
             self._send_probe(msg.link, reply_to, payload, item_props)
             return
+        self._wait_for_probe()
+        self._wrote(reply_to)
         msg.link.publish(reply_to, payload, item_props)
 
     def send_notice(self, msg: Incoming, payload: bytes, props: dict[str, Any]) -> None:
@@ -123,9 +120,8 @@ class Replier:
         if (not isinstance(reply_to, str) or not protocol.is_reply_address(reply_to)
                 or self.gone(reply_to) or self.is_suspect(reply_to)):
             return
-        recent = self._recent
-        if not recent or recent[-1] != reply_to:  # it may close the connection like a reply
-            recent.append(reply_to)
+        self._wait_for_probe()
+        self._wrote(reply_to)  # it may close the connection like a reply
         msg.link.publish(reply_to, payload, props)
 
     def gone(self, reply_to: Any) -> bool:
@@ -153,7 +149,7 @@ class Replier:
         now = time.monotonic()
         recent = set(self._recent)
         self._recent.clear()
-        if len(recent) == 1:  # a probe in flight is the culprit only if nothing else went out
+        if len(recent) == 1:  # a probe goes out alone: it is such a lone address
             gone = recent
         else:
             gone = set()
@@ -167,6 +163,18 @@ class Replier:
             self._gone[to] = now + GONE_CALLER_TTL
         return gone
 
+    def _wait_for_probe(self) -> None:
+        """A probe goes out alone: other writes wait for its verdict, and only then count
+        among the addresses written."""
+        if self._probe is not None:
+            with self._probe_lock:
+                pass
+
+    def _wrote(self, reply_to: str) -> None:
+        recent = self._recent
+        if not recent or recent[-1] != reply_to:  # a stream must not crowd the others out
+            recent.append(reply_to)
+
     def reconnected(self) -> None:
         """A new connection: replies written before it cannot have closed it."""
         self._recent.clear()
@@ -178,6 +186,7 @@ class Replier:
         with self._probe_lock:
             self._probe = reply_to
             try:
+                self._recent.append(reply_to)
                 link.publish(reply_to, payload, reply_props)
                 self._stopping.wait(PROBE_WAIT)
                 if not link.closed:

@@ -404,6 +404,24 @@ def test_replies_to_other_callers_wait_while_a_probe_is_out(rig: Rig) -> None:
     assert rig.link.kinds() == ["publish", "ack", "publish"]  # the probe, its ack, then m-4
 
 
+def test_a_reply_waiting_behind_a_probe_is_not_blamed_for_the_probes_close(rig: Rig) -> None:
+    # Counted as written while it waited, it made every close look shared, and the gone
+    # caller's requests came back for ever.
+    rig.handle(rig.message())
+    rig.handle(rig.message(message_id="m-2", reply_to=OTHER_REPLY_TO))
+    rig.replier.closed_on_reply()  # both suspects
+    probes = [threading.Thread(target=rig.handle, args=(rig.message(message_id=f"m-{n}",
+                                                                    reply_to=to),))
+              for n, to in ((3, REPLY_TO), (4, OTHER_REPLY_TO))]
+    probes[0].start()
+    time.sleep(0.05)  # the first probe is out
+    probes[1].start()
+    time.sleep(0.05)  # the second waits for the first's verdict
+    assert rig.replier.closed_on_reply() == {REPLY_TO}
+    for probe in probes:
+        probe.join()
+
+
 def test_a_probe_that_closes_the_connection_marks_its_address_gone(rig: Rig) -> None:
     rig.handle(rig.message())
     rig.handle(rig.message(message_id="m-2", reply_to=OTHER_REPLY_TO))
