@@ -49,7 +49,9 @@ class Replier:
         self.identity = identity
         self._counts = counts
         self._stopping = stopping
-        self._recent: deque[str] = deque(maxlen=RECENT_REPLIES)
+        #: The addresses lately written to, each with the connection it went through: a write
+        #: to a connection already lost cannot close the next one.
+        self._recent: deque[tuple[Link, str]] = deque(maxlen=RECENT_REPLIES)
         self._suspects: set[str] = set()
         self._suspects_until = 0.0
         self._gone: dict[str, float] = {}
@@ -87,7 +89,7 @@ class Replier:
             self._send_probe(link, reply_to, payload, reply_props, tag)
             return
         self._wait_for_probe()
-        self._recent.append(reply_to)
+        self._recent.append((link, reply_to))
         link.publish(reply_to, payload, reply_props, ack=tag)
 
     def send_item(self, msg: Incoming, payload: bytes, content_type: str,
@@ -106,7 +108,7 @@ class Replier:
             self._send_probe(msg.link, reply_to, payload, item_props)
             return
         self._wait_for_probe()
-        self._wrote(reply_to)
+        self._wrote(msg.link, reply_to)
         msg.link.publish(reply_to, payload, item_props)
 
     def send_notice(self, msg: Incoming, payload: bytes, props: dict[str, Any]) -> None:
@@ -121,7 +123,7 @@ class Replier:
                 or self.gone(reply_to) or self.is_suspect(reply_to)):
             return
         self._wait_for_probe()
-        self._wrote(reply_to)  # it may close the connection like a reply
+        self._wrote(msg.link, reply_to)  # it may close the connection like a reply
         msg.link.publish(reply_to, payload, props)
 
     def gone(self, reply_to: Any) -> bool:
@@ -141,13 +143,13 @@ class Replier:
         """Whether :meth:`send` would wait for a probe's answer to reply to ``msg``."""
         return self.is_suspect(msg.props.get("reply_to"))
 
-    def closed_on_reply(self) -> set[str]:
-        """The broker closed the connection on a reply: work out which address made it do so.
+    def closed_on_reply(self, link: Link) -> set[str]:
+        """The broker closed connection ``link`` on a reply: work out which address made it.
 
         Returns the addresses now known to be gone (empty while there are only suspects).
         """
         now = time.monotonic()
-        recent = set(self._recent)
+        recent = {to for through, to in self._recent if through is link}
         self._recent.clear()
         if len(recent) == 1:  # a probe goes out alone: it is such a lone address
             gone = recent
@@ -170,14 +172,10 @@ class Replier:
             with self._probe_lock:
                 pass
 
-    def _wrote(self, reply_to: str) -> None:
+    def _wrote(self, link: Link, reply_to: str) -> None:
         recent = self._recent
-        if not recent or recent[-1] != reply_to:  # a stream must not crowd the others out
-            recent.append(reply_to)
-
-    def reconnected(self) -> None:
-        """A new connection: replies written before it cannot have closed it."""
-        self._recent.clear()
+        if not recent or recent[-1] != (link, reply_to):  # a stream must not crowd out others
+            recent.append((link, reply_to))
 
     def _send_probe(self, link: Link, reply_to: str, payload: bytes,
                     reply_props: dict[str, Any], tag: int | None = None) -> None:
@@ -186,7 +184,7 @@ class Replier:
         with self._probe_lock:
             self._probe = reply_to
             try:
-                self._recent.append(reply_to)
+                self._recent.append((link, reply_to))
                 link.publish(reply_to, payload, reply_props)
                 self._stopping.wait(PROBE_WAIT)
                 if not link.closed:

@@ -220,7 +220,9 @@ class Runtime:
         if exc.code == INTERNAL_ERROR:
             # RabbitMQ does this on a reply to a caller whose node is gone: the request comes
             # back redelivered, and is then acknowledged before its reply.
-            self.replier.closed_on_reply()
+            link = self.consumer.link
+            if link is not None:
+                self.replier.closed_on_reply(link)
             self.counts["reply_failures"] += 1
             if self.metrics is not None:
                 self.metrics.reply_failed()
@@ -230,7 +232,6 @@ class Runtime:
             logger.warning("server %r lost its connection: %s", self.server_id, exc)
 
     def on_reconnected(self) -> None:
-        self.replier.reconnected()
         self.counts["reconnects"] += 1
         if self.metrics is not None:
             self.metrics.reconnected()

@@ -356,7 +356,7 @@ def test_async_concurrency_zero_runs_a_coroutine_on_the_worker(registry: Registr
 
 def test_a_lone_recent_reply_address_is_the_gone_caller(rig: Rig) -> None:
     rig.handle(rig.message())
-    assert rig.replier.closed_on_reply() == {REPLY_TO}
+    assert rig.replier.closed_on_reply(rig.link) == {REPLY_TO}
     rig.link.writes.clear()
     rig.handle(rig.message(message_id="m-2", redelivered=True))
     assert rig.link.writes == [("ack", 2)]  # acknowledged unanswered
@@ -366,7 +366,7 @@ def test_a_lone_recent_reply_address_is_the_gone_caller(rig: Rig) -> None:
 def test_among_several_addresses_each_is_probed_alone(rig: Rig) -> None:
     rig.handle(rig.message())
     rig.handle(rig.message(message_id="m-2", reply_to=OTHER_REPLY_TO))
-    assert rig.replier.closed_on_reply() == set()
+    assert rig.replier.closed_on_reply(rig.link) == set()
     assert rig.replier.is_suspect(REPLY_TO) and rig.replier.is_suspect(OTHER_REPLY_TO)
     rig.link.writes.clear()
     began = time.monotonic()
@@ -383,17 +383,17 @@ def test_a_close_while_a_probe_is_out_blames_no_one_when_others_were_written_too
     # live caller unanswered.
     rig.handle(rig.message())
     rig.handle(rig.message(message_id="m-2", reply_to=OTHER_REPLY_TO))
-    rig.replier.closed_on_reply()
+    rig.replier.closed_on_reply(rig.link)
     rig.replier._probe = REPLY_TO
-    rig.replier._recent.extend([REPLY_TO, "amq.rabbitmq.reply-to.third"])
-    assert rig.replier.closed_on_reply() == set()
+    rig.replier._recent.extend([(rig.link, REPLY_TO), (rig.link, "amq.rabbitmq.reply-to.third")])
+    assert rig.replier.closed_on_reply(rig.link) == set()
     assert rig.replier.is_suspect(REPLY_TO)
 
 
 def test_replies_to_other_callers_wait_while_a_probe_is_out(rig: Rig) -> None:
     rig.handle(rig.message())
     rig.handle(rig.message(message_id="m-2", reply_to=OTHER_REPLY_TO))
-    rig.replier.closed_on_reply()
+    rig.replier.closed_on_reply(rig.link)
     rig.replier._suspects.discard(OTHER_REPLY_TO)
     rig.link.writes.clear()
     probing = threading.Thread(target=rig.handle, args=(rig.message(message_id="m-3"),))
@@ -409,7 +409,7 @@ def test_a_reply_waiting_behind_a_probe_is_not_blamed_for_the_probes_close(rig: 
     # caller's requests came back for ever.
     rig.handle(rig.message())
     rig.handle(rig.message(message_id="m-2", reply_to=OTHER_REPLY_TO))
-    rig.replier.closed_on_reply()  # both suspects
+    rig.replier.closed_on_reply(rig.link)  # both suspects
     probes = [threading.Thread(target=rig.handle, args=(rig.message(message_id=f"m-{n}",
                                                                     reply_to=to),))
               for n, to in ((3, REPLY_TO), (4, OTHER_REPLY_TO))]
@@ -417,18 +417,34 @@ def test_a_reply_waiting_behind_a_probe_is_not_blamed_for_the_probes_close(rig: 
     time.sleep(0.05)  # the first probe is out
     probes[1].start()
     time.sleep(0.05)  # the second waits for the first's verdict
-    assert rig.replier.closed_on_reply() == {REPLY_TO}
+    assert rig.replier.closed_on_reply(rig.link) == {REPLY_TO}
     for probe in probes:
         probe.join()
+
+
+def test_a_write_to_a_connection_already_lost_is_not_blamed_for_the_next_ones_close(
+        rig: Rig) -> None:
+    # A worker still replying through the old connection must not make every close of the new
+    # one look shared, or a gone caller's requests come back for ever.
+    old = rig.link
+    rig.link = FakeLink()
+    rig.handle(rig.message(reply_to=OTHER_REPLY_TO, message_id="m-1"))
+    old.closed = True
+    rig.replier._recent.append((old, REPLY_TO))
+    rig.handle(rig.message(message_id="m-2"))
+    assert rig.replier.closed_on_reply(rig.link) == set()  # two addresses on this one
+    rig.handle(rig.message(message_id="m-3", reply_to=OTHER_REPLY_TO))
+    rig.replier._recent.append((old, REPLY_TO))
+    assert rig.replier.closed_on_reply(rig.link) == {OTHER_REPLY_TO}
 
 
 def test_a_probe_that_closes_the_connection_marks_its_address_gone(rig: Rig) -> None:
     rig.handle(rig.message())
     rig.handle(rig.message(message_id="m-2", reply_to=OTHER_REPLY_TO))
-    rig.replier.closed_on_reply()
+    rig.replier.closed_on_reply(rig.link)
     gone: list[set[str]] = []
     # The broker closes the connection while the probe waits: its address is the culprit.
-    closer = threading.Timer(0.05, lambda: gone.append(rig.replier.closed_on_reply()))
+    closer = threading.Timer(0.05, lambda: gone.append(rig.replier.closed_on_reply(rig.link)))
     closer.start()
     rig.handle(rig.message(message_id="m-3"))
     closer.join()

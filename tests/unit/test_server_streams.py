@@ -463,8 +463,8 @@ def test_a_redelivered_stream_is_acknowledged_before_its_first_item(rig: Rig) ->
 
 
 def test_a_stream_for_a_gone_caller_is_acknowledged_unrun(rig: Rig, notes: list[Any]) -> None:
-    rig.replier._recent.append(REPLY_TO)
-    rig.replier.closed_on_reply()
+    rig.replier._recent.append((rig.link, REPLY_TO))
+    rig.replier.closed_on_reply(rig.link)
     assert rig.handle(rig.message("count", (2,))) == "gone_callers"
     assert rig.link.writes == [("ack", 1)] and notes == []
 
