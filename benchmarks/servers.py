@@ -18,6 +18,7 @@ from typing import Any
 
 from . import workloads
 from .amqp_url import pika_url
+from .matrix import PIKA_PREFETCH
 
 #: How long a server keeps running without being stopped, as a guard against leaks (seconds).
 LIFETIME = 3600.0
@@ -78,7 +79,7 @@ def serve_pika(options: argparse.Namespace) -> None:
     conn = pika.BlockingConnection(pika.URLParameters(pika_url(options.url)))
     channel = conn.channel()
     channel.queue_declare(options.server_id, durable=True)
-    channel.basic_qos(prefetch_count=options.prefetch or 100)
+    channel.basic_qos(prefetch_count=options.prefetch or PIKA_PREFETCH)
 
     def on_request(ch: Any, method: Any, props: Any, body: bytes) -> None:
         name, args = msgpack.unpackb(body)
@@ -149,7 +150,7 @@ def serve_aiopika(options: argparse.Namespace) -> None:
         conn = await aio_pika.connect(options.url)
         try:
             channel = await conn.channel()
-            await channel.set_qos(prefetch_count=options.prefetch or 100)
+            await channel.set_qos(prefetch_count=options.prefetch or PIKA_PREFETCH)
             rpc = await RPC.create(channel)
             await rpc.register(f"{options.server_id}.add", add, auto_delete=True)
             await rpc.register(f"{options.server_id}.echo", echo, auto_delete=True)
