@@ -262,6 +262,10 @@ class Consumer:
                         return
                 return
             except ConnectionLost as exc:
+                # A request deferred in the read that failed is in flight: it runs (its reply
+                # fails, and the broker redelivers it) like one a worker had taken.
+                if self._deferred is not None and not self.run_inline():
+                    return
                 if self.stopping.is_set():
                     return
                 self.consumer_tag = None
