@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import contextlib
 from collections.abc import Iterator
+from contextlib import AbstractContextManager
 from typing import Any
 
 try:
@@ -26,15 +27,23 @@ def inject(headers: dict[str, Any]) -> None:
         propagate.inject(headers)
 
 
-@contextlib.contextmanager
-def server_span(headers: dict[str, Any] | None, server_id: str, method: str) -> Iterator[None]:
+#: What :func:`server_span` returns while no span would be recorded (reusable).
+_NO_SPAN = contextlib.nullcontext()
+
+
+def server_span(headers: dict[str, Any] | None, server_id: str,
+                method: str) -> AbstractContextManager[None]:
     """Run a handler in a span continuing the caller's trace.
 
     A no-op without OpenTelemetry, or until the application sets a tracer provider.
     """
     if not AVAILABLE or isinstance(trace.get_tracer_provider(), trace.ProxyTracerProvider):
-        yield  # no tracer provider is set up: no span would be recorded
-        return
+        return _NO_SPAN
+    return _span(headers, server_id, method)
+
+
+@contextlib.contextmanager
+def _span(headers: dict[str, Any] | None, server_id: str, method: str) -> Iterator[None]:
     parent = propagate.extract(headers or {})
     token = otel_context.attach(parent)
     try:

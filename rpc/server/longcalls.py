@@ -49,7 +49,7 @@ class Running:
 
     __slots__ = ("correlation_id", "msg", "interval", "content_type", "cancelled", "_replier",
                  "_control", "_lock", "_loop", "_task", "_next", "_done", "_last_progress",
-                 "_pending")
+                 "_pending", "untracked")
 
     def __init__(self, correlation_id: str, msg: Incoming, interval: float | None,
                  content_type: str, replier: Replier | None,
@@ -68,6 +68,8 @@ class Running:
         now = time.monotonic()
         self._next = now + interval if interval is not None else float("inf")
         self._done = False
+        #: Set once out of the table of calls running here (see Streams.untrack).
+        self.untracked = False
         self._last_progress = 0.0
         self._pending: bytes | None = None
 

@@ -250,6 +250,9 @@ class Streams:
 
     def untrack(self, running: Running) -> None:
         """A call is done with: no keep-alive or cancel reaches it from now on."""
+        if running.untracked:
+            return
+        running.untracked = True
         running.finish()
         with self._lock:
             if self._calls.get(running.correlation_id) is running:
@@ -268,6 +271,8 @@ class Streams:
 
     def cancelled(self, correlation_id: str) -> bool:
         """Whether the call's caller cancelled it (a request to skip)."""
+        if not self._cancels:  # the usual case, without the lock
+            return False
         with self._lock:
             return self._cancelled(correlation_id)
 
