@@ -89,7 +89,7 @@ class Replier:
             self._send_probe(link, reply_to, payload, reply_props, tag)
             return
         self._wait_for_probe()
-        self._recent.append((link, reply_to))
+        self._wrote(link, reply_to)
         link.publish(reply_to, payload, reply_props, ack=tag)
 
     def send_item(self, msg: Incoming, payload: bytes, content_type: str,
@@ -173,6 +173,7 @@ class Replier:
                 pass
 
     def _wrote(self, link: Link, reply_to: str) -> None:
+        """Count ``reply_to`` among the addresses written through ``link``."""
         recent = self._recent
         if not recent or recent[-1] != (link, reply_to):  # a stream must not crowd out others
             recent.append((link, reply_to))
@@ -184,7 +185,7 @@ class Replier:
         with self._probe_lock:
             self._probe = reply_to
             try:
-                self._recent.append((link, reply_to))
+                self._wrote(link, reply_to)
                 link.publish(reply_to, payload, reply_props)
                 self._stopping.wait(PROBE_WAIT)
                 if not link.closed:

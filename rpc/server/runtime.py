@@ -219,7 +219,8 @@ class Runtime:
     def on_lost(self, exc: ConnectionLost) -> None:
         if exc.code == INTERNAL_ERROR:
             # RabbitMQ does this on a reply to a caller whose node is gone: the request comes
-            # back redelivered, and is then acknowledged before its reply.
+            # back redelivered, and is answered by a probe, or acknowledged unanswered once its
+            # address is known gone.
             link = self.consumer.link
             if link is not None:
                 self.replier.closed_on_reply(link)
