@@ -1,5 +1,5 @@
-"""AsyncProxy on RabbitMQ: the writes of one loop pass go out together, and a request whose
-write failed goes out again on a new connection."""
+"""AsyncProxy on RabbitMQ: the writes of one loop pass go out together, and a request or cast
+whose write failed goes out again on a new connection."""
 
 from __future__ import annotations
 
@@ -45,9 +45,18 @@ def url(broker_url: str) -> str:
 
 
 @pytest.fixture
-def served(make_server) -> Server:
-    return make_server(register=lambda server: server.register_function(
-        lambda a, b: a + b, "add"), concurrency=4)
+def recorded() -> list[Any]:
+    """What the served ``record`` function was cast."""
+    return []
+
+
+@pytest.fixture
+def served(make_server, recorded) -> Server:
+    def register(server: Server) -> None:
+        server.register_function(lambda a, b: a + b, "add")
+        server.register_function(recorded.append, "record")
+
+    return make_server(register=register, concurrency=4)
 
 
 def test_the_requests_of_one_loop_pass_go_out_in_one_send(url, server_id, served):
@@ -79,3 +88,24 @@ def test_a_request_whose_write_fails_goes_out_again_on_a_new_connection(url, ser
                 return result, tcp.accepted
 
         assert run(scenario()) == (5, 2)
+
+
+def test_a_cast_whose_write_fails_goes_out_again_on_a_new_connection(
+        url, server_id, served, recorded):
+    parts = urlsplit(url)
+    with TCPProxy((parts.hostname or "127.0.0.1", parts.port or 5672)) as tcp:
+
+        async def scenario() -> int:
+            async with AsyncProxy(tcp.url(), server_id=server_id) as proxy:
+                assert await proxy.add(1, 1) == 2  # and no availability check for a second
+                tcp.reset_all()
+                time.sleep(0.3)  # the RST arrives while the loop does not look
+                assert await proxy.cast.record("after the reset") is None
+                for _ in range(100):  # the cast has no reply to await
+                    if recorded:
+                        break
+                    await asyncio.sleep(0.05)
+                return tcp.accepted
+
+        assert run(scenario()) == 2
+    assert recorded == ["after the reset"]

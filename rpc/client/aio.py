@@ -313,6 +313,14 @@ class AsyncProxy(ProxySettings, ProxyBase):
             if exchange and exchange not in self._declared:
                 link.declare_fanout(exchange)
                 self._declared.add(exchange)
+            if track is None:
+                # Nothing would hear of a cast whose write failed after this pass: it goes out
+                # now, and a failed write raises here for _publish to send it again.
+                link.publish(routing_key, pending.body, props, mandatory=True,
+                             exchange=exchange, now=True)
+                if link.closed:
+                    raise ConnectionLost("the connection failed while the cast was written")
+                return
             link.publish(routing_key, pending.body, props, mandatory=True, exchange=exchange,
                          track=track, now=alone)
         except BaseException:
