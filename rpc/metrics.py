@@ -106,6 +106,9 @@ class _ServerFamilies:
         self.duplicates = pc.Counter("rpc_server_duplicates_total",
                                      "Redelivered requests answered from the reply cache.",
                                      sid, registry=registry)
+        self.cancelled = pc.Counter("rpc_server_cancelled_total",
+                                    "Requests their callers cancelled, running or before they ran.",
+                                    sid, registry=registry)
         self.reconnects = pc.Counter("rpc_server_reconnects_total",
                                      "Connections to the broker re-established.", sid, registry=registry)
         self.reply_failures = pc.Counter("rpc_server_reply_failures_total",
@@ -125,6 +128,9 @@ class _ProxyFamilies:
         self.dropped_replies = pc.Counter("rpc_client_dropped_replies_total",
                                           "Replies matching no pending call (late, duplicate).",
                                           sid, registry=registry)
+        self.cancels = pc.Counter("rpc_client_cancels_total",
+                                  "Cancels sent to servers (calls cancelled or timed out, streams left).",
+                                  sid, registry=registry)
         self.reconnects = pc.Counter("rpc_client_reconnects_total",
                                      "Connections to the broker re-established.", sid, registry=registry)
 
@@ -201,6 +207,7 @@ class ServerMetrics(_CallMetrics):
         self._in_flight = families.in_flight.labels(server_id)
         self._redeliveries = families.redeliveries.labels(server_id)
         self._duplicates = families.duplicates.labels(server_id)
+        self._cancelled = families.cancelled.labels(server_id)
         self._reconnects = families.reconnects.labels(server_id)
         self._reply_failures = families.reply_failures.labels(server_id)
 
@@ -218,6 +225,9 @@ class ServerMetrics(_CallMetrics):
 
     def duplicate(self) -> None:
         self._duplicates.inc()
+
+    def cancelled(self) -> None:
+        self._cancelled.inc()
 
     def reconnected(self) -> None:
         self._reconnects.inc()
@@ -240,6 +250,7 @@ class ProxyMetrics(_CallMetrics):
         super().__init__(server_id, families.calls, families.seconds)
         self._timeouts = families.timeouts.labels(server_id)
         self._dropped_replies = families.dropped_replies.labels(server_id)
+        self._cancels = families.cancels.labels(server_id)
         self._reconnects = families.reconnects.labels(server_id)
 
     def timeout(self) -> None:
@@ -247,6 +258,9 @@ class ProxyMetrics(_CallMetrics):
 
     def dropped_reply(self) -> None:
         self._dropped_replies.inc()
+
+    def cancel_sent(self) -> None:
+        self._cancels.inc()
 
     def reconnected(self) -> None:
         self._reconnects.inc()

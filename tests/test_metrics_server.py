@@ -8,6 +8,7 @@ down. ``Proxy(..., metrics=True)`` records its calls in prometheus_client's defa
 
 from __future__ import annotations
 
+import asyncio
 import socket
 import time
 import urllib.error
@@ -21,7 +22,7 @@ from faults.tcpproxy import TCPProxy
 from prometheus_client import REGISTRY
 from prometheus_client.parser import text_string_to_metric_families
 
-from rpc import MethodNotFound, Proxy, RPCTimeout, Server, UnknownServer
+from rpc import AsyncProxy, MethodNotFound, Proxy, RPCTimeout, Server, UnknownServer
 
 pytestmark = pytest.mark.integration
 
@@ -68,6 +69,10 @@ def register(server: Server) -> None:
     def slow(seconds: float) -> float:
         time.sleep(seconds)
         return seconds
+
+    @server.expose
+    def count(n: int) -> Iterator[int]:
+        yield from range(n)
 
 
 @pytest.fixture
@@ -219,3 +224,82 @@ def test_a_proxy_with_metrics_counts_an_unknown_server(proxies, broker_url, serv
         proxy.add(1, 2)
     assert client("rpc_client_calls_total", server_id=f"{server_id}-nobody", method="add",
                   outcome="unknown_server") == 1
+
+
+# -- cancellations ---------------------------------------------------------------------------------
+
+
+def cancelled(server: Server, server_id: str) -> float:
+    return sample(server.metrics_address, "rpc_server_cancelled_total", server_id=server_id)
+
+
+def test_a_stream_its_caller_leaves_is_scraped_as_cancelled(servers, proxies, broker_url, server_id):
+    server = servers(broker_url, server_id)
+    items = proxies(broker_url, server_id).stream(window=10).count(1_000_000)
+    assert [next(items) for _ in range(3)] == [0, 1, 2]
+    items.close()
+
+    wait_for(lambda: cancelled(server, server_id) == 1, message="the stream counted as cancelled")
+    assert server.stats["cancelled"] == 1
+
+
+def test_a_running_call_its_caller_cancels_is_scraped_as_cancelled_not_as_a_call(
+        servers, proxies, broker_url, server_id):
+    server = servers(broker_url, server_id)
+    address = server.metrics_address
+    future = proxies(broker_url, server_id).future.slow(0.5)
+    wait_for(lambda: sample(address, "rpc_server_calls_in_flight", server_id=server_id) == 1,
+             message="the call to run")
+    assert future.cancel()
+
+    wait_for(lambda: cancelled(server, server_id) == 1, message="the call counted as cancelled")
+    assert sample(address, "rpc_server_calls_total", server_id=server_id) == 0
+    assert sample(address, "rpc_server_calls_in_flight", server_id=server_id) == 0
+
+
+def test_a_request_cancelled_while_queued_is_scraped_as_cancelled(servers, proxies, broker_url, server_id):
+    server = servers(broker_url, server_id, concurrency=1, prefetch=1)
+    address = server.metrics_address
+    proxy = proxies(broker_url, server_id)
+    first = proxy.future.slow(1.0)
+    wait_for(lambda: sample(address, "rpc_server_calls_in_flight", server_id=server_id) == 1,
+             message="the first call to run")
+    queued = proxy.future.add(1, 2)
+    assert queued.cancel()
+    assert first.result(WAIT) == 1.0
+
+    wait_for(lambda: cancelled(server, server_id) == 1, message="the queued call counted as cancelled")
+    assert sample(address, "rpc_server_calls_total", server_id=server_id, method="add") == 0
+    assert server.stats["cancelled"] == 1
+
+
+def test_a_proxy_with_metrics_counts_every_cancel_it_sends(servers, proxies, broker_url, server_id):
+    servers(broker_url, server_id, concurrency=2)
+    proxy = proxies(broker_url, server_id, metrics=True)
+    assert proxy.add(1, 2) == 3
+    assert client("rpc_client_cancels_total", server_id=server_id) == 0  # answered: no cancel
+
+    assert proxy.future.slow(0.5).cancel()
+    with pytest.raises(RPCTimeout):
+        proxy.set_timeout(0.2).slow(0.5)
+    items = proxy.stream(window=10).count(1_000_000)
+    next(items)
+    items.close()
+
+    assert client("rpc_client_cancels_total", server_id=server_id) == 3
+
+
+def test_an_async_proxy_with_metrics_counts_the_cancel_of_a_cancelled_task(
+        servers, broker_url, server_id):
+    servers(broker_url, server_id)
+
+    async def scenario() -> None:
+        async with AsyncProxy(broker_url, server_id=server_id, metrics=True) as proxy:
+            task = asyncio.ensure_future(proxy.slow(0.5))
+            await asyncio.sleep(0.1)
+            task.cancel()
+            with pytest.raises(asyncio.CancelledError):
+                await task
+
+    asyncio.run(asyncio.wait_for(scenario(), WAIT))
+    assert client("rpc_client_cancels_total", server_id=server_id) == 1

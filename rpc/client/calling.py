@@ -249,8 +249,12 @@ class CallMaker:
     def control(self, pending: Pending, kind: str, credit: int = 0,
                 ) -> tuple[str, str, bytes, dict[str, Any]]:
         """``(exchange, routing key, body, properties)`` of a grant of credit or a cancel for a
-        stream: to the server instance that runs it, or to every instance before it is known."""
+        stream: to the server instance that runs it, or to every instance before it is known.
+        Both proxies make their cancels here, so this counts them: as sent, also one a lost
+        connection then keeps from the broker (a cancel is best effort)."""
         body, props = protocol.control_message(kind, pending.cid, credit)
+        if kind == protocol.CANCEL_TYPE and self.metrics is not None and pending.kind != CHECK:
+            self.metrics.cancel_sent()
         if pending.control is not None:
             return "", pending.control, body, props
         return protocol.broadcast_exchange(self.server_id), "", body, props

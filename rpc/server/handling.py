@@ -166,6 +166,8 @@ class Handler:
             return EXPIRED
         if self.skip(msg):
             self.counts["cancelled"] += 1
+            if self.metrics is not None:
+                self.metrics.cancelled()
             return CANCELLED
         return None
 
@@ -182,6 +184,8 @@ class Handler:
         self.in_flight.settle(outcome)
         if self.metrics is not None:
             self.metrics.in_flight(-1)
+            if outcome == CANCELLED:
+                self.metrics.cancelled()
 
     def handle(self, msg: Incoming) -> str | None:
         """Run one request (or answer a repeat of one) and reply; returns the stats key, or
