@@ -62,6 +62,8 @@ METRIC_OUTCOME = {
 REJECTED, EXPIRED, CANCELLED = "rejected", "expired", "cancelled"
 #: Seconds an async generator's stream runs at most without letting the loop's other tasks run.
 LOOP_TURN = 0.002
+#: Result types that are never awaitable: most results skip inspect.isawaitable's ABC check.
+_PLAIN_RESULTS = frozenset({type(None), bool, int, float, str, bytes, list, dict, tuple})
 
 
 class Call:
@@ -368,7 +370,7 @@ class Handler:
             correlation_id=props.get("correlation_id"), message_id=props.get("message_id"),
             deadline=deadline, redelivered=msg.redelivered,
             user_id=props.get("user_id"), context=ctx, call_stack=stack, headers=headers or {},
-            cancelled=running.cancelled if running is not None else threading.Event(),
+            cancelled=running.cancelled if running is not None else context.CancelledFlag(),
             reporter=running.report if running is not None and running.interval else None,
         )
 
@@ -381,7 +383,7 @@ class Handler:
         try:
             with tracing.server_span(info.headers, self.server_id, info.method):
                 result = target.func(*request.args, **request.kwargs)
-                if inspect.isawaitable(result):
+                if type(result) not in _PLAIN_RESULTS and inspect.isawaitable(result):
                     result = self.loop.run(_awaiting(result, info))
         finally:
             context.leave(token)

@@ -19,6 +19,7 @@ from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
 from ..core import protocol, serialization
+from ..core.context import CancelledFlag
 from ..transport.link import Incoming
 from .failures import LOGGER_NAME
 
@@ -59,7 +60,7 @@ class Running:
         self.interval = interval
         self.content_type = content_type
         #: Set once the caller cancels (it is the handler's ``current_call().cancelled``).
-        self.cancelled = threading.Event()
+        self.cancelled = CancelledFlag()
         self._replier = replier
         self._control = control
         self._lock = threading.Lock()
