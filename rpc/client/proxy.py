@@ -97,8 +97,8 @@ class Proxy(ProxySettings, ProxyBase):
             before its timeout (None asks for none).
         failover: with several broker URLs, the order to try them: ``"round-robin"`` from the
             first, or ``"shuffle"`` to spread clients; a reconnect starts with the next node.
-        metrics: record calls, latency, timeouts, dropped replies and reconnects in
-            prometheus_client's default registry (``amqp-rpc[metrics]``).
+        metrics: record calls, latency, timeouts, cancels sent, dropped replies and reconnects
+            in prometheus_client's default registry (``amqp-rpc[metrics]``).
         heartbeat: AMQP heartbeat interval in seconds (0 turns heartbeats off).
         connect_retry: seconds to keep retrying an unreachable broker before ConnectionError.
         max_message_size: largest reply body in bytes; a call whose reply is larger fails.
