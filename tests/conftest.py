@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from support import opened_proxies, started_servers
 from tls_certificates import make_certificates
 
 from rpc import Proxy, Server
@@ -87,34 +88,12 @@ def server_id() -> str:
 @pytest.fixture
 def make_server(url: str, server_id: str) -> Iterator[Callable[..., Server]]:
     """Start servers on ``url`` (default id ``server_id``); each is stopped after the test."""
-    servers: list[Server] = []
-
-    def make(*, register: Callable[[Server], Any] | None = None, **options: Any) -> Server:
-        options.setdefault("server_id", server_id)
-        options.setdefault("send_tracebacks", True)
-        server = Server(url, **options)
-        if register is not None:
-            register(server)
-        server.start()
-        servers.append(server)
-        return server
-
-    yield make
-    for server in servers:
-        server.stop(grace=5)
+    with started_servers(stop_grace=5, send_tracebacks=True) as start:
+        yield lambda **options: start(url, **{"server_id": server_id, **options})
 
 
 @pytest.fixture
 def make_proxy(url: str, server_id: str) -> Iterator[Callable[..., Proxy]]:
     """Open proxies on ``url`` (default id ``server_id``); each is closed after the test."""
-    proxies: list[Proxy] = []
-
-    def make(**options: Any) -> Proxy:
-        options.setdefault("server_id", server_id)
-        proxy = Proxy(url, **options)
-        proxies.append(proxy)
-        return proxy
-
-    yield make
-    for proxy in proxies:
-        proxy.close()
+    with opened_proxies() as open_proxy:
+        yield lambda **options: open_proxy(url, **{"server_id": server_id, **options})

@@ -10,7 +10,7 @@ froze a node, all three nodes are brought back and clustered again, so tests are
 from __future__ import annotations
 
 import atexit
-import contextlib
+import functools
 import os
 import sys
 import threading
@@ -21,6 +21,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+import support
 
 from rpc import Proxy, Server
 
@@ -77,17 +78,8 @@ def cluster(rabbit_cluster: RabbitCluster, cleanup_queues: list[str]) -> Iterato
         rabbit_cluster.heal()
 
 
-def wait_for(predicate: Callable[[], Any], timeout: float = WAIT, interval: float = 0.05,
-             message: str = "condition") -> Any:
-    """Poll ``predicate`` until it returns something truthy; fail the test after ``timeout``."""
-    deadline = time.monotonic() + timeout
-    while True:
-        value = predicate()
-        if value:
-            return value
-        if time.monotonic() > deadline:
-            pytest.fail(f"timed out after {timeout} s waiting for {message}")
-        time.sleep(interval)
+#: Every wait here: up to :data:`WAIT` unless the test says otherwise, polling every 50 ms.
+wait_for = functools.partial(support.wait_for, timeout=WAIT, interval=0.05)
 
 
 class Runs:
@@ -122,38 +114,15 @@ def runs() -> Runs:
 
 @pytest.fixture
 def servers(cluster: RabbitCluster) -> Iterator[Callable[..., Server]]:
-    """Start in-process servers (heartbeat :data:`HB`); each is stopped after the test."""
-    started: list[Server] = []
-
-    def start(url: Any, server_id: str, *, register: Callable[[Server], Any] | None = None,
-              **options: Any) -> Server:
-        options.setdefault("heartbeat", HB)
-        options.setdefault("send_tracebacks", True)
-        server = Server(url, server_id=server_id, **options)
-        if register is not None:
-            register(server)
-        server.start()
-        started.append(server)
-        return server
-
-    yield start
-    for server in started:
-        with contextlib.suppress(Exception):  # a server whose node is gone may not stop cleanly
-            server.stop(grace=2)
+    """Start in-process servers (heartbeat :data:`HB`); each is stopped after the test, before
+    the cluster is healed. A server whose node is gone may not stop cleanly: that is ignored."""
+    with support.started_servers(stop_grace=2, ignore_stop_errors=True, heartbeat=HB,
+                                 send_tracebacks=True) as start:
+        yield start
 
 
 @pytest.fixture
 def proxies(cluster: RabbitCluster) -> Iterator[Callable[..., Proxy]]:
-    """Open proxies (heartbeat :data:`HB`); each is closed after the test."""
-    opened: list[Proxy] = []
-
-    def open_proxy(url: Any, server_id: str, **options: Any) -> Proxy:
-        options.setdefault("heartbeat", HB)
-        proxy = Proxy(url, server_id=server_id, **options)
-        opened.append(proxy)
-        return proxy
-
-    yield open_proxy
-    for proxy in opened:
-        with contextlib.suppress(Exception):
-            proxy.close()
+    """Open proxies (heartbeat :data:`HB`); each is closed after the test, errors ignored."""
+    with support.opened_proxies(ignore_close_errors=True, heartbeat=HB) as open_proxy:
+        yield open_proxy

@@ -8,6 +8,7 @@ TCP proxy on loopback, and its own child processes, killed in ``finally``.
 
 from __future__ import annotations
 
+import functools
 import json
 import os
 import re
@@ -15,13 +16,13 @@ import signal
 import subprocess
 import sys
 import threading
-import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 from urllib.parse import unquote, urlsplit
 
 import pytest
+import support
 from pytest_rabbitmq import factories
 
 from rpc import Proxy, Server
@@ -39,18 +40,8 @@ HERE = Path(__file__).parent
 # resource alarm on it (node-wide faults), so the main test node is never disturbed.
 rabbitmq_proc_faults = factories.rabbitmq_proc(port=None)
 
-
-def wait_for(predicate: Callable[[], Any], timeout: float = WAIT, interval: float = 0.02,
-             message: str = "condition") -> Any:
-    """Poll ``predicate`` until it returns something truthy; fail the test after ``timeout``."""
-    deadline = time.monotonic() + timeout
-    while True:
-        value = predicate()
-        if value:
-            return value
-        if time.monotonic() > deadline:
-            pytest.fail(f"timed out after {timeout} s waiting for {message}")
-        time.sleep(interval)
+#: Every wait here: up to :data:`WAIT` unless the test says otherwise, polling every 20 ms.
+wait_for = functools.partial(support.wait_for, timeout=WAIT, interval=0.02)
 
 
 class Node:
@@ -159,39 +150,16 @@ def tcp_url(tcp: TCPProxy, broker_url: str) -> str:
 
 @pytest.fixture
 def servers() -> Iterator[Callable[..., Server]]:
-    """Start in-process servers; each is stopped after the test."""
-    started: list[Server] = []
-
-    def start(url: str, server_id: str, *, register: Callable[[Server], Any] | None = None,
-              **options: Any) -> Server:
-        options.setdefault("heartbeat", HB)
-        options.setdefault("send_tracebacks", True)
-        server = Server(url, server_id=server_id, **options)
-        if register is not None:
-            register(server)
-        server.start()
-        started.append(server)
-        return server
-
-    yield start
-    for server in started:
-        server.stop(grace=2)
+    """Start in-process servers (heartbeat :data:`HB`); each is stopped after the test."""
+    with support.started_servers(stop_grace=2, heartbeat=HB, send_tracebacks=True) as start:
+        yield start
 
 
 @pytest.fixture
 def proxies() -> Iterator[Callable[..., Proxy]]:
-    """Open proxies; each is closed after the test."""
-    opened: list[Proxy] = []
-
-    def open_proxy(url: str, server_id: str, **options: Any) -> Proxy:
-        options.setdefault("heartbeat", HB)
-        proxy = Proxy(url, server_id=server_id, **options)
-        opened.append(proxy)
-        return proxy
-
-    yield open_proxy
-    for proxy in opened:
-        proxy.close()
+    """Open proxies (heartbeat :data:`HB`); each is closed after the test."""
+    with support.opened_proxies(heartbeat=HB) as open_proxy:
+        yield open_proxy
 
 
 class ServerProcess:
@@ -215,7 +183,7 @@ class ServerProcess:
                 pytest.fail(f"server process exited with {self.popen.returncode}: {self.log}")
             return any("serving" in line for line in self.log)
 
-        wait_for(serving, timeout, message=f"server pid {self.pid} to serve")
+        wait_for(serving, timeout=timeout, message=f"server pid {self.pid} to serve")
 
     @property
     def serving(self) -> bool:
