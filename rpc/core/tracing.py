@@ -8,6 +8,7 @@ its child. Without the package both steps are no-ops.
 from __future__ import annotations
 
 import contextlib
+import time
 from collections.abc import Iterator
 from contextlib import AbstractContextManager
 from typing import Any
@@ -27,19 +28,38 @@ def inject(headers: dict[str, Any]) -> None:
         propagate.inject(headers)
 
 
-#: What :func:`server_span` returns while no span would be recorded (reusable).
+#: Seconds between two questions to OpenTelemetry while no tracer provider is set.
+RECHECK = 1.0
+#: What :meth:`ServerSpans.span` returns while no span would be recorded (reusable).
 _NO_SPAN = contextlib.nullcontext()
 
 
-def server_span(headers: dict[str, Any] | None, server_id: str,
-                method: str) -> AbstractContextManager[None]:
-    """Run a handler in a span continuing the caller's trace.
+class ServerSpans:
+    """The spans a server runs its handlers in, continuing their callers' traces.
 
-    A no-op without OpenTelemetry, or until the application sets a tracer provider.
+    A no-op without OpenTelemetry, or until the application sets a tracer provider: asking
+    OpenTelemetry for its provider costs more than the rest of a no-op span, so while there is
+    none it is asked at most once every :data:`RECHECK` seconds (a provider, once set, stays).
     """
-    if not AVAILABLE or isinstance(trace.get_tracer_provider(), trace.ProxyTracerProvider):
-        return _NO_SPAN
-    return _span(headers, server_id, method)
+
+    def __init__(self, server_id: str) -> None:
+        self.server_id = server_id
+        self._on = False
+        self._ask_at = 0.0
+
+    def span(self, headers: dict[str, Any] | None, method: str) -> AbstractContextManager[None]:
+        """Run a handler of ``method`` in a span continuing the trace in ``headers``."""
+        if not self._on:
+            if not AVAILABLE:
+                return _NO_SPAN
+            now = time.monotonic()
+            if now < self._ask_at:
+                return _NO_SPAN
+            self._ask_at = now + RECHECK
+            if isinstance(trace.get_tracer_provider(), trace.ProxyTracerProvider):
+                return _NO_SPAN
+            self._on = True
+        return _span(headers, self.server_id, method)
 
 
 @contextlib.contextmanager

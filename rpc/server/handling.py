@@ -147,6 +147,7 @@ class Handler:
         self.metrics = metrics
         self.streams = streams if streams is not None else Streams(options.server_id)
         self.control_address = control_address
+        self.spans = tracing.ServerSpans(options.server_id)
 
     # -- on the I/O thread -------------------------------------------------------------------------
 
@@ -381,7 +382,7 @@ class Handler:
         assert target is not None and request is not None and info is not None
         token = context.enter(info)
         try:
-            with tracing.server_span(info.headers, self.server_id, info.method):
+            with self.spans.span(info.headers, info.method):
                 result = target.func(*request.args, **request.kwargs)
                 if type(result) not in _PLAIN_RESULTS and inspect.isawaitable(result):
                     result = self.loop.run(_awaiting(result, info))
@@ -440,7 +441,7 @@ class Handler:
                 running.attach(task)
             token = context.enter(info)
             try:
-                with tracing.server_span(info.headers, self.server_id, info.method):
+                with self.spans.span(info.headers, info.method):
                     return await target.func(*request.args, **request.kwargs)
             finally:
                 context.leave(token)
@@ -590,7 +591,7 @@ class Handler:
         stop: StreamCancelled | StreamExpired | None = None
         token = context.enter(info)
         try:
-            with tracing.server_span(info.headers, self.server_id, info.method):
+            with self.spans.span(info.headers, info.method):
                 items: Generator[Any, Any, Any] | None = None
                 try:
                     items = target.func(*request.args, **request.kwargs)
@@ -674,7 +675,7 @@ class Handler:
         link = call.msg.link
         token = context.enter(info)
         try:
-            with tracing.server_span(info.headers, self.server_id, info.method):
+            with self.spans.span(info.headers, info.method):
                 items: AsyncGenerator[Any, Any] | None = None
                 try:
                     items = target.func(*request.args, **request.kwargs)
