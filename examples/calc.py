@@ -38,7 +38,7 @@ def mul(a: float, b: float) -> float:
     return a * b
 
 
-@server.expose(expected=(ZeroDivisionError,))  # a caller's mistake: logged as a warning
+@server.expose(expected=(ZeroDivisionError,))  # a caller's mistake: logged at INFO
 def div(a: float, b: float) -> float:
     """Divide a by b; b=0 raises ZeroDivisionError on the caller's side."""
     return a / b

@@ -65,13 +65,13 @@ class AsyncProxy(ProxySettings, ProxyBase):
             await proxy.math.mul(2, 4)                   # 8
             await proxy.call("add", 2, 3)                # by name
             await proxy.set_timeout(1).add(2, 3)         # RPCTimeout after 1 s without a reply
-            task = proxy.future.add(2, 3)                # an asyncio.Task, already sent
+            task = proxy.future.add(2, 3)                # an asyncio.Task, sent at the next await
             await proxy.gather([("add", (1, 2)), ("add", (3, 4))])   # [3, 7]
 
     Construction does not connect: ``async with``, :meth:`connect` or the first call does, off
     the event loop. A proxy belongs to the loop that connected it. Cancelling the task that
-    awaits a call forgets the call; its late reply is dropped (and counted in
-    :attr:`replies_dropped`).
+    awaits a call forgets the call and cancels it on the server; a reply that still comes is
+    dropped (and counted in :attr:`replies_dropped`).
 
     Args:
         url: broker URL; the options are those of :class:`~rpc.Proxy`, with the same meaning.
@@ -130,7 +130,7 @@ class AsyncProxy(ProxySettings, ProxyBase):
         """A one-call view whose call is iterated for its progress, then awaited::
 
             call = proxy.tracked.long_job()
-            async for report in call:          # rpc.Progress, as the handler reports them
+            async for report in call:          # rpc.core.protocol.Progress, as reported
                 print(report.done, report.total)
             result = await call
         """

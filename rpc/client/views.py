@@ -121,7 +121,8 @@ class CallView:
         return self._with(future=True, callbacks=None)
 
     def on_progress(self, function: Callable[[Any], Any]) -> CallView:
-        """Run ``function(rpc.Progress)`` for each progress report the handler sends."""
+        """Run ``function(report)`` for each progress report the handler sends (an
+        :class:`rpc.core.protocol.Progress`)."""
         if not callable(function):
             raise TypeError(f"on_progress needs a callable, not {type(function).__name__}")
         return self._with(on_progress=function)
@@ -295,6 +296,7 @@ class ProxyBase:
         return self._view().with_context(**context)
 
     def on_progress(self, function: Callable[[Any], Any]) -> CallView:
-        """A one-call view that runs ``function(rpc.Progress)`` for each progress report of a
-        long call: ``proxy.on_progress(print).long_job()``."""
+        """A one-call view that runs ``function(report)`` for each progress report (an
+        :class:`rpc.core.protocol.Progress`) of a long call:
+        ``proxy.on_progress(print).long_job()``."""
         return self._view().on_progress(function)

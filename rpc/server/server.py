@@ -3,14 +3,15 @@
 
 Both hold what lasts across restarts (the options, the methods, the counters, the table of
 completed calls) and start a :class:`~rpc.server.runtime.Runtime` for each run: one I/O thread
-reads the connection and never runs user code; ``concurrency`` worker threads run the plain
-handlers, and each publishes its reply and acknowledges the request in one write; ``async def``
-handlers run on an event loop, the server's own or, with :meth:`Server.serve_async` and
-:class:`AsyncServer`, the application's. A request is acknowledged only after its reply is
-published (at-least-once); one whose ``rpc-deadline`` has passed is acknowledged and skipped
-before its body is even decoded. A request seen again (a proxy's retry, a redelivery) is answered
-from the table of completed calls instead of running twice, and a lost connection moves on to
-the next node of a cluster.
+reads the connection (and runs a request itself while no other is in flight, handing reading to
+a new thread should it last); ``concurrency`` worker threads run the plain handlers, and each
+publishes its reply and acknowledges the request in one write; ``async def`` handlers run on
+an event loop, the server's own or, with :meth:`Server.serve_async` and :class:`AsyncServer`,
+the application's. A request is acknowledged only after its reply is published (at-least-once);
+one whose ``rpc-deadline`` has passed is acknowledged and skipped before its body is even
+decoded. A request seen again (a proxy's retry, a redelivery) is answered from the table of
+completed calls instead of running twice, and a lost connection moves on to the next node of a
+cluster.
 """
 
 from __future__ import annotations
@@ -166,7 +167,8 @@ class BaseServer:
         """Counters for operators: calls answered, failed (unexpected, expected), expired,
         refused, requeued; repeats answered from the table of completed calls; requests
         redelivered; reconnections; replies the broker refused (the caller was gone), and
-        requests of callers known to be gone. Kept across restarts."""
+        requests of callers known to be gone; streams started and the items they sent; requests
+        their callers cancelled (running, or before they ran). Kept across restarts."""
         return self._stats.counts
 
     # -- registration ------------------------------------------------------------------------------
