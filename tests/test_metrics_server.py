@@ -156,7 +156,8 @@ def test_probes_are_up_while_serving_and_the_endpoint_closes_with_the_server(ser
         socket.create_connection(address, timeout=5).close()
 
 
-def test_readiness_follows_the_broker_connection(servers, proxies, broker_url, server_id):
+def test_readiness_follows_the_broker_connection_and_liveness_rides_out_an_outage(
+        servers, proxies, broker_url, server_id):
     parts = urlsplit(broker_url)
     with TCPProxy((parts.hostname or "127.0.0.1", parts.port or 5672)) as tcp:
         server = servers(tcp.url(parts.username or "guest", parts.password or "guest"), server_id)
@@ -167,6 +168,7 @@ def test_readiness_follows_the_broker_connection(servers, proxies, broker_url, s
         tcp.refuse()  # reconnecting fails until set_pass(): the server stays disconnected
         assert tcp.reset_all() >= 1
         wait_for(lambda: get(address, "/readyz")[0] == 503, timeout=10, message="/readyz to fail")
+        assert get(address, "/healthz")[0] == 200  # alive: reconnecting is no reason to restart
 
         tcp.set_pass()
         wait_for(lambda: get(address, "/readyz")[0] == 200, message="/readyz to recover")

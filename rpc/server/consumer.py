@@ -154,11 +154,12 @@ class Consumer:
             self._watchdog.join(timeout=5)
 
     def healthy(self) -> bool:
-        """Alive: the I/O thread runs and its connection is open (or being reopened briefly)."""
+        """Alive: the I/O thread runs, reading or reconnecting. A broker outage is not a fault
+        of this process (it reconnects by itself, and a restart would not help), so it fails
+        readiness (:meth:`consuming`), not liveness."""
         with self._role:
             thread = self._thread
-        link = self.link
-        return thread is not None and thread.is_alive() and link is not None and not link.closed
+        return thread is not None and thread.is_alive()
 
     def consuming(self) -> bool:
         """Whether the request queue's consumer is on an open connection."""

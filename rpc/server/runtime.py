@@ -161,7 +161,8 @@ class Runtime:
         return None if self.endpoint is None else self.endpoint.address
 
     def healthy(self) -> bool:
-        """Alive: the I/O thread runs and its connection is open (or being reopened briefly)."""
+        """Alive: the I/O thread runs, reading or reconnecting (a broker outage fails readiness
+        only)."""
         return self.consumer.healthy()
 
     def ready(self) -> bool:
