@@ -32,6 +32,7 @@ from .core.errors import (
     UnknownServer,
     register_exception,
 )
+from .core.protocol import Progress
 from .core.serialization import register_serializer
 from .server import AsyncServer, Server
 
@@ -51,6 +52,7 @@ __all__ = [
     "ConnectionLost",
     "InvalidArguments",
     "MethodNotFound",
+    "Progress",
     "Proxy",
     "RPCError",
     "RPCTimeout",

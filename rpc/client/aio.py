@@ -130,7 +130,7 @@ class AsyncProxy(ProxySettings, ProxyBase):
         """A one-call view whose call is iterated for its progress, then awaited::
 
             call = proxy.tracked.long_job()
-            async for report in call:          # rpc.core.protocol.Progress, as reported
+            async for report in call:          # rpc.Progress, as reported
                 print(report.done, report.total)
             result = await call
         """

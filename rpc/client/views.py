@@ -122,7 +122,7 @@ class CallView:
 
     def on_progress(self, function: Callable[[Any], Any]) -> CallView:
         """Run ``function(report)`` for each progress report the handler sends (an
-        :class:`rpc.core.protocol.Progress`)."""
+        :class:`rpc.Progress`)."""
         if not callable(function):
             raise TypeError(f"on_progress needs a callable, not {type(function).__name__}")
         return self._with(on_progress=function)
@@ -297,6 +297,6 @@ class ProxyBase:
 
     def on_progress(self, function: Callable[[Any], Any]) -> CallView:
         """A one-call view that runs ``function(report)`` for each progress report (an
-        :class:`rpc.core.protocol.Progress`) of a long call:
+        :class:`rpc.Progress`) of a long call:
         ``proxy.on_progress(print).long_job()``."""
         return self._view().on_progress(function)

@@ -301,7 +301,7 @@ class CallFuture(Future[Any]):
         self._dispatch = dispatch
         #: Set by the proxy: forgets the pending call when this future is cancelled.
         self.forget: Callable[[], None] | None = None
-        #: The latest progress the handler reported (an ``rpc.core.protocol.Progress``), or None.
+        #: The latest progress the handler reported (an ``rpc.Progress``), or None.
         self.progress: Any = None
 
     def cancel(self) -> bool:
