@@ -99,12 +99,13 @@ class _ServerFamilies:
         self.queued = pc.Histogram("rpc_server_queued_seconds",
                                    "Seconds from a request's timestamp to its handler's start.",
                                    sid, buckets=LATENCY_BUCKETS, registry=registry)
-        self.in_flight = pc.Gauge("rpc_server_calls_in_flight", "Requests being handled now.",
+        self.in_flight = pc.Gauge("rpc_server_calls_in_flight",
+                                  "Requests taken in and not done: running or awaiting a worker.",
                                   sid, registry=registry)
         self.redeliveries = pc.Counter("rpc_server_redeliveries_total",
                                        "Requests the broker delivered again.", sid, registry=registry)
         self.duplicates = pc.Counter("rpc_server_duplicates_total",
-                                     "Redelivered requests answered from the reply cache.",
+                                     "Repeated requests (redeliveries, retries) answered from cache.",
                                      sid, registry=registry)
         self.cancelled = pc.Counter("rpc_server_cancelled_total",
                                     "Requests their callers cancelled, running or before they ran.",
