@@ -1,7 +1,8 @@
 """A request that comes while a server has nothing else to do runs on its I/O thread, which
-spares a sequential caller the hand-off to a worker; a watchdog hands reading to a new I/O
-thread as soon as such a request runs long, so it never holds up the next requests, the
-heartbeats or the cancels, and ``concurrency`` still bounds the calls running at once."""
+spares a sequential caller the hand-off to a worker, and so do all the requests of one read on
+a server of ``concurrency=1``; a watchdog hands reading to a new I/O thread as soon as such
+requests run long, so they never hold up the next requests, the heartbeats or the cancels, and
+``concurrency`` still bounds the calls running at once."""
 
 from __future__ import annotations
 
@@ -9,7 +10,10 @@ import threading
 import time
 from typing import Any
 
+import pytest
+
 from rpc import Server
+from rpc.server import consumer
 
 WAIT = 20
 
@@ -32,6 +36,7 @@ def services(seen: Seen) -> Any:
 
         @server.expose
         def nap(seconds: float) -> str:
+            seen.threads.append(threading.current_thread().name)
             with seen.lock:
                 seen.now += 1
                 seen.most = max(seen.most, seen.now)
@@ -50,6 +55,29 @@ def test_sequential_calls_to_an_idle_server_run_on_its_io_thread(make_server, ma
     proxy = make_proxy()
     assert [proxy.add(i, 1) for i in range(5)] == [1, 2, 3, 4, 5]
     assert all(name.startswith("rpc-server-io-") for name in seen.threads), seen.threads
+
+
+def test_pipelined_calls_to_a_server_of_concurrency_one_all_run_on_its_io_thread(
+        make_server, make_proxy, monkeypatch):
+    monkeypatch.setattr(consumer, "INLINE_LIMIT", WAIT)  # a slow machine's pause hands off none
+    seen = Seen()
+    make_server(register=services(seen), concurrency=1, prefetch=20)
+    proxy = make_proxy(timeout=WAIT)
+    calls = [proxy.future.add(i, 1) for i in range(100)]
+    assert [call.result(WAIT) for call in calls] == [i + 1 for i in range(100)]
+    assert all(name.startswith("rpc-server-io-") for name in seen.threads), seen.threads
+
+
+def test_requests_of_one_read_that_together_run_long_pass_reading_on(make_server, make_proxy, url):
+    if url.startswith("memory"):
+        pytest.skip("memory:// brings one delivery a read")
+    seen = Seen()
+    make_server(register=services(seen), concurrency=1, prefetch=10)
+    proxy = make_proxy(timeout=WAIT)
+    calls = [proxy.future.nap(0.015) for _ in range(10)]  # each shorter than INLINE_LIMIT
+    assert [call.result(WAIT) for call in calls] == ["rested"] * 10
+    assert any(name.startswith("rpc-worker-") for name in seen.threads), seen.threads
+    assert seen.most == 1
 
 
 def test_a_long_call_on_the_io_thread_does_not_hold_up_the_next_call(make_server, make_proxy):

@@ -58,6 +58,7 @@ class Consumer:
         prefetch: the prefetch of the request and broadcast consumers.
         on_message: called on the I/O thread with every delivery; it may :meth:`defer` one.
         run_deferred: runs a deferred request to its end, on the I/O thread.
+        hand_off: gives a deferred request to the workers (the I/O thread reads no more).
         stopping: set when the server stops: no more reconnecting, and connecting gives up.
         idle: whether nothing is left to answer; once stopping, the I/O thread ends when idle.
         on_lost: hears of each lost connection, before reconnecting.
@@ -66,14 +67,16 @@ class Consumer:
 
     def __init__(
         self, options: ServerOptions, *, prefetch: int, on_message: OnMessage,
-        run_deferred: OnMessage, stopping: threading.Event, idle: Callable[[], bool],
-        on_lost: Callable[[ConnectionLost], None], on_reconnected: Callable[[], None],
+        run_deferred: OnMessage, hand_off: OnMessage, stopping: threading.Event,
+        idle: Callable[[], bool], on_lost: Callable[[ConnectionLost], None],
+        on_reconnected: Callable[[], None],
     ) -> None:
         self.options = options
         self.server_id = options.server_id
         self.prefetch = prefetch
         self.on_message = on_message
         self.run_deferred = run_deferred
+        self.hand_off = hand_off
         self.stopping = stopping
         self.idle = idle
         self.on_lost = on_lost
@@ -88,7 +91,7 @@ class Consumer:
         self.broadcast_queue: str | None = None
         #: The I/O thread: the one thread that reads the connection.
         self._thread: threading.Thread | None = None
-        self._deferred: Incoming | None = None
+        self._deferred: list[Incoming] = []
         #: Guards the hand-over of reading between the I/O thread and the watchdog.
         self._role = threading.Lock()
         #: When (monotonic) the request the I/O thread runs began; 0: it runs none.
@@ -239,13 +242,15 @@ class Consumer:
 
     # -- the I/O thread ----------------------------------------------------------------------------
 
-    def defer(self, msg: Incoming) -> bool:
+    def defer(self, msg: Incoming) -> None:
         """Have the I/O thread run request ``msg`` itself once this read is done (called from
-        ``on_message``); False when it already has one to run."""
-        if self._deferred is not None:
-            return False
-        self._deferred = msg
-        return True
+        ``on_message``), after those deferred before it."""
+        self._deferred.append(msg)
+
+    @property
+    def deferred(self) -> int:
+        """Requests deferred in this read, not yet run."""
+        return len(self._deferred)
 
     def run(self) -> None:
         """Read and dispatch until stopped and idle, reconnecting after each loss; return
@@ -259,13 +264,13 @@ class Consumer:
                 while not (self.stopping.is_set() and self.idle()):
                     link.read(tick)
                     link.tick()
-                    if self._deferred is not None and not self.run_inline():
+                    if self._deferred and not self.run_inline():
                         return
                 return
             except ConnectionLost as exc:
                 # A request deferred in the read that failed is in flight: it runs (its reply
                 # fails, and the broker redelivers it) like one a worker had taken.
-                if self._deferred is not None and not self.run_inline():
+                if self._deferred and not self.run_inline():
                     return
                 if self.stopping.is_set():
                     return
@@ -275,19 +280,28 @@ class Consumer:
                     return
 
     def run_inline(self) -> bool:
-        """Run the deferred request on this thread; False if another thread reads from now on."""
-        msg, self._deferred = self._deferred, None
-        assert msg is not None
-        now = time.monotonic()
-        self._inline_since = self._last_inline = now
+        """Run the deferred requests on this thread, in order; False if another thread reads
+        from now on. The watchdog times the whole run: once it hands reading over, the
+        requests not yet run go to the workers."""
+        deferred, self._deferred = self._deferred, []
+        self._inline_since = self._last_inline = time.monotonic()
         if not self._watching.is_set():
             self._watching.set()
+        done = 0
         try:
-            self.run_deferred(msg)
+            for msg in deferred:
+                done += 1
+                self.run_deferred(msg)
+                if done < len(deferred):
+                    with self._role:
+                        if self._thread is not threading.current_thread():
+                            break
         finally:
             with self._role:
                 self._inline_since = 0.0
                 reading = self._thread is threading.current_thread()
+            for rest in deferred[done:]:
+                self.hand_off(rest)
         return reading
 
     def watch(self) -> None:

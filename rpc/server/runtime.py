@@ -3,11 +3,10 @@
 One I/O thread (:mod:`rpc.server.consumer`) reads the connection and screens each delivery;
 ``concurrency`` worker threads take the requests from one queue and handle them
 (:mod:`rpc.server.handling`), except a request that comes while no other is in flight, which
-the I/O thread runs itself; ``async def`` handlers run on the :class:`HandlerLoop`, the
-server's own or the application's. Stopping cancels the consumers, lets the calls in flight
-finish within the grace, and closes the connection, which returns every request not
-acknowledged to the queue.
-"""
+the I/O thread runs itself (with one worker, every request of that read); ``async def``
+handlers run on the :class:`HandlerLoop`, the server's own or the application's. Stopping
+cancels the consumers, lets the calls in flight finish within the grace, and closes the
+connection, which returns every request not acknowledged to the queue."""
 
 from __future__ import annotations
 
@@ -77,16 +76,18 @@ class Runtime:
         #: Sends the keep-alives and throttled progress of the calls in flight.
         self.keepalives = Keepalives(self.streams, f"rpc-keepalive-{server_id}")
         self.prefetch = options.prefetch_count(registry.has_async())
+        self._work: queue.SimpleQueue[Incoming | None] = queue.SimpleQueue()
         self.consumer = Consumer(
             options, prefetch=self.prefetch, on_message=self.on_message,
-            run_deferred=self.run_one, stopping=self.stopping, idle=self.idle,
-            on_lost=self.on_lost,
-            on_reconnected=self.on_reconnected,
+            run_deferred=self.run_one, hand_off=self._work.put, stopping=self.stopping,
+            idle=self.idle, on_lost=self.on_lost, on_reconnected=self.on_reconnected,
         )
-        self._work: queue.SimpleQueue[Incoming | None] = queue.SimpleQueue()
         #: Taken by each request while a handler runs it, on a worker or the I/O thread: no
         #: more than ``concurrency`` run at once.
         self._slots = threading.Semaphore(options.concurrency)
+        #: With one slot, the requests of one read run one after another wherever they run:
+        #: on the I/O thread they skip a hand-off each.
+        self._one_slot = options.concurrency == 1
         self._workers: list[threading.Thread] = []
 
     # -- starting and stopping ---------------------------------------------------------------------
@@ -199,7 +200,11 @@ class Runtime:
         verdict = self.handler.screen(msg)
         if verdict is None:
             self.handler.admit()
-            if not (self.in_flight.count == 1 and self.inline(msg) and self.consumer.defer(msg)):
+            deferred = self.consumer.deferred
+            if (self.in_flight.count == deferred + 1 and (deferred == 0 or self._one_slot)
+                    and self.inline(msg)):
+                self.consumer.defer(msg)
+            else:
                 self._work.put(msg)
         elif verdict == REJECTED:
             msg.link.reject(tag, requeue=False)

@@ -1,9 +1,11 @@
-"""The server's I/O thread (rpc.server.consumer) without a broker: what it does with a request
-it deferred to run itself when the read that brought it fails."""
+"""The server's I/O thread (rpc.server.consumer) without a broker: the requests it defers to
+run itself, in order, and what becomes of them when the read that brought them fails or
+reading passes to another thread."""
 
 from __future__ import annotations
 
 import threading
+from collections.abc import Callable
 from typing import Any
 
 from rpc import ConnectionLost
@@ -13,35 +15,68 @@ from rpc.server.options import ServerOptions
 
 
 class FailingRead:
-    """A link whose one read brings a request, then finds the connection gone."""
+    """A link whose one read brings ``count`` requests, then finds the connection gone."""
 
     closed = False
 
-    def __init__(self) -> None:
+    def __init__(self, count: int = 1) -> None:
+        self.count = count
+        self.reads = 0
         self.consumer: Consumer | None = None
 
     def read(self, timeout: float | None) -> bool:
         assert self.consumer is not None
-        self.consumer.on_message(Incoming(b"{}", {}, 1, False, "unit", self))
+        self.reads += 1
+        for tag in range(1, self.count + 1):
+            self.consumer.on_message(Incoming(b"{}", {}, tag, False, "unit", self))
         raise ConnectionLost("the broker closed the connection")
 
     def tick(self) -> None:
         raise AssertionError("no tick after a failed read")
 
 
-def test_a_request_deferred_in_a_read_that_fails_still_runs_and_settles() -> None:
-    ran: list[Any] = []
+def io_thread(link: FailingRead, run_deferred: Callable[[Incoming], Any],
+              hand_off: Callable[[Incoming], Any]) -> Consumer:
+    """A consumer whose I/O thread is this one, defers every request, and stops after a loss."""
     stopping = threading.Event()
     stopping.set()  # a stop is under way: no reconnecting
-    link = FailingRead()
     consumer = Consumer(
-        ServerOptions(url="memory://", server_id="unit"), prefetch=1,
-        on_message=lambda msg: consumer.defer(msg), run_deferred=ran.append,
-        stopping=stopping, idle=lambda: bool(ran), on_lost=lambda exc: None,
+        ServerOptions(url="memory://", server_id="unit"), prefetch=link.count,
+        on_message=lambda msg: consumer.defer(msg), run_deferred=run_deferred,
+        hand_off=hand_off, stopping=stopping, idle=lambda: link.reads > 0, on_lost=lambda exc: None,
         on_reconnected=lambda: None,
     )
     link.consumer = consumer
     consumer.link = link
     consumer._thread = threading.current_thread()
-    consumer.run()
+    return consumer
+
+
+def test_a_request_deferred_in_a_read_that_fails_still_runs_and_settles() -> None:
+    ran: list[Incoming] = []
+    io_thread(FailingRead(), ran.append, hand_off=ran.append).run()
     assert [msg.delivery_tag for msg in ran] == [1]
+
+
+def test_the_requests_deferred_in_one_read_run_in_their_order() -> None:
+    ran: list[Incoming] = []
+    handed: list[Incoming] = []
+    io_thread(FailingRead(4), ran.append, handed.append).run()
+    assert [msg.delivery_tag for msg in ran] == [1, 2, 3, 4]
+    assert handed == []
+
+
+def test_once_reading_passes_to_another_thread_the_requests_not_yet_run_go_to_the_workers() -> None:
+    ran: list[Incoming] = []
+    handed: list[Incoming] = []
+
+    def run_deferred(msg: Incoming) -> None:
+        ran.append(msg)
+        consumer._thread = threading.Thread()  # the watchdog started a new I/O thread
+
+    link = FailingRead(3)
+    consumer = io_thread(link, run_deferred, handed.append)
+    consumer.run()  # returns once reading has passed to the new thread
+    assert link.reads == 1
+    assert [msg.delivery_tag for msg in ran] == [1]
+    assert [msg.delivery_tag for msg in handed] == [2, 3]
