@@ -59,6 +59,8 @@ class Consumer:
         on_message: called on the I/O thread with every delivery; it may :meth:`defer` one.
         run_deferred: runs a deferred request to its end, on the I/O thread.
         hand_off: gives a deferred request to the workers (the I/O thread reads no more).
+        hold: from now on, keeps this thread's replies (and settles) to send together...
+        flush: ...then sends them, in one write, and settles their requests.
         stopping: set when the server stops: no more reconnecting, and connecting gives up.
         idle: whether nothing is left to answer; once stopping, the I/O thread ends when idle.
         on_lost: hears of each lost connection, before reconnecting.
@@ -67,7 +69,8 @@ class Consumer:
 
     def __init__(
         self, options: ServerOptions, *, prefetch: int, on_message: OnMessage,
-        run_deferred: OnMessage, hand_off: OnMessage, stopping: threading.Event,
+        run_deferred: OnMessage, hand_off: OnMessage, hold: Callable[[], None],
+        flush: Callable[[], None], stopping: threading.Event,
         idle: Callable[[], bool], on_lost: Callable[[ConnectionLost], None],
         on_reconnected: Callable[[], None],
     ) -> None:
@@ -77,6 +80,8 @@ class Consumer:
         self.on_message = on_message
         self.run_deferred = run_deferred
         self.hand_off = hand_off
+        self.hold = hold
+        self.flush = flush
         self.stopping = stopping
         self.idle = idle
         self.on_lost = on_lost
@@ -94,7 +99,7 @@ class Consumer:
         self._deferred: list[Incoming] = []
         #: Guards the hand-over of reading between the I/O thread and the watchdog.
         self._role = threading.Lock()
-        #: When (monotonic) the request the I/O thread runs began; 0: it runs none.
+        #: When (monotonic) the I/O thread began running the requests of a read; 0: it runs none.
         self._inline_since = 0.0
         self._last_inline = 0.0
         #: Set while requests run on the I/O thread: the watchdog looks often.
@@ -287,6 +292,9 @@ class Consumer:
         self._inline_since = self._last_inline = time.monotonic()
         if not self._watching.is_set():
             self._watching.set()
+        together = len(deferred) > 1
+        if together:
+            self.hold()
         done = 0
         try:
             for msg in deferred:
@@ -297,6 +305,12 @@ class Consumer:
                         if self._thread is not threading.current_thread():
                             break
         finally:
+            if together:
+                try:
+                    self.flush()
+                except ConnectionLost as exc:  # the next read hears of the loss
+                    logger.warning("replies to %d requests not sent, they will be redelivered: "
+                                   "%s", done, exc)
             with self._role:
                 self._inline_since = 0.0
                 reading = self._thread is threading.current_thread()

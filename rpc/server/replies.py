@@ -18,7 +18,7 @@ from collections import deque
 from typing import Any
 
 from ..core import protocol
-from ..transport.link import Incoming, Link
+from ..transport.link import Incoming, Link, Reply
 from .failures import LOGGER_NAME
 
 logger = logging.getLogger(LOGGER_NAME)
@@ -57,6 +57,10 @@ class Replier:
         self._gone: dict[str, float] = {}
         self._probe: str | None = None
         self._probe_lock = threading.Lock()
+        #: The thread whose replies are held to go out in one write (see :meth:`held`), and
+        #: those replies, with the connection each goes through.
+        self._holder: int | None = None
+        self._held: list[tuple[Link, Reply]] = []
 
     def send(self, msg: Incoming, tag: int | None, payload: bytes, content_type: str) -> None:
         """Reply to ``msg`` and acknowledge delivery ``tag`` (None: it was acknowledged already).
@@ -86,11 +90,46 @@ class Replier:
         reply_props = protocol.reply_properties(props.get("correlation_id"), content_type,
                                                 self.identity)
         if self.is_suspect(reply_to):
+            self.flush()  # the probe goes out alone, after the replies before it
             self._send_probe(link, reply_to, payload, reply_props, tag)
+            return
+        if self._holder is not None and self._holder == threading.get_ident():
+            self._held.append((link, (reply_to, payload, reply_props, tag)))
             return
         self._wait_for_probe()
         self._wrote(link, reply_to)
         link.publish(reply_to, payload, reply_props, ack=tag)
+
+    def hold(self) -> None:
+        """Keep the replies this thread sends from now on, to go out together at :meth:`flush`:
+        a burst of requests run one after another then costs the broker and this server one
+        write, not one each."""
+        self._holder = threading.get_ident()
+
+    def holding(self) -> bool:
+        """Whether this thread's replies are held (between :meth:`hold` and :meth:`flush`)."""
+        return self._holder is not None and self._holder == threading.get_ident()
+
+    def flush(self) -> None:
+        """Send the held replies (with the acknowledgements of their requests) and stop
+        holding.
+
+        Raises:
+            ConnectionLost: the connection failed; their requests come back redelivered.
+        """
+        if self._holder != threading.get_ident():
+            return
+        held, self._held, self._holder = self._held, [], None
+        if not held:
+            return
+        self._wait_for_probe()
+        for through, (reply_to, *_) in held:
+            self._wrote(through, reply_to)
+        start = 0
+        for end in range(1, len(held) + 1):  # each through its own connection, in order
+            if end == len(held) or held[end][0] is not held[start][0]:
+                held[start][0].publish_replies([reply for _, reply in held[start:end]])
+                start = end
 
     def send_item(self, msg: Incoming, payload: bytes, content_type: str,
                   control: str | None) -> None:

@@ -79,8 +79,9 @@ class Runtime:
         self._work: queue.SimpleQueue[Incoming | None] = queue.SimpleQueue()
         self.consumer = Consumer(
             options, prefetch=self.prefetch, on_message=self.on_message,
-            run_deferred=self.run_one, hand_off=self._work.put, stopping=self.stopping,
-            idle=self.idle, on_lost=self.on_lost, on_reconnected=self.on_reconnected,
+            run_deferred=self.run_one, hand_off=self._work.put, hold=self.hold,
+            flush=self.flush, stopping=self.stopping, idle=self.idle, on_lost=self.on_lost,
+            on_reconnected=self.on_reconnected,
         )
         #: Taken by each request while a handler runs it, on a worker or the I/O thread: no
         #: more than ``concurrency`` run at once.
@@ -89,6 +90,9 @@ class Runtime:
         #: on the I/O thread they skip a hand-off each.
         self._one_slot = options.concurrency == 1
         self._workers: list[threading.Thread] = []
+        #: The outcomes of the requests whose replies the replier holds (see hold()): they
+        #: stay in flight until those replies are written, so a stop cannot close before.
+        self._settle_later: list[str] = []
 
     # -- starting and stopping ---------------------------------------------------------------------
 
@@ -270,7 +274,28 @@ class Runtime:
             logger.exception("unexpected error handling a request")
         finally:
             if outcome is not None:  # None: a coroutine handler runs on, on the loop
-                handler.settle(outcome)
+                if self.replier.holding():
+                    self._settle_later.append(outcome)
+                else:
+                    handler.settle(outcome)
+
+    def hold(self) -> None:
+        """Keep the replies of the requests this thread runs from now on (the requests of one
+        read, on the I/O thread) to send together at :meth:`flush`."""
+        self.replier.hold()
+
+    def flush(self) -> None:
+        """Send the replies held, in one write, and only then settle their requests.
+
+        Raises:
+            ConnectionLost: the connection failed; those requests come back redelivered.
+        """
+        try:
+            self.replier.flush()
+        finally:
+            settled, self._settle_later = self._settle_later, []
+            for outcome in settled:
+                self.handler.settle(outcome)
 
 
 def requeue(link: Link, tag: int, *, again: bool = True) -> None:

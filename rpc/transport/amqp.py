@@ -25,7 +25,7 @@ from ..core.errors import ConnectionLost
 from ..core.protocol import DIRECT_REPLY_TO
 from ..core.session import Heartbeat, Session
 from ..core.session import Incoming as _Incoming
-from .link import Incoming, Link, OnCancel, OnMessage, OnQueueInfo, OnReturn
+from .link import Incoming, Link, OnCancel, OnMessage, OnQueueInfo, OnReturn, Reply
 
 logger = logging.getLogger(__name__)
 
@@ -186,6 +186,17 @@ class AMQPLink(Link):
                 raise ConnectionLost("the connection is closed")
             self._write(data)
             session.published(track)
+
+    def publish_replies(self, replies: list[Reply]) -> None:
+        session = self.session
+        data = b"".join([session.publish(routing_key, body, props, ack=ack)
+                         for routing_key, body, props, ack in replies])
+        with self._wlock:
+            if self.closed:
+                raise ConnectionLost("the connection is closed")
+            self._write(data)
+            for _ in replies:
+                session.published()
 
     def ack(self, delivery_tag: int) -> None:
         self._send(self.session.ack(delivery_tag))

@@ -34,6 +34,8 @@ Incoming: TypeAlias = session.Incoming["Link"]
 OnMessage: TypeAlias = Callable[[Incoming], None]
 OnReturn: TypeAlias = Callable[[Incoming, int, str], None]
 OnCancel = Callable[[str], None]
+#: A reply to publish: its routing key, body, properties, and the delivery it acknowledges.
+Reply = tuple[str, bytes, dict[str, Any], "int | None"]
 
 
 def _ignore_return(msg: Incoming, code: int, text: str) -> None:
@@ -117,6 +119,16 @@ class Link:
             ConnectionLost: the connection failed.
         """
         raise NotImplementedError
+
+    def publish_replies(self, replies: list[Reply]) -> None:
+        """Publish several ``(routing_key, body, props, ack)`` with their acks, in one write
+        where the transport can (a burst of requests answered together).
+
+        Raises:
+            ConnectionLost: the connection failed.
+        """
+        for routing_key, body, props, ack in replies:
+            self.publish(routing_key, body, props, ack=ack)
 
     def enable_confirms(
         self, on_nack: Callable[[Any], None],

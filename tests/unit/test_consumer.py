@@ -36,15 +36,18 @@ class FailingRead:
 
 
 def io_thread(link: FailingRead, run_deferred: Callable[[Incoming], Any],
-              hand_off: Callable[[Incoming], Any]) -> Consumer:
-    """A consumer whose I/O thread is this one, defers every request, and stops after a loss."""
+              hand_off: Callable[[Incoming], Any], steps: list[str] | None = None) -> Consumer:
+    """A consumer whose I/O thread is this one, defers every request, and stops after a loss;
+    ``steps`` hears when it holds and flushes replies."""
+    steps = [] if steps is None else steps
     stopping = threading.Event()
     stopping.set()  # a stop is under way: no reconnecting
     consumer = Consumer(
         ServerOptions(url="memory://", server_id="unit"), prefetch=link.count,
         on_message=lambda msg: consumer.defer(msg), run_deferred=run_deferred,
-        hand_off=hand_off, stopping=stopping, idle=lambda: link.reads > 0, on_lost=lambda exc: None,
-        on_reconnected=lambda: None,
+        hand_off=hand_off, hold=lambda: steps.append("hold"),
+        flush=lambda: steps.append("flush"), stopping=stopping, idle=lambda: link.reads > 0,
+        on_lost=lambda exc: None, on_reconnected=lambda: None,
     )
     link.consumer = consumer
     consumer.link = link
@@ -64,6 +67,19 @@ def test_the_requests_deferred_in_one_read_run_in_their_order() -> None:
     io_thread(FailingRead(4), ran.append, handed.append).run()
     assert [msg.delivery_tag for msg in ran] == [1, 2, 3, 4]
     assert handed == []
+
+
+def test_the_replies_of_the_requests_of_one_read_are_held_and_sent_once_all_ran() -> None:
+    steps: list[str] = []
+    io_thread(FailingRead(3), lambda msg: steps.append(f"run {msg.delivery_tag}"),
+              hand_off=lambda msg: None, steps=steps).run()
+    assert steps == ["hold", "run 1", "run 2", "run 3", "flush"]
+
+
+def test_a_lone_request_sends_its_reply_at_once() -> None:
+    steps: list[str] = []
+    io_thread(FailingRead(1), lambda msg: steps.append("run"), lambda msg: None, steps).run()
+    assert steps == ["run"]
 
 
 def test_once_reading_passes_to_another_thread_the_requests_not_yet_run_go_to_the_workers() -> None:

@@ -48,6 +48,9 @@ class FakeLink(Link):
         self.writes.append(("publish", routing_key, body, props, ack))
         self.published.set()
 
+    def publish_replies(self, replies: list[tuple[str, bytes, dict[str, Any], int | None]]) -> None:
+        self.writes.append(("replies", [(to, ack) for to, _, _, ack in replies]))
+
     def ack(self, delivery_tag: int) -> None:
         self.writes.append(("ack", delivery_tag))
 
@@ -388,6 +391,30 @@ def test_a_close_while_a_probe_is_out_blames_no_one_when_others_were_written_too
     rig.replier._recent.extend([(rig.link, REPLY_TO), (rig.link, "amq.rabbitmq.reply-to.third")])
     assert rig.replier.closed_on_reply(rig.link) == set()
     assert rig.replier.is_suspect(REPLY_TO)
+
+
+def test_held_replies_go_out_at_flush_in_one_write_with_their_acks(rig: Rig) -> None:
+    rig.replier.hold()
+    rig.handle(rig.message())
+    rig.handle(rig.message(message_id="m-2", reply_to=OTHER_REPLY_TO))
+    assert rig.link.writes == []
+    rig.replier.flush()
+    assert rig.link.writes == [("replies", [(REPLY_TO, 1), (OTHER_REPLY_TO, 2)])]
+    assert rig.replier.closed_on_reply(rig.link) == set()  # both count as written
+    assert rig.replier.is_suspect(REPLY_TO) and rig.replier.is_suspect(OTHER_REPLY_TO)
+
+
+def test_a_reply_to_a_suspect_sends_the_held_replies_first_and_goes_alone(rig: Rig) -> None:
+    rig.handle(rig.message())
+    rig.handle(rig.message(message_id="m-2", reply_to=OTHER_REPLY_TO))
+    rig.replier.closed_on_reply(rig.link)
+    rig.replier._suspects.discard(OTHER_REPLY_TO)
+    rig.link.writes.clear()
+    rig.replier.hold()
+    rig.handle(rig.message(message_id="m-3", reply_to=OTHER_REPLY_TO))
+    rig.handle(rig.message(message_id="m-4"))  # to the suspect: a probe
+    assert rig.link.kinds() == ["replies", "publish", "ack"]
+    assert not rig.replier.holding()
 
 
 def test_replies_to_other_callers_wait_while_a_probe_is_out(rig: Rig) -> None:
