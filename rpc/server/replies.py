@@ -61,6 +61,7 @@ class Replier:
         #: those replies, with the connection each goes through.
         self._holder: int | None = None
         self._held: list[tuple[Link, Reply]] = []
+        self._hold_most = 1
 
     def send(self, msg: Incoming, tag: int | None, payload: bytes, content_type: str) -> None:
         """Reply to ``msg`` and acknowledge delivery ``tag`` (None: it was acknowledged already).
@@ -95,16 +96,20 @@ class Replier:
             return
         if self._holder is not None and self._holder == threading.get_ident():
             self._held.append((link, (reply_to, payload, reply_props, tag)))
+            if len(self._held) >= self._hold_most:
+                self._send_held()
             return
         self._wait_for_probe()
         self._wrote(link, reply_to)
         link.publish(reply_to, payload, reply_props, ack=tag)
 
-    def hold(self) -> None:
-        """Keep the replies this thread sends from now on, to go out together at :meth:`flush`:
-        a burst of requests run one after another then costs the broker and this server one
-        write, not one each."""
+    def hold(self, most: int) -> None:
+        """Keep the replies this thread sends from now on, to go out together at :meth:`flush`
+        or ``most`` at a time: a burst of requests run one after another then costs the broker
+        and this server a write per ``most``, not one each. (All at the end would leave the
+        broker nothing to send until then: a server holds no more requests than its prefetch.)"""
         self._holder = threading.get_ident()
+        self._hold_most = most
 
     def holding(self) -> bool:
         """Whether this thread's replies are held (between :meth:`hold` and :meth:`flush`)."""
@@ -119,7 +124,11 @@ class Replier:
         """
         if self._holder != threading.get_ident():
             return
-        held, self._held, self._holder = self._held, [], None
+        self._holder = None
+        self._send_held()
+
+    def _send_held(self) -> None:
+        held, self._held = self._held, []
         if not held:
             return
         self._wait_for_probe()

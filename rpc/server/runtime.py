@@ -281,8 +281,9 @@ class Runtime:
 
     def hold(self) -> None:
         """Keep the replies of the requests this thread runs from now on (the requests of one
-        read, on the I/O thread) to send together at :meth:`flush`."""
-        self.replier.hold()
+        read, on the I/O thread) to send together at :meth:`flush`, or half the prefetch at a
+        time."""
+        self.replier.hold(max(self.prefetch // 2, 1))
 
     def flush(self) -> None:
         """Send the replies held, in one write, and only then settle their requests.

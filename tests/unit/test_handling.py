@@ -394,7 +394,7 @@ def test_a_close_while_a_probe_is_out_blames_no_one_when_others_were_written_too
 
 
 def test_held_replies_go_out_at_flush_in_one_write_with_their_acks(rig: Rig) -> None:
-    rig.replier.hold()
+    rig.replier.hold(10)
     rig.handle(rig.message())
     rig.handle(rig.message(message_id="m-2", reply_to=OTHER_REPLY_TO))
     assert rig.link.writes == []
@@ -404,13 +404,22 @@ def test_held_replies_go_out_at_flush_in_one_write_with_their_acks(rig: Rig) -> 
     assert rig.replier.is_suspect(REPLY_TO) and rig.replier.is_suspect(OTHER_REPLY_TO)
 
 
+def test_held_replies_go_out_as_soon_as_there_are_as_many_as_asked(rig: Rig) -> None:
+    rig.replier.hold(2)
+    for n in range(3):
+        rig.handle(rig.message(message_id=f"m-{n}"))
+    assert rig.link.writes == [("replies", [(REPLY_TO, 1), (REPLY_TO, 2)])]
+    rig.replier.flush()
+    assert rig.link.writes[1:] == [("replies", [(REPLY_TO, 3)])]
+
+
 def test_a_reply_to_a_suspect_sends_the_held_replies_first_and_goes_alone(rig: Rig) -> None:
     rig.handle(rig.message())
     rig.handle(rig.message(message_id="m-2", reply_to=OTHER_REPLY_TO))
     rig.replier.closed_on_reply(rig.link)
     rig.replier._suspects.discard(OTHER_REPLY_TO)
     rig.link.writes.clear()
-    rig.replier.hold()
+    rig.replier.hold(10)
     rig.handle(rig.message(message_id="m-3", reply_to=OTHER_REPLY_TO))
     rig.handle(rig.message(message_id="m-4"))  # to the suspect: a probe
     assert rig.link.kinds() == ["replies", "publish", "ack"]
