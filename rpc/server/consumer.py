@@ -16,6 +16,7 @@ from __future__ import annotations
 import logging
 import threading
 import time
+from collections import deque
 from collections.abc import Callable
 from typing import Any
 
@@ -97,6 +98,8 @@ class Consumer:
         #: The I/O thread: the one thread that reads the connection.
         self._thread: threading.Thread | None = None
         self._deferred: list[Incoming] = []
+        #: The requests of the read the I/O thread runs, not yet started (guarded by _role).
+        self._burst: deque[Incoming] = deque()
         #: Guards the hand-over of reading between the I/O thread and the watchdog.
         self._role = threading.Lock()
         #: When (monotonic) the I/O thread began running the requests of a read; 0: it runs none.
@@ -286,24 +289,27 @@ class Consumer:
 
     def run_inline(self) -> bool:
         """Run the deferred requests on this thread, in order; False if another thread reads
-        from now on. The watchdog times the whole run: once it hands reading over, the
-        requests not yet run go to the workers."""
-        deferred, self._deferred = self._deferred, []
-        self._inline_since = self._last_inline = time.monotonic()
+        from now on. The watchdog times the whole run: when it hands reading over, it gives
+        the requests not yet started to the workers."""
+        burst = deque(self._deferred)
+        self._deferred = []
+        together = len(burst) > 1
+        with self._role:
+            self._burst = burst
+            self._inline_since = self._last_inline = time.monotonic()
         if not self._watching.is_set():
             self._watching.set()
-        together = len(deferred) > 1
         if together:
             self.hold()
         done = 0
         try:
-            for msg in deferred:
+            while True:
+                with self._role:
+                    if not burst or self._thread is not threading.current_thread():
+                        break
+                    msg = burst.popleft()
                 done += 1
                 self.run_deferred(msg)
-                if done < len(deferred):
-                    with self._role:
-                        if self._thread is not threading.current_thread():
-                            break
         finally:
             if together:
                 try:
@@ -312,27 +318,36 @@ class Consumer:
                     logger.warning("replies to %d requests not sent, they will be redelivered: "
                                    "%s", done, exc)
             with self._role:
-                self._inline_since = 0.0
                 reading = self._thread is threading.current_thread()
-            for rest in deferred[done:]:
-                self.hand_off(rest)
+                if reading:  # else the watchdog has done this, and the new I/O thread times itself
+                    self._inline_since = 0.0
+                rest = list(burst)
+                burst.clear()
+            for msg in rest:  # a handler raised past run_deferred
+                self.hand_off(msg)
         return reading
 
     def watch(self) -> None:
-        """The watchdog: hand reading to a new thread when a request holds the I/O thread
-        longer than :data:`INLINE_LIMIT`; it looks often only while requests run there."""
+        """The watchdog: hand reading to a new thread, and the requests of its read not yet
+        started to the workers, when requests hold the I/O thread longer than
+        :data:`INLINE_LIMIT`; it looks often only while requests run there."""
         while not self._closed:
             if not self._watching.wait(WATCH_IDLE):
                 continue
             time.sleep(WATCH_PERIOD)
             now = time.monotonic()
+            rest: list[Incoming] = []
             with self._role:
                 since = self._inline_since
                 if since and now - since > INLINE_LIMIT and not self._closed:
                     self._inline_since = 0.0
+                    rest = list(self._burst)
+                    self._burst.clear()  # the old thread's own: it starts none of them
                     thread = self._reader()
                     thread.start()
                     self._thread = thread
+            for msg in rest:
+                self.hand_off(msg)
             if now - self._last_inline > WATCH_IDLE:
                 self._watching.clear()
                 if time.monotonic() - self._last_inline <= WATCH_IDLE:

@@ -57,11 +57,9 @@ class Replier:
         self._gone: dict[str, float] = {}
         self._probe: str | None = None
         self._probe_lock = threading.Lock()
-        #: The thread whose replies are held to go out in one write (see :meth:`held`), and
-        #: those replies, with the connection each goes through.
-        self._holder: int | None = None
-        self._held: list[tuple[Link, Reply]] = []
-        self._hold_most = 1
+        #: Per thread, while it holds its replies (see :meth:`hold`): ``replies``, each with
+        #: the connection it goes through, and ``most``.
+        self._held = threading.local()
 
     def send(self, msg: Incoming, tag: int | None, payload: bytes, content_type: str) -> None:
         """Reply to ``msg`` and acknowledge delivery ``tag`` (None: it was acknowledged already).
@@ -94,10 +92,11 @@ class Replier:
             self.flush()  # the probe goes out alone, after the replies before it
             self._send_probe(link, reply_to, payload, reply_props, tag)
             return
-        if self._holder is not None and self._holder == threading.get_ident():
-            self._held.append((link, (reply_to, payload, reply_props, tag)))
-            if len(self._held) >= self._hold_most:
-                self._send_held()
+        held: list[tuple[Link, Reply]] | None = getattr(self._held, "replies", None)
+        if held is not None:
+            held.append((link, (reply_to, payload, reply_props, tag)))
+            if len(held) >= self._held.most:
+                self._send_held(held)
             return
         self._wait_for_probe()
         self._wrote(link, reply_to)
@@ -108,12 +107,12 @@ class Replier:
         or ``most`` at a time: a burst of requests run one after another then costs the broker
         and this server a write per ``most``, not one each. (All at the end would leave the
         broker nothing to send until then: a server holds no more requests than its prefetch.)"""
-        self._holder = threading.get_ident()
-        self._hold_most = most
+        self._held.replies = []
+        self._held.most = most
 
     def holding(self) -> bool:
         """Whether this thread's replies are held (between :meth:`hold` and :meth:`flush`)."""
-        return self._holder is not None and self._holder == threading.get_ident()
+        return getattr(self._held, "replies", None) is not None
 
     def flush(self) -> None:
         """Send the held replies (with the acknowledgements of their requests) and stop
@@ -122,13 +121,15 @@ class Replier:
         Raises:
             ConnectionLost: the connection failed; their requests come back redelivered.
         """
-        if self._holder != threading.get_ident():
+        held: list[tuple[Link, Reply]] | None = getattr(self._held, "replies", None)
+        if held is None:
             return
-        self._holder = None
-        self._send_held()
+        self._held.replies = None
+        self._send_held(held)
 
-    def _send_held(self) -> None:
-        held, self._held = self._held, []
+    def _send_held(self, replies: list[tuple[Link, Reply]]) -> None:
+        held = replies[:]
+        replies.clear()
         if not held:
             return
         self._wait_for_probe()

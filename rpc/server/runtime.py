@@ -79,7 +79,7 @@ class Runtime:
         self._work: queue.SimpleQueue[Incoming | None] = queue.SimpleQueue()
         self.consumer = Consumer(
             options, prefetch=self.prefetch, on_message=self.on_message,
-            run_deferred=self.run_one, hand_off=self._work.put, hold=self.hold,
+            run_deferred=self.run_one, hand_off=self.hand_off, hold=self.hold,
             flush=self.flush, stopping=self.stopping, idle=self.idle, on_lost=self.on_lost,
             on_reconnected=self.on_reconnected,
         )
@@ -90,9 +90,10 @@ class Runtime:
         #: on the I/O thread they skip a hand-off each.
         self._one_slot = options.concurrency == 1
         self._workers: list[threading.Thread] = []
-        #: The outcomes of the requests whose replies the replier holds (see hold()): they
-        #: stay in flight until those replies are written, so a stop cannot close before.
-        self._settle_later: list[str] = []
+        #: Per thread, ``outcomes`` of the requests whose replies the replier holds (see
+        #: hold()): they stay in flight until those replies are written, so a stop cannot
+        #: close the connection before.
+        self._later = threading.local()
 
     # -- starting and stopping ---------------------------------------------------------------------
 
@@ -141,6 +142,13 @@ class Runtime:
         deadline = None if grace is None else time.monotonic() + grace
         for worker in self._workers:
             worker.join(None if deadline is None else max(deadline - time.monotonic(), 0))
+        while True:  # one the I/O thread handed over as the workers ended
+            try:
+                msg = self._work.get_nowait()
+            except queue.Empty:
+                break
+            if msg is not None:
+                self.give_back(msg)
         # Coroutine handlers may still run on the loop.
         abandoned = self.in_flight.wait_idle(
             None if deadline is None else max(deadline - time.monotonic(), 0))
@@ -275,14 +283,29 @@ class Runtime:
         finally:
             if outcome is not None:  # None: a coroutine handler runs on, on the loop
                 if self.replier.holding():
-                    self._settle_later.append(outcome)
+                    self._later.outcomes.append(outcome)
                 else:
                     handler.settle(outcome)
+
+    def hand_off(self, msg: Incoming) -> None:
+        """A request the I/O thread will not run after all goes to the workers, or back to its
+        queue once the server takes no more."""
+        if self.accepting:
+            self._work.put(msg)
+        else:
+            self.give_back(msg)
+
+    def give_back(self, msg: Incoming) -> None:
+        """Return a request taken in but not run to its queue, and count it so."""
+        if msg.delivery_tag is not None:
+            requeue(msg.link, msg.delivery_tag)
+        self.handler.settle("requeued")
 
     def hold(self) -> None:
         """Keep the replies of the requests this thread runs from now on (the requests of one
         read, on the I/O thread) to send together at :meth:`flush`, or half the prefetch at a
         time."""
+        self._later.outcomes = []
         self.replier.hold(max(self.prefetch // 2, 1))
 
     def flush(self) -> None:
@@ -294,7 +317,8 @@ class Runtime:
         try:
             self.replier.flush()
         finally:
-            settled, self._settle_later = self._settle_later, []
+            settled: list[str] = getattr(self._later, "outcomes", [])
+            self._later.outcomes = []
             for outcome in settled:
                 self.handler.settle(outcome)
 

@@ -5,6 +5,7 @@ reading passes to another thread."""
 from __future__ import annotations
 
 import threading
+import time
 from collections.abc import Callable
 from typing import Any
 
@@ -96,3 +97,32 @@ def test_once_reading_passes_to_another_thread_the_requests_not_yet_run_go_to_th
     assert link.reads == 1
     assert [msg.delivery_tag for msg in ran] == [1]
     assert [msg.delivery_tag for msg in handed] == [2, 3]
+
+
+def test_the_watchdog_gives_the_requests_not_yet_started_to_the_workers_as_it_hands_over() -> None:
+    handed: list[Incoming] = []
+    started, release = threading.Event(), threading.Event()
+
+    def run_deferred(msg: Incoming) -> None:  # the first request runs long
+        started.set()
+        release.wait(5)
+
+    consumer = io_thread(FailingRead(3), run_deferred, handed.append)
+    consumer._reader = lambda: threading.Thread(target=lambda: None)  # type: ignore[method-assign]
+    io = threading.Thread(target=consumer.run)
+    consumer._thread = io
+    watchdog = threading.Thread(target=consumer.watch)
+    io.start()
+    watchdog.start()
+    try:
+        assert started.wait(5)
+        deadline = time.monotonic() + 5
+        while len(handed) < 2 and time.monotonic() < deadline:
+            time.sleep(0.01)
+        assert [msg.delivery_tag for msg in handed] == [2, 3]  # while the first still runs
+    finally:
+        release.set()
+        io.join(5)
+        consumer._closed = True
+        consumer._watching.set()
+        watchdog.join(5)

@@ -393,6 +393,15 @@ def test_a_close_while_a_probe_is_out_blames_no_one_when_others_were_written_too
     assert rig.replier.is_suspect(REPLY_TO)
 
 
+def suspect_only_reply_to(rig: Rig) -> None:
+    """After a close on replies to REPLY_TO and OTHER_REPLY_TO, only REPLY_TO stays suspect."""
+    rig.handle(rig.message())
+    rig.handle(rig.message(message_id="m-2", reply_to=OTHER_REPLY_TO))
+    rig.replier.closed_on_reply(rig.link)
+    rig.replier._suspects.discard(OTHER_REPLY_TO)
+    rig.link.writes.clear()
+
+
 def test_held_replies_go_out_at_flush_in_one_write_with_their_acks(rig: Rig) -> None:
     rig.replier.hold(10)
     rig.handle(rig.message())
@@ -414,11 +423,7 @@ def test_held_replies_go_out_as_soon_as_there_are_as_many_as_asked(rig: Rig) -> 
 
 
 def test_a_reply_to_a_suspect_sends_the_held_replies_first_and_goes_alone(rig: Rig) -> None:
-    rig.handle(rig.message())
-    rig.handle(rig.message(message_id="m-2", reply_to=OTHER_REPLY_TO))
-    rig.replier.closed_on_reply(rig.link)
-    rig.replier._suspects.discard(OTHER_REPLY_TO)
-    rig.link.writes.clear()
+    suspect_only_reply_to(rig)
     rig.replier.hold(10)
     rig.handle(rig.message(message_id="m-3", reply_to=OTHER_REPLY_TO))
     rig.handle(rig.message(message_id="m-4"))  # to the suspect: a probe
@@ -427,11 +432,7 @@ def test_a_reply_to_a_suspect_sends_the_held_replies_first_and_goes_alone(rig: R
 
 
 def test_replies_to_other_callers_wait_while_a_probe_is_out(rig: Rig) -> None:
-    rig.handle(rig.message())
-    rig.handle(rig.message(message_id="m-2", reply_to=OTHER_REPLY_TO))
-    rig.replier.closed_on_reply(rig.link)
-    rig.replier._suspects.discard(OTHER_REPLY_TO)
-    rig.link.writes.clear()
+    suspect_only_reply_to(rig)
     probing = threading.Thread(target=rig.handle, args=(rig.message(message_id="m-3"),))
     probing.start()
     time.sleep(0.05)  # the probe is out, waiting for the broker's verdict
