@@ -49,9 +49,10 @@ class CancelledFlag(threading.Event):
         return cond
 
     def set(self) -> None:
-        with self._condition():
+        cond = self._condition()
+        with cond:
             self._flag = True
-            self._condition().notify_all()
+            cond.notify_all()
 
     def clear(self) -> None:
         with self._condition():
@@ -60,9 +61,10 @@ class CancelledFlag(threading.Event):
     def wait(self, timeout: float | None = None) -> bool:
         if self._flag:
             return True
-        with self._condition():
+        cond = self._condition()
+        with cond:
             if not self._flag:
-                self._condition().wait(timeout)
+                cond.wait(timeout)
             return self._flag
 
 

@@ -11,6 +11,7 @@ address found gone is remembered for a while, and its requests are acknowledged 
 
 from __future__ import annotations
 
+import itertools
 import logging
 import threading
 import time
@@ -135,11 +136,8 @@ class Replier:
         self._wait_for_probe()
         for through, (reply_to, *_) in held:
             self._wrote(through, reply_to)
-        start = 0
-        for end in range(1, len(held) + 1):  # each through its own connection, in order
-            if end == len(held) or held[end][0] is not held[start][0]:
-                held[start][0].publish_replies([reply for _, reply in held[start:end]])
-                start = end
+        for through, replies_through in itertools.groupby(held, key=lambda item: item[0]):
+            through.publish_replies([reply for _, reply in replies_through])
 
     def send_item(self, msg: Incoming, payload: bytes, content_type: str,
                   control: str | None) -> None:

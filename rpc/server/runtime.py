@@ -90,9 +90,9 @@ class Runtime:
         #: on the I/O thread they skip a hand-off each.
         self._one_slot = options.concurrency == 1
         self._workers: list[threading.Thread] = []
-        #: Per thread, ``outcomes`` of the requests whose replies the replier holds (see
-        #: hold()): they stay in flight until those replies are written, so a stop cannot
-        #: close the connection before.
+        #: Per thread, between hold() and flush(), ``outcomes`` of the requests whose replies
+        #: the replier holds: they stay in flight until those replies are written, so a stop
+        #: cannot close the connection before.
         self._later = threading.local()
 
     # -- starting and stopping ---------------------------------------------------------------------
@@ -282,8 +282,9 @@ class Runtime:
             logger.exception("unexpected error handling a request")
         finally:
             if outcome is not None:  # None: a coroutine handler runs on, on the loop
-                if self.replier.holding():
-                    self._later.outcomes.append(outcome)
+                held: list[str] | None = getattr(self._later, "outcomes", None)
+                if held is not None:
+                    held.append(outcome)
                 else:
                     handler.settle(outcome)
 
@@ -317,8 +318,8 @@ class Runtime:
         try:
             self.replier.flush()
         finally:
-            settled: list[str] = getattr(self._later, "outcomes", [])
-            self._later.outcomes = []
+            settled: list[str] = getattr(self._later, "outcomes", None) or []
+            self._later.outcomes = None
             for outcome in settled:
                 self.handler.settle(outcome)
 
