@@ -154,6 +154,33 @@ def test_cancelling_the_awaiting_task_cancels_an_async_handler(
     assert seen.cancelled.wait(5), "the async handler was not cancelled"
 
 
+def test_cancelling_the_awaiting_task_cancels_an_async_handler_run_on_a_worker_thread(
+        make_server: Any, url: str, server_id: str, seen: Seen) -> None:
+    def register(server: Server) -> None:
+        @server.expose
+        async def awork(seconds: float) -> str:
+            seen.started.set()
+            try:
+                await asyncio.sleep(seconds)
+            except asyncio.CancelledError:
+                seen.cancelled.set()
+                raise
+            return "done"
+
+    make_server(register=register, async_concurrency=0)
+
+    async def scenario() -> None:
+        async with AsyncProxy(url, server_id=server_id) as proxy:
+            task = asyncio.ensure_future(proxy.awork(30))
+            await asyncio.to_thread(seen.started.wait, WAIT)
+            task.cancel()
+            with pytest.raises(asyncio.CancelledError):
+                await task
+
+    asyncio.run(asyncio.wait_for(scenario(), WAIT))
+    assert seen.cancelled.wait(5), "the async handler was not cancelled"
+
+
 def test_proxy_cancel_gives_a_callback_call_rpc_cancelled(
         served: Server, make_proxy: Any, seen: Seen) -> None:
     proxy = make_proxy()

@@ -385,7 +385,7 @@ class Handler:
             with self.spans.span(info.headers, info.method):
                 result = target.func(*request.args, **request.kwargs)
                 if type(result) not in _PLAIN_RESULTS and inspect.isawaitable(result):
-                    result = self.loop.run(_awaiting(result, info))
+                    result = self.loop.run(_awaiting(result, info, call.running))
         finally:
             context.leave(token)
         return result
@@ -820,10 +820,17 @@ async def aclose_items(items: AsyncGenerator[Any, Any]) -> None:
         logger.exception("closing a stream's generator raised")
 
 
-async def _awaiting(awaitable: Awaitable[Any], info: CallInfo) -> Any:
-    """Await what a plain function returned, with ``current_call()`` set on the loop too."""
+async def _awaiting(awaitable: Awaitable[Any], info: CallInfo, running: Running | None) -> Any:
+    """Await what a plain function returned, with ``current_call()`` set on the loop too, as a
+    task its caller's cancel cancels, as on the loop's own slots."""
+    if running is not None:
+        task = asyncio.current_task()
+        assert task is not None
+        running.attach(task)
     token = context.enter(info)
     try:
         return await awaitable
     finally:
         context.leave(token)
+        if running is not None:
+            running.detach()
