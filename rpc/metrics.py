@@ -19,7 +19,7 @@ from collections.abc import Callable
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import TYPE_CHECKING, Any, TypeVar
 
-from .core.errors import ConnectionError, Refused, RPCTimeout, UnknownServer
+from .core.errors import Cancelled, ConnectionError, Refused, RPCTimeout, UnknownServer
 
 if TYPE_CHECKING:
     from prometheus_client import CollectorRegistry
@@ -41,8 +41,10 @@ LATENCY_BUCKETS = (
 #: ``rejected`` (refused unread, such as a reply sent to the request queue).
 SERVER_OUTCOMES = frozenset({"ok", "error", "expected_error", "bad_request", "expired", "rejected"})
 
-#: Outcomes of a call on a proxy; :func:`proxy_outcome` maps an exception to one.
-PROXY_OUTCOMES = frozenset({"ok", "error", "timeout", "unknown_server", "connection_error", "refused"})
+#: Outcomes of a call on a proxy; :func:`proxy_outcome` maps an exception to one. A call its
+#: caller cancelled counts once, as ``cancelled``, whatever comes of it after (a late reply).
+PROXY_OUTCOMES = frozenset({"ok", "error", "timeout", "unknown_server", "connection_error", "refused",
+                            "cancelled"})
 
 #: The method label of a request whose method is not a registered one, or was never decoded
 #: (expired or refused before decoding): names off the wire must not become label values.
@@ -77,6 +79,8 @@ def proxy_outcome(error: BaseException | None) -> str:
         return "connection_error"
     if isinstance(error, Refused):
         return "refused"
+    if isinstance(error, Cancelled):
+        return "cancelled"
     return "error"
 
 

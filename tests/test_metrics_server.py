@@ -9,6 +9,7 @@ down. ``Proxy(..., metrics=True)`` records its calls in prometheus_client's defa
 from __future__ import annotations
 
 import asyncio
+import queue
 import socket
 import time
 import urllib.error
@@ -22,7 +23,8 @@ from faults.tcpproxy import TCPProxy
 from prometheus_client import REGISTRY
 from prometheus_client.parser import text_string_to_metric_families
 
-from rpc import AsyncProxy, MethodNotFound, Proxy, RPCTimeout, Server, UnknownServer
+from rpc import AsyncProxy, Cancelled, MethodNotFound, Proxy, RPCTimeout, Server, UnknownServer
+from rpc.metrics import MetricsServer
 
 pytestmark = pytest.mark.integration
 
@@ -305,3 +307,124 @@ def test_an_async_proxy_with_metrics_counts_the_cancel_of_a_cancelled_task(
 
     asyncio.run(asyncio.wait_for(scenario(), WAIT))
     assert client("rpc_client_cancels_total", server_id=server_id) == 1
+
+
+# -- calls a proxy's caller cancelled --------------------------------------------------------------
+
+
+def client_outcomes(address: tuple[str, int], server_id: str, method: str) -> dict[str, float]:
+    """The proxy calls of ``method`` scraped from ``address``, by outcome (those counted only)."""
+    status, body = get(address, "/metrics")
+    assert status == 200
+    return {s.labels["outcome"]: s.value for family in text_string_to_metric_families(body)
+            for s in family.samples if s.name == "rpc_client_calls_total" and s.value
+            and s.labels["server_id"] == server_id and s.labels["method"] == method}
+
+
+def no_cancels(pending: Any) -> None:
+    """In place of a proxy's ``_cancel_on_server``: the server never hears the cancel, so its
+    reply still comes, late (as from a v1.0 server, or when a cancel is lost)."""
+
+
+def test_a_cancelled_callback_call_counts_once_as_cancelled(
+        servers, proxies, broker_url, server_id, monkeypatch):
+    server = servers(broker_url, server_id)
+    proxy = proxies(broker_url, server_id, metrics=True)
+    monkeypatch.setattr(proxy, "_cancel_on_server", no_cancels)
+    errors: queue.SimpleQueue[BaseException] = queue.SimpleQueue()
+
+    uid = proxy.callback(None, errors.put).slow(0.3)
+    assert proxy.cancel(uid)
+    assert isinstance(errors.get(timeout=WAIT), Cancelled)
+
+    wait_for(lambda: proxy.add(0, 0) == 0 and proxy.replies_dropped == 1, message="the late reply dropped")
+    assert client_outcomes(server.metrics_address, server_id, "slow") == {"cancelled": 1}
+
+
+def test_a_cancelled_future_counts_once_as_cancelled(servers, proxies, broker_url, server_id, monkeypatch):
+    server = servers(broker_url, server_id)
+    proxy = proxies(broker_url, server_id, metrics=True)
+    monkeypatch.setattr(proxy, "_cancel_on_server", no_cancels)
+
+    future = proxy.future.slow(0.3)
+    assert future.cancel()
+    assert future.cancel()  # True again, and still one cancelled call
+
+    wait_for(lambda: proxy.add(0, 0) == 0 and proxy.replies_dropped == 1, message="the late reply dropped")
+    assert client_outcomes(server.metrics_address, server_id, "slow") == {"cancelled": 1}
+
+
+def test_a_future_cancelled_while_it_waits_to_retry_counts_as_cancelled(proxies, broker_url, server_id):
+    stopped = Server(broker_url, server_id=server_id)  # its queue stays, with no consumer
+    register(stopped)
+    stopped.start()
+    stopped.stop()
+    proxy = proxies(broker_url, server_id, metrics=True)
+
+    future = proxy.set_retries(1).future.add(1, 2)  # nobody consumes: its retry waits 0.5 s or more
+    assert future.cancel()
+
+    with MetricsServer(0, healthy=lambda: True, ready=lambda: True, host="127.0.0.1") as endpoint:
+        wait_for(lambda: client_outcomes(endpoint.address, server_id, "add") == {"cancelled": 1},
+                 message="the call counted as cancelled")
+        time.sleep(0.5)  # nothing more counts it
+        assert client_outcomes(endpoint.address, server_id, "add") == {"cancelled": 1}
+
+
+@pytest.mark.parametrize("start", [
+    lambda proxy: asyncio.ensure_future(proxy.slow(0.3)),
+    lambda proxy: proxy.future.slow(0.3),
+], ids=["coroutine", "future"])
+def test_a_cancelled_async_task_counts_once_as_cancelled(
+        servers, broker_url, server_id, monkeypatch, start):
+    server = servers(broker_url, server_id)
+
+    async def scenario() -> None:
+        async with AsyncProxy(broker_url, server_id=server_id, metrics=True) as proxy:
+            monkeypatch.setattr(proxy, "_cancel_on_server", no_cancels)
+            task = start(proxy)
+            await asyncio.sleep(0.1)
+            task.cancel()
+            with pytest.raises(asyncio.CancelledError):
+                await task
+            while proxy.replies_dropped < 1:  # the late reply
+                await asyncio.sleep(0.05)
+
+    asyncio.run(asyncio.wait_for(scenario(), WAIT))
+    assert client_outcomes(server.metrics_address, server_id, "slow") == {"cancelled": 1}
+
+
+def test_an_async_proxy_cancelled_callback_call_counts_once_as_cancelled(
+        servers, broker_url, server_id, monkeypatch):
+    server = servers(broker_url, server_id)
+
+    async def scenario() -> None:
+        async with AsyncProxy(broker_url, server_id=server_id, metrics=True) as proxy:
+            monkeypatch.setattr(proxy, "_cancel_on_server", no_cancels)
+            errors: asyncio.Queue[BaseException] = asyncio.Queue()
+            uid = proxy.callback(None, errors.put_nowait).slow(0.3)
+            await asyncio.sleep(0.1)  # the call goes out
+            assert proxy.cancel(uid)
+            assert isinstance(await errors.get(), Cancelled)
+            while proxy.replies_dropped < 1:  # the late reply
+                await asyncio.sleep(0.05)
+
+    asyncio.run(asyncio.wait_for(scenario(), WAIT))
+    assert client_outcomes(server.metrics_address, server_id, "slow") == {"cancelled": 1}
+
+
+def test_an_async_task_cancelled_as_its_proxy_closes_counts_as_cancelled_not_as_an_error(
+        servers, broker_url, server_id):
+    server = servers(broker_url, server_id)
+
+    async def scenario() -> None:
+        proxy = await AsyncProxy(broker_url, server_id=server_id, metrics=True).connect()
+        task = asyncio.ensure_future(proxy.slow(0.3))
+        await asyncio.sleep(0.1)
+        task.cancel()
+        await proxy.close()  # fails the pending call before the task hears of its cancel
+        with pytest.raises(asyncio.CancelledError):
+            await task
+
+    asyncio.run(asyncio.wait_for(scenario(), WAIT))
+    assert client_outcomes(server.metrics_address, server_id, "slow") == {"cancelled": 1}

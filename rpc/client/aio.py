@@ -275,6 +275,8 @@ class AsyncProxy(ProxySettings, ProxyBase):
             except asyncio.CancelledError:
                 if self._table.take(pending.cid) is not None:
                     self._cancel_on_server(pending)
+                if waiter.cancelled():  # cancelled awaiting the reply, which _complete skips
+                    self._calls.record_cancelled(pending)
                 raise
             except Exception as exc:
                 if self._closed or not self._calls.may_retry(pending, exc):
@@ -635,6 +637,7 @@ class AsyncProxy(ProxySettings, ProxyBase):
 
     def _complete(self, pending: Pending, ok: bool, value: Any) -> None:
         stream = pending.stream
+        waiter = pending.waiter
         if stream is not None:
             stream.ended, stream.end = True, (ok, value)
             ok, value = True, None  # the iterator raises the error once it reaches it
@@ -642,8 +645,9 @@ class AsyncProxy(ProxySettings, ProxyBase):
             if ok:
                 pending.value = value
             ok, value = True, pending.value
+        elif waiter is not None and waiter.cancelled():
+            return  # its task was cancelled awaiting this, and counts the call as cancelled
         self._calls.record(pending, ok, value)
-        waiter = pending.waiter
         if waiter is not None and not waiter.done():
             if ok:
                 waiter.set_result(value)

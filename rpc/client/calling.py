@@ -374,6 +374,13 @@ class CallMaker:
             self.metrics.call(pending.method, proxy_outcome(None if ok else value),
                               time.perf_counter() - pending.started)
 
+    def record_cancelled(self, pending: Pending) -> None:
+        """Count a call its caller cancelled. The proxies call this where a cancel wins its race
+        with the call's end (its reply, a timeout, a retry) and then count nothing at that end,
+        so the call counts once."""
+        if self.metrics is not None:
+            self.record(pending, False, self.cancelled(pending))
+
 
 class ProxySettings:
     """The settings and bookkeeping both proxies show alike, read from their CallMaker."""

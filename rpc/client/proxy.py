@@ -415,7 +415,8 @@ class Proxy(ProxySettings, ProxyBase):
 
     def _resend(self, pending: Pending) -> None:
         if pending.future is not None and pending.future.done():
-            return  # cancelled meanwhile
+            self._calls.record_cancelled(pending)  # cancelled meanwhile, out of the table
+            return
         if pending.deadline is not None and time.monotonic() >= pending.deadline:
             self._complete(pending, False, RPCTimeout(
                 f"no reply to {pending.method}() within the call's timeout"))
@@ -430,6 +431,7 @@ class Proxy(ProxySettings, ProxyBase):
     def _cancel_future(self, pending: Pending) -> None:
         if self._take(pending.cid) is not None:
             self._cancel_on_server(pending)
+            self._calls.record_cancelled(pending)
 
     def _forget(self, pending: Pending) -> None:
         """Drop a call nobody waits for any more; a reply to it will be dropped and counted."""
@@ -677,6 +679,10 @@ class Proxy(ProxySettings, ProxyBase):
                 pending, value):
             return
         pending.ok, pending.value = ok, value
+        fut = pending.future
+        if fut is not None and not fut.set_running_or_notify_cancel():
+            self._calls.record_cancelled(pending)  # cancelled as it ended: its outcome goes unheard
+            return
         self._calls.record(pending, ok, value)
         if kind == STREAM:
             stream = pending.stream
@@ -691,13 +697,11 @@ class Proxy(ProxySettings, ProxyBase):
                 pending.wake()
         elif kind == FUTURE:
             pending.done = True
-            fut = pending.future
             assert fut is not None
-            if fut.set_running_or_notify_cancel():
-                if ok:
-                    fut.set_result(value)
-                else:
-                    fut.set_exception(value)
+            if ok:
+                fut.set_result(value)
+            else:
+                fut.set_exception(value)
         else:
             pending.done = True
             self._jobs.put(lambda: self._run_callback(pending))
