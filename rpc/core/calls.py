@@ -289,6 +289,10 @@ class CallbackStates:
             return len(self._live)
 
 
+#: Serialises cancels of call futures (rare), so one notifies waiters once.
+_CANCELLING = threading.Lock()
+
+
 class CallFuture(Future[Any]):
     """A future whose done-callbacks run on the proxy's callback thread, not its I/O thread.
 
@@ -303,11 +307,21 @@ class CallFuture(Future[Any]):
         self.forget: Callable[[], None] | None = None
         #: The latest progress the handler reported (an ``rpc.Progress``), or None.
         self.progress: Any = None
+        self._notified = False
 
     def cancel(self) -> bool:
-        """Cancel the call: its pending entry is dropped and a late reply is dropped too."""
-        cancelled = super().cancel()
-        if cancelled and self.forget is not None:
+        """Cancel the call: its pending entry is dropped and a late reply is dropped too.
+
+        ``concurrent.futures.wait()`` and ``as_completed()`` see it done at once: with no
+        executor to do it, the cancel itself notifies them.
+        """
+        with _CANCELLING:
+            cancelled = super().cancel()
+            first = cancelled and not self._notified
+            if first:
+                self._notified = True
+                self.set_running_or_notify_cancel()
+        if first and self.forget is not None:
             self.forget()
         return cancelled
 

@@ -6,7 +6,7 @@ import queue
 import threading
 import time
 from collections.abc import Callable
-from concurrent.futures import Future
+from concurrent.futures import Future, as_completed, wait
 from typing import Any
 
 import pytest
@@ -467,3 +467,21 @@ def test_timers_of_answered_calls_do_not_pile_up() -> None:
         table.add(pending(f"c{n}", FUTURE, 60.0 + n), background=True)
         table.take(f"c{n}")
     assert len(table._timers) < 300
+
+
+def test_a_cancelled_call_future_is_done_for_concurrent_futures_wait() -> None:
+    future, _ = collecting_future()
+    done: list[Future[Any]] = []
+    waiting = run_in_thread(lambda: done.extend(wait([future], timeout=WAIT).done))
+    assert future.cancel()
+    waiting.join(WAIT)
+    assert done == [future]
+    assert list(as_completed([future], timeout=0)) == [future]
+
+
+def test_cancelling_a_call_future_twice_forgets_its_call_once() -> None:
+    future, _ = collecting_future()
+    forgotten: list[bool] = []
+    future.forget = lambda: forgotten.append(True)
+    assert future.cancel() and future.cancel()
+    assert forgotten == [True]
