@@ -360,6 +360,8 @@ def broadcast_exchange(server_id: str) -> str:
     return f"rpc.broadcast.{server_id}"
 
 
+@functools.lru_cache(maxsize=1024)
 def is_reply_address(reply_to: str) -> bool:
-    """Whether ``reply_to`` has the form of a reply address this protocol uses."""
+    """Whether ``reply_to`` has the form of a reply address this protocol uses (remembered: a
+    server answers the same few callers again and again)."""
     return bool(_REPLY_ADDRESS.match(reply_to))

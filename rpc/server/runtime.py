@@ -84,11 +84,13 @@ class Runtime:
             on_reconnected=self.on_reconnected,
         )
         #: Taken by each request while a handler runs it, on a worker or the I/O thread: no
-        #: more than ``concurrency`` run at once.
-        self._slots = threading.Semaphore(options.concurrency)
+        #: more than ``concurrency`` run at once. One slot is a plain lock: a semaphore is
+        #: Python code around a condition, a few microseconds per call.
+        self._one_slot = options.concurrency == 1
+        self._slots: threading.Lock | threading.Semaphore = (
+            threading.Lock() if self._one_slot else threading.Semaphore(options.concurrency))
         #: With one slot, the requests of one read run one after another wherever they run:
         #: on the I/O thread they skip a hand-off each.
-        self._one_slot = options.concurrency == 1
         self._workers: list[threading.Thread] = []
         #: Per thread, between hold() and flush(), ``outcomes`` of the requests whose replies
         #: the replier holds: they stay in flight until those replies are written, so a stop

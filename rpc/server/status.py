@@ -50,24 +50,26 @@ class InFlight:
     def __init__(self, counts: dict[str, int]) -> None:
         self._counts = counts
         self._count = 0
-        self._changed = threading.Condition()
+        # Entered as the plain lock it is, per request; the condition only for a wait.
+        self._lock = threading.Lock()
+        self._changed = threading.Condition(self._lock)
 
     @property
     def count(self) -> int:
-        with self._changed:
-            return self._count
+        return self._count  # one read of an int: a lock would add nothing
 
     def add(self) -> None:
         """A request was taken in (on the I/O thread, before a worker has it)."""
-        with self._changed:
+        with self._lock:
             self._count += 1
 
     def settle(self, outcome: str) -> None:
         """A request taken in is done with: count it under ``outcome``."""
-        with self._changed:
+        with self._lock:
             self._count -= 1
             self._counts[outcome] += 1
-            self._changed.notify_all()
+            if not self._count:  # what wait_idle waits for
+                self._changed.notify_all()
 
     def wait_idle(self, timeout: float | None) -> int:
         """Wait up to ``timeout`` s (None: for ever) until no request is in flight; returns how
