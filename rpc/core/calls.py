@@ -320,10 +320,20 @@ class CallFuture(Future[Any]):
             first = cancelled and not self._notified
             if first:
                 self._notified = True
-                self.set_running_or_notify_cancel()
+                super().set_running_or_notify_cancel()
         if first and self.forget is not None:
             self.forget()
         return cancelled
+
+    def set_running_or_notify_cancel(self) -> bool:
+        """False once cancelled (the reply that ends the call then goes unheard), else True and
+        too late to cancel; unlike ``Future``'s, callable after the cancel notified waiters."""
+        with _CANCELLING:
+            if self._notified:
+                return False
+            running = super().set_running_or_notify_cancel()
+            self._notified = not running
+            return running
 
     def add_done_callback(self, fn: Callable[[Future[Any]], object]) -> None:
         def run(fut: Future[Any]) -> None:

@@ -485,3 +485,17 @@ def test_cancelling_a_call_future_twice_forgets_its_call_once() -> None:
     future.forget = lambda: forgotten.append(True)
     assert future.cancel() and future.cancel()
     assert forgotten == [True]
+
+
+def test_a_call_ending_after_its_future_was_cancelled_finds_it_cancelled() -> None:
+    future, _ = collecting_future()
+    assert future.cancel()
+    assert not future.set_running_or_notify_cancel()
+
+
+def test_a_call_future_set_running_can_no_longer_be_cancelled() -> None:
+    future, _ = collecting_future()
+    assert future.set_running_or_notify_cancel()
+    assert not future.cancel()
+    future.set_result(1)
+    assert future.result() == 1
