@@ -30,6 +30,7 @@ class Seen:
         self.started = threading.Event()
         self.cancelled = threading.Event()
         self.runs = 0
+        self.cancels = 0
 
 
 @pytest.fixture
@@ -47,9 +48,18 @@ def served(make_server: Any, seen: Seen) -> Server:
             call = current_call()
             assert call is not None
             if call.cancelled.wait(seconds):
+                seen.cancels += 1
                 seen.cancelled.set()
                 call.check_cancelled()
             return "done"
+
+        @server.expose
+        def work_or_fail(seconds: float) -> str:
+            """work(seconds), but a negative ``seconds`` fails once a work call has started."""
+            if seconds >= 0:
+                return work(seconds)
+            assert seen.started.wait(WAIT)
+            raise ValueError("failed")
 
         @server.expose
         async def awork(seconds: float) -> str:
@@ -218,6 +228,71 @@ def test_a_request_cancelled_while_queued_is_skipped(
     assert first.result(WAIT) == "first"
     time.sleep(0.5)
     assert runs == ["first"]
+
+
+def test_cancelling_the_task_awaiting_an_async_gather_cancels_its_calls_on_the_server(
+        served: Server, url: str, server_id: str, seen: Seen) -> None:
+    async def scenario() -> None:
+        async with AsyncProxy(url, server_id=server_id) as proxy:
+            task = asyncio.ensure_future(proxy.gather([("work", (30,)), ("work", (30,))]))
+            await asyncio.to_thread(wait_until, lambda: seen.runs == 2, "both calls")
+            task.cancel()
+            with pytest.raises(asyncio.CancelledError):
+                await task
+            await asyncio.to_thread(wait_until, lambda: seen.cancels == 2, "both cancels", 5)
+
+    asyncio.run(asyncio.wait_for(scenario(), WAIT))
+
+
+def test_breaking_out_of_an_async_map_cancels_its_calls_in_flight_on_the_server(
+        served: Server, url: str, server_id: str, seen: Seen) -> None:
+    async def scenario() -> None:
+        async with AsyncProxy(url, server_id=server_id) as proxy:
+            async for _ in proxy.map("work", [0, 30]):
+                await asyncio.to_thread(wait_until, lambda: seen.runs == 2, "the second call")
+                break
+            assert await asyncio.to_thread(seen.cancelled.wait, 5), "the handler never saw the cancel"
+
+    asyncio.run(asyncio.wait_for(scenario(), WAIT))
+
+
+def test_a_failure_that_ends_an_async_map_cancels_its_calls_in_flight_on_the_server(
+        served: Server, url: str, server_id: str, seen: Seen) -> None:
+    async def scenario() -> None:
+        async with AsyncProxy(url, server_id=server_id) as proxy:
+            with pytest.raises(ValueError):
+                async for _ in proxy.map("work_or_fail", [-1, 30]):
+                    pass
+            assert await asyncio.to_thread(seen.cancelled.wait, 5), "the handler never saw the cancel"
+
+    asyncio.run(asyncio.wait_for(scenario(), WAIT))
+
+
+def test_breaking_out_of_a_sync_map_cancels_its_calls_in_flight_on_the_server(
+        served: Server, make_proxy: Any, seen: Seen) -> None:
+    for _ in make_proxy().map("work", [0, 30]):
+        wait_until(lambda: seen.runs == 2, "the second call")
+        break
+    assert seen.cancelled.wait(5), "the handler never saw the cancel"
+
+
+def test_a_failure_that_ends_a_sync_map_cancels_its_calls_in_flight_on_the_server(
+        served: Server, make_proxy: Any, seen: Seen) -> None:
+    with pytest.raises(ValueError):
+        list(make_proxy().map("work_or_fail", [-1, 30]))
+    assert seen.cancelled.wait(5), "the handler never saw the cancel"
+
+
+def test_an_exception_that_ends_a_sync_gather_cancels_its_calls_in_flight_on_the_server(
+        served: Server, make_proxy: Any, seen: Seen) -> None:
+    def calls() -> Iterator[tuple[str, tuple[Any, ...]]]:
+        yield "work", (30,)
+        assert seen.started.wait(WAIT)
+        yield "work", (object(),)  # no serializer encodes it
+
+    with pytest.raises(rpc.SerializationError):
+        make_proxy().gather(calls())
+    assert seen.cancelled.wait(5), "the handler never saw the cancel"
 
 
 # -- keep-alives -----------------------------------------------------------------------------------

@@ -3,14 +3,21 @@ message id, and the server answers the repeat from its table of completed calls.
 
 from __future__ import annotations
 
+import asyncio
+import queue
 import threading
 import time
+from collections.abc import Callable
+from typing import Any
 
 import pytest
+from support import started_servers, wait_for
 
-from rpc import ConnectionLost, Proxy, Server, current_call
+from rpc import AsyncProxy, CallbackState, Cancelled, ConnectionLost, Proxy, Server, current_call
 
 pytestmark = pytest.mark.integration
+
+WAIT = 10  # seconds: the bound on every wait of the cancel tests
 
 
 class Flaky:
@@ -99,6 +106,87 @@ def test_the_proxy_reconnects_by_itself_after_a_loss(flaky, broker_url, server_i
             time.sleep(0.02)
         assert proxy.connected
         assert proxy.work(2) == 4
+
+
+# -- cancelling a call that waits to retry ---------------------------------------------------------
+
+@pytest.fixture
+def unserved(broker_url: str, server_id: str) -> None:
+    """The server's queue with nobody consuming it: a call fails its availability check with
+    ServerUnavailable, and its retry waits 0.5 s or more."""
+    stopped = Server(broker_url, server_id=server_id)
+    stopped.start()
+    stopped.stop()
+
+
+def cancel_while_waiting_to_retry(
+        kind: str, broker_url: str, server_id: str, meanwhile: Callable[[], object] = lambda: None,
+        **options: Any) -> tuple[bool, object]:
+    """Make a callback call ``add(1, 2)`` whose retry waits, cancel it, and run ``meanwhile`` with
+    the proxy still open; return what cancel() said and what a callback got, once the call's state
+    is FINISHED."""
+    if kind == "sync":
+        with Proxy(broker_url, server_id=server_id, timeout=WAIT, **options) as proxy:
+            outcomes: queue.SimpleQueue[object] = queue.SimpleQueue()
+            uid = proxy.set_retries(3).callback(outcomes.put, outcomes.put).add(1, 2)
+            cancelled = proxy.cancel(uid)
+            meanwhile()
+            outcome = outcomes.get(timeout=WAIT)
+            wait_for(lambda: proxy.get_callback_state(uid) is CallbackState.FINISHED, WAIT, 0.01,
+                     "the call to finish")
+            return cancelled, outcome
+
+    async def scenario() -> tuple[bool, object]:
+        async with AsyncProxy(broker_url, server_id=server_id, timeout=WAIT, **options) as proxy:
+            outcomes: asyncio.Queue[object] = asyncio.Queue()
+            uid = proxy.set_retries(3).callback(outcomes.put_nowait, outcomes.put_nowait).add(1, 2)
+            await asyncio.sleep(0.2)  # its availability check fails; its retry waits
+            cancelled = proxy.cancel(uid)
+            await asyncio.to_thread(meanwhile)
+            outcome = await outcomes.get()
+            while proxy.get_callback_state(uid) is not CallbackState.FINISHED:
+                await asyncio.sleep(0.01)
+            return cancelled, outcome
+
+    return asyncio.run(asyncio.wait_for(scenario(), WAIT))
+
+
+@pytest.mark.parametrize("kind", ["sync", "async"])
+def test_cancel_ends_a_callback_call_waiting_to_retry_with_cancelled(
+        kind: str, unserved: None, broker_url: str, server_id: str) -> None:
+    cancelled, outcome = cancel_while_waiting_to_retry(kind, broker_url, server_id)
+    assert cancelled
+    assert isinstance(outcome, Cancelled)
+
+
+@pytest.mark.parametrize("kind", ["sync", "async"])
+def test_a_callback_call_cancelled_while_waiting_to_retry_is_not_published_again(
+        kind: str, unserved: None, broker_url: str, server_id: str) -> None:
+    runs: list[int] = []
+    with started_servers(stop_grace=5) as start:
+        def serve() -> None:
+            start(broker_url, server_id,
+                  register=lambda server: server.register_function(
+                      lambda a, b: runs.append(a + b), "add"))
+            time.sleep(1)  # past the retry's backoff: a retry would have run by now
+
+        cancel_while_waiting_to_retry(kind, broker_url, server_id, serve)
+    assert runs == []
+
+
+@pytest.mark.parametrize("kind", ["sync", "async"])
+def test_a_callback_call_cancelled_while_waiting_to_retry_counts_once_as_cancelled(
+        kind: str, unserved: None, broker_url: str, server_id: str) -> None:
+    registry = pytest.importorskip("prometheus_client").REGISTRY
+
+    def outcomes() -> dict[str, float]:
+        return {s.labels["outcome"]: s.value for family in registry.collect()
+                for s in family.samples if s.name == "rpc_client_calls_total" and s.value
+                and s.labels["server_id"] == server_id and s.labels["method"] == "add"}
+
+    # The proxy stays open past the retry's backoff: nothing more counts the call.
+    cancel_while_waiting_to_retry(kind, broker_url, server_id, lambda: time.sleep(1), metrics=True)
+    assert outcomes() == {"cancelled": 1}
 
 
 @pytest.mark.parametrize("bad", [-1, 101, 1.5, "3", True])

@@ -114,6 +114,8 @@ class AsyncProxy(ProxySettings, ProxyBase):
         self._checking: asyncio.Future[None] | None = None
         self._declared: set[str] = set()
         self._tasks: set[asyncio.Task[Any]] = set()
+        #: Calls waiting out the backoff before a retry, out of the table: cancel() finds them.
+        self._retrying: dict[str, Pending] = {}
         self._loop: asyncio.AbstractEventLoop | None = None
         self._timer: asyncio.TimerHandle | None = None
         self._timer_at: float | None = None
@@ -281,7 +283,29 @@ class AsyncProxy(ProxySettings, ProxyBase):
             except Exception as exc:
                 if self._closed or not self._calls.may_retry(pending, exc):
                     raise
-            await asyncio.sleep(self._calls.backoff(pending))
+            await self._back_off(pending)
+
+    async def _back_off(self, pending: Pending) -> None:
+        """Wait out the backoff before a retry, with the call where :meth:`cancel` finds it; a
+        cancel of its task ends it here, telling its server as :meth:`cancel` does (an earlier
+        attempt may still run).
+
+        Raises:
+            Cancelled: :meth:`cancel` ended the call meanwhile.
+        """
+        waiter = pending.waiter = asyncio.get_running_loop().create_future()
+        self._retrying[pending.cid] = pending
+        try:
+            await asyncio.wait((waiter,), timeout=self._calls.backoff(pending))
+        except asyncio.CancelledError:
+            if waiter.cancel():  # not ended by cancel() first, which counted it
+                self._cancel_on_server(pending)
+                self._calls.record_cancelled(pending)
+            raise
+        finally:
+            self._retrying.pop(pending.cid, None)  # cancel() may have taken it
+        if waiter.done():
+            await waiter  # raises the rpc.Cancelled that cancel() set
 
     async def _publish(self, pending: Pending) -> None:
         link = self._link
@@ -416,8 +440,9 @@ class AsyncProxy(ProxySettings, ProxyBase):
 
     def cancel(self, uid: str) -> bool:
         """Cancel a callback call: its error callback gets rpc.Cancelled, and the server stops
-        or skips it. False if it is no longer pending."""
-        pending = self._table.take(uid)
+        or skips it; a call waiting to retry is not published again (its server is told too: an
+        earlier attempt may still run). False if it is no longer pending."""
+        pending = self._table.take(uid) or self._retrying.pop(uid, None)
         if pending is None:
             return False
         self._cancel_on_server(pending)
@@ -663,7 +688,8 @@ class AsyncProxy(ProxySettings, ProxyBase):
         """Run ``(method, args[, kwargs])`` calls with at most ``concurrency`` in flight.
 
         Returns the results in order, with each failed call's exception in its place (as
-        ``asyncio.gather(return_exceptions=True)`` does); ``timeout`` applies to each call.
+        ``asyncio.gather(return_exceptions=True)`` does); ``timeout`` applies to each call. Left
+        early (its task cancelled, an exception), it cancels the calls in flight on the server.
         """
         return [r async for r in self._stream(batch(calls), concurrency, timeout,
                                               raise_errors=False)]
@@ -675,8 +701,9 @@ class AsyncProxy(ProxySettings, ProxyBase):
         """Yield ``await method(*args)`` for each ``args`` tuple (or single argument), in order.
 
         At most ``concurrency`` calls are in flight; the first failure is raised where its
-        result would have been yielded. Leaving the loop early cancels the calls in flight once
-        the generator is closed (at once with ``contextlib.aclosing``).
+        result would have been yielded, and the calls still in flight are cancelled on the
+        server; so are they when the loop is left early, once the generator is closed (at once
+        with ``contextlib.aclosing``).
         """
         return self._stream(mapped(method, iterable), concurrency, timeout, raise_errors=True)
 
@@ -700,9 +727,11 @@ class AsyncProxy(ProxySettings, ProxyBase):
             while window:
                 yield await _outcome(window.popleft()[0], raise_errors)
         finally:
-            for task, pending in window:  # forgotten now, not when the task gets to run
+            # Abandoned: forgotten and cancelled on the server now, not when each task gets to run.
+            for task, pending in window:
                 task.cancel()
-                self._table.take(pending.cid)
+                if self._table.take(pending.cid) is not None:
+                    self._cancel_on_server(pending)
 
 
 class TrackedCall(AsyncIterator[Any]):

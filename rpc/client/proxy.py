@@ -141,6 +141,9 @@ class Proxy(ProxySettings, ProxyBase):
         self._pump_wakeup = threading.Condition(self._lock)
         self._table = CallTable()
         self._sleepers: dict[str, Pending] = {}
+        #: Future and callback calls waiting out the backoff before a retry, out of the table:
+        #: a cancel finds them here.
+        self._retrying: dict[str, Pending] = {}
         self._reader_active = False
         self._states = CallbackStates()
         self._closed = False
@@ -166,7 +169,8 @@ class Proxy(ProxySettings, ProxyBase):
         """Run ``(method, args[, kwargs])`` calls with at most ``concurrency`` in flight.
 
         Returns the results in order, with each failed call's exception in its place (as
-        ``asyncio.gather(return_exceptions=True)`` does); ``timeout`` applies to each call.
+        ``asyncio.gather(return_exceptions=True)`` does); ``timeout`` applies to each call. Left
+        early (an exception, an interrupt), it cancels the calls in flight on the server.
         """
         return list(self._stream(batch(calls), concurrency, timeout, raise_errors=False))
 
@@ -177,7 +181,8 @@ class Proxy(ProxySettings, ProxyBase):
         """Yield ``method(*args)`` for each ``args`` tuple (or single argument), in order.
 
         At most ``concurrency`` calls are in flight; the first failure is raised where its
-        result would have been yielded.
+        result would have been yielded, and the calls still in flight are cancelled on the
+        server; so are they when the loop is left early, once the iterator is closed or dropped.
         """
         return self._stream(mapped(method, iterable), concurrency, timeout, raise_errors=True)
 
@@ -188,12 +193,29 @@ class Proxy(ProxySettings, ProxyBase):
         check_concurrency(concurrency)
         view = self.set_timeout(timeout).future if timeout is not None else self.future
         window: deque[Future[Any]] = deque()
-        for method, args, kwargs in requests:
-            if len(window) >= concurrency:
+        try:
+            for method, args, kwargs in requests:
+                if len(window) >= concurrency:
+                    yield _outcome(window.popleft(), raise_errors)
+                window.append(view.call(method, *args, **kwargs))
+            while window:
                 yield _outcome(window.popleft(), raise_errors)
-            window.append(view.call(method, *args, **kwargs))
-        while window:
-            yield _outcome(window.popleft(), raise_errors)
+        finally:
+            self._abandon(window)
+
+    def _abandon(self, futures: Iterable[Future[Any]]) -> None:
+        """Cancel the calls a batch leaves in flight, so their server stops or skips them: at
+        once, or on the callback thread if this one may hold the proxy's lock (a garbage
+        collection may close the batch's generator on any thread, at any point)."""
+        def cancel() -> None:
+            for future in futures:
+                future.cancel()
+
+        if self._lock.acquire(blocking=False):
+            self._lock.release()
+            cancel()
+        else:
+            self._jobs.put(cancel)
 
     @property
     def connected(self) -> bool:
@@ -408,14 +430,19 @@ class Proxy(ProxySettings, ProxyBase):
         """Publish a future or callback call again after a backoff, on a timer thread."""
         if self._closed or not self._calls.may_retry(pending, error):
             return False
+        with self._lock:
+            self._retrying[pending.cid] = pending
         timer = threading.Timer(self._calls.backoff(pending), self._resend, (pending,))
         timer.daemon = True
         timer.start()
         return True
 
     def _resend(self, pending: Pending) -> None:
+        with self._lock:
+            if self._retrying.pop(pending.cid, None) is None:
+                return  # cancelled while it waited, and counted then
         if pending.future is not None and pending.future.done():
-            self._calls.record_cancelled(pending)  # cancelled meanwhile, out of the table
+            self._calls.record_cancelled(pending)  # cancelled just as its wait ended
             return
         if pending.deadline is not None and time.monotonic() >= pending.deadline:
             self._complete(pending, False, RPCTimeout(
@@ -429,9 +456,16 @@ class Proxy(ProxySettings, ProxyBase):
             self._kick_pump()
 
     def _cancel_future(self, pending: Pending) -> None:
-        if self._take(pending.cid) is not None:
+        if self._take_to_cancel(pending.cid) is not None:
             self._cancel_on_server(pending)
             self._calls.record_cancelled(pending)
+
+    def _take_to_cancel(self, cid: str) -> Pending | None:
+        """Remove a call its caller cancels: one awaiting its reply, or one waiting to retry,
+        whose server is told too (an earlier attempt may still run: a lost connection, a blocked
+        broker)."""
+        with self._lock:
+            return self._table.take(cid) or self._retrying.pop(cid, None)
 
     def _forget(self, pending: Pending) -> None:
         """Drop a call nobody waits for any more; a reply to it will be dropped and counted."""
@@ -522,8 +556,9 @@ class Proxy(ProxySettings, ProxyBase):
 
     def cancel(self, uid: str) -> bool:
         """Cancel a callback call: its error callback gets rpc.Cancelled, and the server stops
-        or skips it. False if it is no longer pending."""
-        pending = self._take(uid)
+        or skips it; a call waiting to retry is not published again. False if it is no longer
+        pending."""
+        pending = self._take_to_cancel(uid)
         if pending is None:
             return False
         self._cancel_on_server(pending)
