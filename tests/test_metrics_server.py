@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import queue
 import socket
+import threading
 import time
 import urllib.error
 import urllib.request
@@ -22,8 +23,21 @@ import pytest
 from faults.tcpproxy import TCPProxy
 from prometheus_client import REGISTRY
 from prometheus_client.parser import text_string_to_metric_families
+from support import started_servers
 
-from rpc import AsyncProxy, Cancelled, MethodNotFound, Proxy, RPCTimeout, Server, UnknownServer
+from rpc import (
+    AsyncProxy,
+    Cancelled,
+    ConnectionError,
+    MethodNotFound,
+    Proxy,
+    RPCError,
+    RPCTimeout,
+    SerializationError,
+    Server,
+    ServerUnavailable,
+    UnknownServer,
+)
 from rpc.metrics import MetricsServer
 
 pytestmark = pytest.mark.integration
@@ -428,3 +442,230 @@ def test_an_async_task_cancelled_as_its_proxy_closes_counts_as_cancelled_not_as_
 
     asyncio.run(asyncio.wait_for(scenario(), WAIT))
     assert client_outcomes(server.metrics_address, server_id, "slow") == {"cancelled": 1}
+
+
+# -- every call counts once, with what its caller gets ---------------------------------------------
+
+#: (proxy, mode): how a test makes its call.
+SYNC_MODES = [("sync", "call"), ("sync", "future"), ("sync", "callback")]
+ASYNC_MODES = [("async", "coroutine"), ("async", "task"), ("async", "callback")]
+MODE_IDS = lambda mode: "-".join(mode)  # noqa: E731
+
+
+@pytest.fixture
+def endpoint() -> Iterator[tuple[str, int]]:
+    """The address of a /metrics endpoint of this process's default registry, where proxies count."""
+    with MetricsServer(0, healthy=lambda: True, ready=lambda: True, host="127.0.0.1") as server:
+        yield server.address
+
+
+@pytest.fixture
+def unserved(broker_url: str, server_id: str) -> None:
+    """The server's queue with nobody consuming it: a call fails its availability check."""
+    stopped = Server(broker_url, server_id=server_id)
+    stopped.start()
+    stopped.stop()
+
+
+def sync_call(proxy: Proxy, mode: str, method: str, *args: Any) -> object:
+    """What the caller of ``method(*args)`` made in ``mode`` gets: its result, or its error."""
+    try:
+        if mode == "call":
+            return proxy.call(method, *args)
+        if mode == "future":
+            return proxy.future.call(method, *args).result(WAIT)
+        outcomes: queue.SimpleQueue[object] = queue.SimpleQueue()
+        proxy.callback(outcomes.put, outcomes.put).call(method, *args)
+        return outcomes.get(timeout=WAIT)
+    except Exception as exc:
+        return exc
+
+
+async def async_call(proxy: AsyncProxy, mode: str, method: str, *args: Any) -> object:
+    """As :func:`sync_call`, on an AsyncProxy: awaited, as a task, or by callback."""
+    try:
+        if mode == "coroutine":
+            return await proxy.call(method, *args)
+        if mode == "task":
+            return await proxy.future.call(method, *args)
+        outcomes: asyncio.Queue[object] = asyncio.Queue()
+        proxy.callback(outcomes.put_nowait, outcomes.put_nowait).call(method, *args)
+        return await outcomes.get()
+    except Exception as exc:
+        return exc
+
+
+def call_once(mode: tuple[str, str], url: str, server_id: str, method: str, *args: Any,
+              closed: bool = False, meanwhile: Callable[[], object] = lambda: None,
+              **options: Any) -> object:
+    """Open a proxy with metrics on ``url`` (close it first if ``closed``; run ``meanwhile``
+    once it is connected), make one call in ``mode``, and return what its caller got."""
+    kind, how = mode
+    if kind == "sync":
+        proxy = Proxy(url, server_id=server_id, metrics=True, timeout=WAIT, **options)
+        try:
+            if closed:
+                proxy.close()
+            meanwhile()
+            return sync_call(proxy, how, method, *args)
+        finally:
+            proxy.close()
+
+    async def scenario() -> object:
+        proxy = await AsyncProxy(url, server_id=server_id, metrics=True, timeout=WAIT,
+                                 **options).connect()
+        try:
+            if closed:
+                await proxy.close()
+            await asyncio.to_thread(meanwhile)
+            return await async_call(proxy, how, method, *args)
+        finally:
+            await proxy.close()
+
+    return asyncio.run(asyncio.wait_for(scenario(), WAIT))
+
+
+@pytest.mark.parametrize("mode", SYNC_MODES + ASYNC_MODES, ids=MODE_IDS)
+def test_a_call_to_a_queue_nobody_consumes_counts_once_as_unknown_server(
+        mode, unserved, endpoint, broker_url, server_id):
+    assert isinstance(call_once(mode, broker_url, server_id, "add", 1, 2), ServerUnavailable)
+    assert client_outcomes(endpoint, server_id, "add") == {"unknown_server": 1}
+
+
+@pytest.mark.parametrize("mode", SYNC_MODES + ASYNC_MODES, ids=MODE_IDS)
+def test_a_call_on_a_closed_proxy_counts_once_as_an_error(mode, endpoint, broker_url, server_id):
+    assert isinstance(call_once(mode, broker_url, server_id, "add", 1, 2, closed=True), RPCError)
+    assert client_outcomes(endpoint, server_id, "add") == {"error": 1}
+
+
+@pytest.mark.parametrize("mode", SYNC_MODES + ASYNC_MODES, ids=MODE_IDS)
+def test_a_call_whose_arguments_cannot_be_encoded_counts_once_as_an_error(
+        mode, endpoint, broker_url, server_id):
+    assert isinstance(call_once(mode, broker_url, server_id, "add", object(), 2), SerializationError)
+    assert client_outcomes(endpoint, server_id, "add") == {"error": 1}
+
+
+@pytest.mark.parametrize("mode", SYNC_MODES + ASYNC_MODES, ids=MODE_IDS)
+def test_a_call_that_cannot_reach_the_broker_counts_once_as_a_connection_error(
+        mode, endpoint, broker_url, server_id):
+    parts = urlsplit(broker_url)
+    with TCPProxy((parts.hostname or "127.0.0.1", parts.port or 5672)) as tcp:
+        def broker_gone() -> None:
+            tcp.refuse()
+            assert tcp.reset_all() >= 1
+
+        outcome = call_once(mode, tcp.url(parts.username or "guest", parts.password or "guest"),
+                            server_id, "add", 1, 2, meanwhile=broker_gone, connect_retry=0.3)
+    assert isinstance(outcome, ConnectionError)
+    assert client_outcomes(endpoint, server_id, "add") == {"connection_error": 1}
+
+
+@pytest.mark.parametrize("mode", [("sync", "call"), *ASYNC_MODES], ids=MODE_IDS)
+def test_a_call_that_runs_out_of_retries_counts_once_with_its_last_error(
+        mode, unserved, endpoint, broker_url, server_id):
+    outcome = call_once(mode, broker_url, server_id, "add", 1, 2, retries=1)  # waits 0.5 s or more
+    assert isinstance(outcome, ServerUnavailable)
+    assert client_outcomes(endpoint, server_id, "add") == {"unknown_server": 1}
+
+
+@pytest.mark.parametrize("mode", [("sync", "call"), *ASYNC_MODES], ids=MODE_IDS)
+def test_a_retried_call_counts_once_with_its_final_outcome(mode, endpoint, broker_url, server_id):
+    parts = urlsplit(broker_url)
+    runs: list[int] = []
+    with TCPProxy((parts.hostname or "127.0.0.1", parts.port or 5672)) as tcp, \
+            started_servers(stop_grace=5) as start:
+        def work(x: int) -> int:
+            runs.append(x)
+            if len(runs) == 1:
+                tcp.reset_all()  # the caller's connection drops while this runs; the server's stays
+                time.sleep(0.3)
+            return x * 2
+
+        start(broker_url, server_id, concurrency=2,
+              register=lambda server: server.register_function(work, "work"))
+        outcome = call_once(mode, tcp.url(parts.username or "guest", parts.password or "guest"),
+                            server_id, "work", 21, retries=3)
+    assert outcome == 42
+    assert runs == [21]
+    assert client_outcomes(endpoint, server_id, "work") == {"ok": 1}
+
+
+def test_an_async_callback_call_cancelled_at_once_is_cancelled(servers, broker_url, server_id):
+    server = servers(broker_url, server_id)
+
+    async def scenario() -> None:
+        async with AsyncProxy(broker_url, server_id=server_id, metrics=True) as proxy:
+            errors: asyncio.Queue[BaseException] = asyncio.Queue()
+            uid = proxy.callback(None, errors.put_nowait).add(1, 2)
+            assert proxy.cancel(uid)
+            assert not proxy.cancel(uid)  # cancelled already
+            assert isinstance(await errors.get(), Cancelled)
+            await asyncio.sleep(0.3)  # time for a request that went out after all to be served
+
+    asyncio.run(asyncio.wait_for(scenario(), WAIT))
+    address = server.metrics_address
+    assert client_outcomes(address, server_id, "add") == {"cancelled": 1}
+    assert sample(address, "rpc_server_calls_total", server_id=server_id) == 0  # nothing published
+    assert cancelled(server, server_id) == 0
+
+
+@pytest.mark.parametrize("kind", ["sync", "async"])
+def test_a_callback_call_cancelled_as_its_retry_goes_out_is_not_published(
+        kind, unserved, endpoint, broker_url, server_id, monkeypatch):
+    """The retry is held in its availability check (a server consumes by then), where a cancel
+    ends it: the error callback gets rpc.Cancelled, and the request is never published."""
+    runs: list[int] = []
+    held, release = threading.Event(), threading.Event()
+    with started_servers(stop_grace=5) as start:
+        def serve() -> None:
+            start(broker_url, server_id,
+                  register=lambda server: server.register_function(lambda a, b: runs.append(a), "add"))
+
+        if kind == "sync":
+            with Proxy(broker_url, server_id=server_id, metrics=True, timeout=WAIT) as proxy:
+                check = proxy._check_available
+                checks: list[object] = []
+
+                def held_check(*args: Any) -> None:
+                    checks.append(args)
+                    if len(checks) > 1:  # the retry's
+                        held.set()
+                        release.wait(WAIT)
+                    check(*args)
+
+                monkeypatch.setattr(proxy, "_check_available", held_check)
+                errors: queue.SimpleQueue[object] = queue.SimpleQueue()
+                uid = proxy.set_retries(1).callback(None, errors.put).add(1, 2)
+                serve()
+                assert held.wait(WAIT)
+                assert proxy.cancel(uid)
+                release.set()
+                assert isinstance(errors.get(timeout=WAIT), Cancelled)
+                time.sleep(0.3)  # time for a request that went out after all to be served
+        else:
+            async def scenario() -> None:
+                async with AsyncProxy(broker_url, server_id=server_id, metrics=True,
+                                      timeout=WAIT) as proxy:
+                    ask = proxy._check
+                    asked: list[object] = []
+
+                    async def held_check(*args: Any) -> None:
+                        asked.append(args)
+                        if len(asked) > 1:  # the retry's
+                            held.set()
+                            await asyncio.to_thread(release.wait, WAIT)
+                        await ask(*args)
+
+                    monkeypatch.setattr(proxy, "_check", held_check)
+                    errors: asyncio.Queue[object] = asyncio.Queue()
+                    uid = proxy.set_retries(1).callback(None, errors.put_nowait).add(1, 2)
+                    await asyncio.to_thread(serve)
+                    assert await asyncio.to_thread(held.wait, WAIT)
+                    assert proxy.cancel(uid)
+                    release.set()
+                    assert isinstance(await errors.get(), Cancelled)
+                    await asyncio.sleep(0.3)
+
+            asyncio.run(asyncio.wait_for(scenario(), WAIT))
+        assert runs == []
+    assert client_outcomes(endpoint, server_id, "add") == {"cancelled": 1}

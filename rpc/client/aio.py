@@ -22,6 +22,7 @@ from typing import Any
 from ..core import protocol
 from ..core.calls import (
     BROADCAST,
+    CALLBACK,
     CAST,
     FUTURE,
     STREAM,
@@ -116,6 +117,10 @@ class AsyncProxy(ProxySettings, ProxyBase):
         self._tasks: set[asyncio.Task[Any]] = set()
         #: Calls waiting out the backoff before a retry, out of the table: cancel() finds them.
         self._retrying: dict[str, Pending] = {}
+        #: Callback calls whose request is not out (yet, or again): their task may not have run,
+        #: or be connecting or asking whether a server consumes. True once cancel() found one
+        #: there: it is then not published, and ends with rpc.Cancelled.
+        self._unsent: dict[str, bool] = {}
         self._loop: asyncio.AbstractEventLoop | None = None
         self._timer: asyncio.TimerHandle | None = None
         self._timer_at: float | None = None
@@ -234,9 +239,7 @@ class AsyncProxy(ProxySettings, ProxyBase):
     ) -> Any:
         """Make one call as ``options`` say: a coroutine, or a task (future) or uid (callback)
         for a call already on its way."""
-        if self._closed:
-            raise closed_error()
-        pending = self._calls.prepare(options, method, args, kwargs)
+        pending = self._prepare(options, method, args, kwargs)
         kind = pending.kind
         if options.tracked and kind == SYNC:
             return TrackedCall(self._call, pending)
@@ -249,8 +252,22 @@ class AsyncProxy(ProxySettings, ProxyBase):
         if kind == FUTURE:
             return asyncio.ensure_future(self._call(pending))
         self._states.start(pending.cid)
+        self._unsent[pending.cid] = False  # cancel() finds it before its task has run
         self._spawn(self._callback(pending))
         return pending.cid
+
+    def _prepare(
+        self, options: CallOptions, method: str, args: tuple[Any, ...], kwargs: dict[str, Any],
+    ) -> Pending:
+        """The call's request; a call that fails here (a closed proxy, arguments that cannot be
+        encoded) counts too, as every call does once."""
+        try:
+            if self._closed:
+                raise closed_error()
+            return self._calls.prepare(options, method, args, kwargs)
+        except Exception as exc:
+            self._calls.record_unmade(options, method, exc)
+            raise
 
     async def check_availability(self) -> None:
         """Ask the broker now whether a server consumes this proxy's queue (the answer holds
@@ -263,27 +280,38 @@ class AsyncProxy(ProxySettings, ProxyBase):
         await self._check(await self._live_link(), None)
 
     async def _call(self, pending: Pending) -> Any:
-        """Publish, await the reply, and retry as the call asked."""
+        """Publish, await the reply, and retry as the call asked; count the call once, with
+        what its caller gets (its task cancelled: ``cancelled``)."""
         loop = asyncio.get_running_loop()
-        if loop is not self._loop and self._loop is not None:
-            raise RPCError("this AsyncProxy belongs to another event loop: make one per loop")
-        while True:
-            waiter = pending.waiter = loop.create_future()
-            try:
-                await self._publish(pending)
-                if pending.kind == CAST:
-                    return None
-                return await waiter
-            except asyncio.CancelledError:
-                if self._table.take(pending.cid) is not None:
-                    self._cancel_on_server(pending)
-                if waiter.cancelled():  # cancelled awaiting the reply, which _complete skips
-                    self._calls.record_cancelled(pending)
-                raise
-            except Exception as exc:
-                if self._closed or not self._calls.may_retry(pending, exc):
+        try:
+            if loop is not self._loop and self._loop is not None:
+                raise RPCError("this AsyncProxy belongs to another event loop: make one per loop")
+            while True:
+                waiter = pending.waiter = loop.create_future()
+                try:
+                    await self._publish(pending)
+                    if pending.kind == CAST:
+                        return None
+                    value = await waiter
+                    break
+                except asyncio.CancelledError:
+                    if self._table.take(pending.cid) is not None:
+                        self._cancel_on_server(pending)
                     raise
-            await self._back_off(pending)
+                except Exception as exc:
+                    if self._unsent.get(pending.cid):  # cancel() came first: that is the outcome
+                        raise self._calls.cancelled(pending) from None
+                    if self._closed or not self._calls.may_retry(pending, exc):
+                        raise
+                await self._back_off(pending)
+        except asyncio.CancelledError:
+            self._calls.record_cancelled(pending)
+            raise
+        except Exception as exc:
+            self._calls.record(pending, False, exc)
+            raise
+        self._calls.record(pending, True, value)
+        return value
 
     async def _back_off(self, pending: Pending) -> None:
         """Wait out the backoff before a retry, with the call where :meth:`cancel` finds it; a
@@ -295,12 +323,13 @@ class AsyncProxy(ProxySettings, ProxyBase):
         """
         waiter = pending.waiter = asyncio.get_running_loop().create_future()
         self._retrying[pending.cid] = pending
+        if pending.kind == CALLBACK:
+            self._unsent[pending.cid] = False  # after this, on its way again
         try:
             await asyncio.wait((waiter,), timeout=self._calls.backoff(pending))
         except asyncio.CancelledError:
-            if waiter.cancel():  # not ended by cancel() first, which counted it
+            if waiter.cancel():  # not ended by cancel() first
                 self._cancel_on_server(pending)
-                self._calls.record_cancelled(pending)
             raise
         finally:
             self._retrying.pop(pending.cid, None)  # cancel() may have taken it
@@ -320,7 +349,23 @@ class AsyncProxy(ProxySettings, ProxyBase):
             # new connection (whose reply address differs).
             self._send(await self._live_link(), pending)
 
+    async def _publish_counted(self, pending: Pending) -> None:
+        """Publish a broadcast or a stream, which count when they end (:meth:`_complete`), or
+        here if they fail before they are on their way."""
+        try:
+            await self._publish(pending)
+        except Exception as exc:
+            self._calls.record(pending, False, exc)
+            raise
+
     def _send(self, link: AsyncLink, pending: Pending) -> None:
+        """Publish the request and track it.
+
+        Raises:
+            Cancelled: cancel() ended this callback call before its request went out.
+        """
+        if self._unsent and self._unsent.pop(pending.cid, False):
+            raise self._calls.cancelled(pending)
         props = pending.props
         track = None
         # A call made while no other is pending (one awaited after another) has no others in
@@ -351,12 +396,14 @@ class AsyncProxy(ProxySettings, ProxyBase):
                          track=track, now=alone)
         except BaseException:
             self._table.take(pending.cid)
+            if pending.kind == CALLBACK:
+                self._unsent[pending.cid] = False  # not out after all: cancel() finds it again
             raise
 
     async def _broadcast(self, pending: Pending) -> list[Any]:
         """Publish to every server, and collect what they answer until the timeout."""
         waiter = pending.waiter = asyncio.get_running_loop().create_future()
-        await self._publish(pending)
+        await self._publish_counted(pending)
         try:
             return list(await waiter)
         finally:
@@ -367,6 +414,8 @@ class AsyncProxy(ProxySettings, ProxyBase):
             value, ok = await self._call(pending), True
         except Exception as exc:
             value, ok = exc, False
+        finally:
+            self._unsent.pop(pending.cid, None)  # one that failed before it went out
         self._states.processing(pending.cid)
         try:
             function = pending.on_success if ok else pending.on_error
@@ -441,10 +490,14 @@ class AsyncProxy(ProxySettings, ProxyBase):
     def cancel(self, uid: str) -> bool:
         """Cancel a callback call: its error callback gets rpc.Cancelled, and the server stops
         or skips it; a call waiting to retry is not published again (its server is told too: an
-        earlier attempt may still run). False if it is no longer pending."""
+        earlier attempt may still run); one whose request is not out yet is not published.
+        False if it is no longer pending."""
         pending = self._table.take(uid) or self._retrying.pop(uid, None)
         if pending is None:
-            return False
+            if self._unsent.get(uid) is not False:
+                return False
+            self._unsent[uid] = True  # its task ends it with rpc.Cancelled before it publishes
+            return True
         self._cancel_on_server(pending)
         self._complete(pending, False, self._calls.cancelled(pending))
         return True
@@ -541,7 +594,7 @@ class AsyncProxy(ProxySettings, ProxyBase):
     # -- streams ---------------------------------------------------------------------------------
 
     async def _start_stream(self, pending: Pending) -> None:
-        await self._publish(pending)
+        await self._publish_counted(pending)
 
     async def _next_item(self, pending: Pending) -> Any:
         """The stream's next item, as it comes.
@@ -661,18 +714,19 @@ class AsyncProxy(ProxySettings, ProxyBase):
             self._complete(pending, False, error)
 
     def _complete(self, pending: Pending, ok: bool, value: Any) -> None:
+        """End one attempt of a call. A stream or broadcast counts here; any other call counts
+        in :meth:`_call`, once its retries are over."""
         stream = pending.stream
         waiter = pending.waiter
         if stream is not None:
+            self._calls.record(pending, ok, value)
             stream.ended, stream.end = True, (ok, value)
             ok, value = True, None  # the iterator raises the error once it reaches it
         elif pending.kind == BROADCAST:
             if ok:
                 pending.value = value
             ok, value = True, pending.value
-        elif waiter is not None and waiter.cancelled():
-            return  # its task was cancelled awaiting this, and counts the call as cancelled
-        self._calls.record(pending, ok, value)
+            self._calls.record(pending, ok, value)
         if waiter is not None and not waiter.done():
             if ok:
                 waiter.set_result(value)
@@ -720,9 +774,7 @@ class AsyncProxy(ProxySettings, ProxyBase):
             for method, args, kwargs in requests:
                 if len(window) >= concurrency:
                     yield await _outcome(window.popleft()[0], raise_errors)
-                if self._closed:
-                    raise closed_error()
-                pending = self._calls.prepare(options, method, args, kwargs)
+                pending = self._prepare(options, method, args, kwargs)
                 window.append((asyncio.ensure_future(self._call(pending)), pending))
             while window:
                 yield await _outcome(window.popleft()[0], raise_errors)

@@ -367,12 +367,23 @@ class CallMaker:
     # -- counting --------------------------------------------------------------------------------
 
     def record(self, pending: Pending, ok: bool, value: Any) -> None:
-        """Count a finished call, when metrics are on."""
-        if self.metrics is not None and pending.kind != CHECK:
+        """Count a call once, when metrics are on, with what its caller gets: the proxies call
+        this when the call ends, after its last retry, never per attempt. A cast has no outcome
+        and is not counted."""
+        if self.metrics is not None and pending.kind != CHECK and pending.kind != CAST:
             from ..metrics import proxy_outcome
 
             self.metrics.call(pending.method, proxy_outcome(None if ok else value),
                               time.perf_counter() - pending.started)
+
+    def record_unmade(self, options: CallOptions, method: str, error: Exception) -> None:
+        """Count a call that failed before it had a request (a closed proxy, arguments the
+        serializer cannot encode, options that do not go together): as ``error``, and with no
+        duration, as nothing was sent."""
+        if self.metrics is not None and not options.cast:
+            from ..metrics import proxy_outcome
+
+            self.metrics.call(method, proxy_outcome(error), None)
 
     def record_cancelled(self, pending: Pending) -> None:
         """Count a call its caller cancelled. The proxies call this where a cancel wins its race

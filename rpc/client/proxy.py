@@ -40,7 +40,7 @@ from ..core.calls import (
     CallTable,
     Pending,
 )
-from ..core.errors import ConnectionLost, RPCError, RPCTimeout
+from ..core.errors import ConnectionLost, RPCError
 from ..defaults import (
     DEFAULT_CONNECT_RETRY,
     DEFAULT_HEARTBEAT,
@@ -293,42 +293,55 @@ class Proxy(ProxySettings, ProxyBase):
     def _invoke(
         self, options: CallOptions, method: str, args: tuple[Any, ...], kwargs: dict[str, Any],
     ) -> Any:
-        """Make one call as ``options`` say: the single entry point of every view."""
-        if self._closed:
-            raise closed_error()
-        if options.tracked:
-            raise TypeError("tracked calls are AsyncProxy's: here use on_progress(fn) or a "
-                            "future's progress")
-        pending = self._calls.prepare(options, method, args, kwargs)
-        kind = pending.kind
-        if kind == SYNC or kind == CAST:
-            if kind == SYNC:
-                pending.arm()
-            self._run_sync(pending)
-            if kind == CAST or pending.ok:
-                return pending.value
-            raise pending.value
-        if kind == BROADCAST:
-            pending.arm()
-            self._send(pending)
-            self._wait_or_forget(pending)
-            return pending.value
-        if kind == STREAM:
-            self._send(pending)
-            return Stream(self, pending)
-        if kind == FUTURE:
-            fut = CallFuture(self._jobs.put)
-            pending.future = fut
-            self._send_async(pending)
-            fut.forget = lambda: self._cancel_future(pending)
-            return fut
-        self._states.start(pending.cid)
+        """Make one call as ``options`` say: the single entry point of every view.
+
+        A call counts once: a synchronous one here, after its retries; any other when it ends
+        (:meth:`_complete`), or here if it fails before it is on its way (a closed proxy,
+        arguments that cannot be encoded, no server consuming, no connection)."""
         try:
-            self._send_async(pending)
-        except BaseException:
-            self._states.finish(pending.cid)
+            if self._closed:
+                raise closed_error()
+            if options.tracked:
+                raise TypeError("tracked calls are AsyncProxy's: here use on_progress(fn) or a "
+                                "future's progress")
+            pending = self._calls.prepare(options, method, args, kwargs)
+        except Exception as exc:
+            self._calls.record_unmade(options, method, exc)
             raise
-        return pending.cid
+        kind = pending.kind
+        try:
+            if kind == SYNC or kind == CAST:
+                if kind == SYNC:
+                    pending.arm()
+                self._run_sync(pending)
+                if kind == CAST or pending.ok:
+                    self._calls.record(pending, True, pending.value)
+                    return pending.value
+                raise pending.value
+            if kind == BROADCAST:
+                pending.arm()
+                self._send(pending)
+                self._wait_or_forget(pending)
+                return pending.value
+            if kind == STREAM:
+                self._send(pending)
+                return Stream(self, pending)
+            if kind == FUTURE:
+                fut = CallFuture(self._jobs.put)
+                pending.future = fut
+                self._send_async(pending)
+                fut.forget = lambda: self._cancel_future(pending)
+                return fut
+            self._states.start(pending.cid)
+            try:
+                self._send_async(pending)
+            except BaseException:
+                self._states.finish(pending.cid)
+                raise
+            return pending.cid
+        except Exception as exc:
+            self._calls.record(pending, False, exc)
+            raise
 
     def _run_sync(self, pending: Pending) -> None:
         """Send a synchronous call (or a cast) and wait for it, retrying as it asked."""
@@ -367,8 +380,10 @@ class Proxy(ProxySettings, ProxyBase):
             if not self._reader_active:
                 self._pump_wakeup.notify()
 
-    def _send(self, pending: Pending) -> None:
-        """Publish the request and track it: for the first time, or again for a retry."""
+    def _send(self, pending: Pending, *, again: bool = False) -> None:
+        """Publish the request and track it: for the first time, or ``again`` for the retry of
+        a future or callback call, which moves from ``_retrying`` to the table in one step, so
+        a cancel always finds it; a failed publish puts it back for :meth:`_resend` to end."""
         if self._closed:
             raise closed_error()
         kind = pending.kind
@@ -379,6 +394,8 @@ class Proxy(ProxySettings, ProxyBase):
         if kind != CAST:
             props["reply_to"] = self._reply_to
             with self._lock:
+                if again and self._retrying.pop(pending.cid, None) is None:
+                    return  # cancelled on its way, and ended then
                 self._table.add(pending, background=kind in BACKGROUND)
         track = pending.cid if kind != CAST else None
         try:
@@ -392,7 +409,9 @@ class Proxy(ProxySettings, ProxyBase):
                     props["reply_to"] = self._reply_to
                 self._publish(link, pending, track)
         except Exception:
-            self._forget(pending)
+            with self._lock:
+                if self._table.take(pending.cid) is not None and again:
+                    self._retrying[pending.cid] = pending
             raise
 
     def _publish(self, link: Link, pending: Pending, track: str | None) -> None:
@@ -438,22 +457,29 @@ class Proxy(ProxySettings, ProxyBase):
         return True
 
     def _resend(self, pending: Pending) -> None:
+        """Publish a call again once its backoff is over. It stays in ``_retrying`` until its
+        request is out, so a cancel meanwhile (reconnecting, asking whether a server consumes)
+        ends it and nothing is published; whoever takes it from there ends it."""
         with self._lock:
-            if self._retrying.pop(pending.cid, None) is None:
+            if pending.cid not in self._retrying:
                 return  # cancelled while it waited, and counted then
         if pending.future is not None and pending.future.done():
-            self._calls.record_cancelled(pending)  # cancelled just as its wait ended
+            if self._take_to_cancel(pending.cid) is not None:
+                self._calls.record_cancelled(pending)  # cancelled just as it failed
             return
-        if pending.deadline is not None and time.monotonic() >= pending.deadline:
-            self._complete(pending, False, RPCTimeout(
-                f"no reply to {pending.method}() within the call's timeout"))
-            return
-        try:
-            self._send(pending)
-        except Exception as exc:
-            self._complete(pending, False, exc)
-        else:
-            self._kick_pump()
+        error: Exception | None = None
+        if pending.deadline is None or time.monotonic() < pending.deadline:
+            try:
+                self._send(pending, again=True)
+            except Exception as exc:
+                error = exc
+            else:
+                self._kick_pump()
+                return
+        with self._lock:
+            if self._retrying.pop(pending.cid, None) is None:
+                return  # cancelled meanwhile, and ended then
+        self._complete(pending, False, error or self._calls.timed_out(pending))
 
     def _cancel_future(self, pending: Pending) -> None:
         if self._take_to_cancel(pending.cid) is not None:
@@ -718,7 +744,8 @@ class Proxy(ProxySettings, ProxyBase):
         if fut is not None and not fut.set_running_or_notify_cancel():
             self._calls.record_cancelled(pending)  # cancelled as it ended: its outcome goes unheard
             return
-        self._calls.record(pending, ok, value)
+        if kind != SYNC:  # a synchronous call may be retried yet: _invoke counts it
+            self._calls.record(pending, ok, value)
         if kind == STREAM:
             stream = pending.stream
             assert stream is not None
