@@ -38,6 +38,7 @@ from ..core.errors import (
     BrokerBlocked,
     Cancelled,
     ConnectionError,
+    ConnectionLost,
     Refused,
     RPCError,
     RPCTimeout,
@@ -198,8 +199,11 @@ class CallMaker:
     # -- is anyone serving? ----------------------------------------------------------------------
 
     def needs_check(self, pending: Pending) -> bool:
-        """Whether to ask the broker if a server consumes before publishing ``pending``."""
-        return not pending.wait_for_ready and time.monotonic() >= self.available_until
+        """Whether to ask the broker if a server consumes before publishing ``pending``: not
+        once an earlier copy of it may wait in the queue, which a server will run (it waits
+        for its reply instead of failing with ServerUnavailable)."""
+        return (not pending.wait_for_ready and not pending.maybe_queued
+                and time.monotonic() >= self.available_until)
 
     def check(self, deadline: float | None) -> Pending:
         """A pending question to the broker: does a server consume the queue?"""
@@ -348,7 +352,12 @@ class CallMaker:
             return False
         pending.retries -= 1
         pending.attempt += 1
-        pending.unavailable = isinstance(error, ServerUnavailable)
+        # No server consuming, or a queue refusing publishes (a quorum queue nacks them for
+        # seconds after its leader's node stops): both last seconds, not milliseconds.
+        pending.unavailable = isinstance(error, (ServerUnavailable, Refused))
+        # A copy written before the connection failed or blocked may wait in the queue.
+        pending.maybe_queued = pending.maybe_queued or isinstance(
+            error, (ConnectionLost, BrokerBlocked))
         logger.info("retrying %s() (attempt %d) after %s: %s", pending.method,
                     pending.attempt + 1, type(error).__name__, error)
         return True

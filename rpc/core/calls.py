@@ -40,6 +40,7 @@ class Pending:
         "cid", "method", "kind", "content_type", "deadline", "done", "ok", "value",
         "future", "on_success", "on_error", "_signal", "_signalled",
         "body", "props", "broadcast", "wait_for_ready", "retries", "attempt", "unavailable",
+        "maybe_queued",
         "started", "waiter", "timed", "stream", "control", "keepalive", "heard", "progress",
         "on_progress",
     )
@@ -70,6 +71,9 @@ class Pending:
         self.attempt = 0
         #: Whether the last attempt found no server consuming (it backs off for longer).
         self.unavailable = False
+        #: Whether an earlier attempt may wait in the queue (its connection failed after it was
+        #: written): a server will run that copy, so "no server consuming" no longer ends the call.
+        self.maybe_queued = False
         self.started = 0.0
         #: What an asyncio caller awaits (an ``asyncio.Future``); the blocking proxy sleeps on
         #: its own signal instead.

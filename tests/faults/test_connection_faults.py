@@ -96,6 +96,38 @@ def test_call_on_a_connection_reset_a_moment_ago_succeeds_on_a_new_connection(
         assert proxy.set_timeout(5).ping() == "ok"
 
 
+def test_a_call_retried_after_a_reset_waits_for_its_queued_request_rather_than_fail_unavailable(
+        tcp, tcp_url, servers, proxies, broker_url, server_id):
+    # Its first copy waits in the queue, and a server will run it: "no server is consuming"
+    # would tell the caller it did not run, and a caller retrying then would run it twice.
+    runs: list[int] = []
+
+    def register(server: rpc.Server) -> None:
+        server.register_function(lambda x: runs.append(x) or x * 2, "work")
+
+    server = servers(broker_url, server_id, register=register)
+    proxy = proxies(tcp_url, server_id, retries=1, timeout=LONG)
+    assert proxy.work(0) == 0  # a server consumes: for a second, calls skip the question
+    server.stop(grace=1)
+    outcome: dict[str, Any] = {}
+
+    def call() -> None:
+        try:
+            outcome["result"] = proxy.work(21)
+        except Exception as exc:
+            outcome["error"] = exc
+
+    caller = threading.Thread(target=call)
+    caller.start()
+    time.sleep(1.2)  # its request waits in the queue, and the proxy's answer has expired
+    tcp.reset_all()  # so its retry asks, and nobody consumes
+    time.sleep(0.5)
+    servers(broker_url, server_id, register=register)
+    caller.join(LONG)
+    assert outcome == {"result": 42}
+    assert runs == [0, 21]
+
+
 def test_server_reconnects_and_serves_again_after_its_connection_resets(
         tcp, tcp_url, servers, proxies, broker_url, server_id):
     servers(tcp_url, server_id, register=lambda s: s.register_function(lambda: "ok", "ping"))
