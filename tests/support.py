@@ -7,7 +7,9 @@ each suite keeps its own defaults (heartbeat, wait bound, polling interval) in i
 
 from __future__ import annotations
 
+import base64
 import contextlib
+import struct
 import time
 from collections.abc import Callable, Iterator
 from typing import Any
@@ -75,3 +77,11 @@ def opened_proxies(*, ignore_close_errors: bool = False,
         for proxy in opened:
             with contextlib.suppress(Exception) if ignore_close_errors else contextlib.nullcontext():
                 proxy.close()
+
+
+def pid_address(node: str, ident: int, creation: int) -> str:
+    """A direct reply-to address as RabbitMQ writes one: the pid of a channel of ``node``
+    (in its lifetime ``creation``), then a key."""
+    term = (bytes([131, 88, 118]) + struct.pack(">H", len(node)) + node.encode()
+            + struct.pack(">III", ident, 0, creation))
+    return f"amq.rabbitmq.reply-to.{base64.b64encode(term).decode()}.key"

@@ -5,10 +5,13 @@ docs/protocol.md is the normative description; this module is its executable for
 
 from __future__ import annotations
 
+import base64
+import binascii
 import functools
 import math
 import pickle
 import re
+import struct
 from dataclasses import dataclass
 from typing import Any
 
@@ -365,3 +368,42 @@ def is_reply_address(reply_to: str) -> bool:
     """Whether ``reply_to`` has the form of a reply address this protocol uses (remembered: a
     server answers the same few callers again and again)."""
     return bool(_REPLY_ADDRESS.match(reply_to))
+
+
+#: Erlang's external term format, as RabbitMQ writes a channel's pid into a direct reply-to
+#: address: the version byte, then a pid (whose node atom and creation are what we read).
+_ETF_VERSION, _NEW_PID, _PID = 131, 88, 103
+#: Atom tags: their length field's size.
+_ATOM_LENGTH = {118: 2, 100: 2, 119: 1, 115: 1}
+
+
+@functools.lru_cache(maxsize=1024)
+def reply_origin(reply_to: str) -> str | None:
+    """The broker node, in one lifetime, whose channel a direct reply-to address leads to
+    (``node/creation``); None for any other address, or one of a form this does not know.
+
+    RabbitMQ closes a server's connection on a reply to any caller of a node that has gone: once
+    one address is found gone, every address of the same origin is, and needs no close to tell.
+    A restarted node has a new creation, so its new callers have another origin.
+    """
+    prefix = DIRECT_REPLY_TO + "."
+    if not reply_to.startswith(prefix):
+        return None
+    encoded = reply_to[len(prefix):].partition(".")[0]
+    try:
+        term = base64.b64decode(encoded + "=" * (-len(encoded) % 4), validate=True)
+        if len(term) < 3 or term[0] != _ETF_VERSION or term[1] not in (_NEW_PID, _PID):
+            return None
+        size = _ATOM_LENGTH.get(term[2])
+        if size is None:
+            return None
+        (length,) = struct.unpack_from(">H" if size == 2 else ">B", term, 3)
+        start = 3 + size
+        node = term[start:start + length]
+        creation = term[start + length + 8:]  # past the pid's id and serial
+        if len(node) != length or len(creation) != (4 if term[1] == _NEW_PID else 1):
+            return None
+        name = node.decode("utf-8")
+    except (binascii.Error, struct.error, UnicodeDecodeError, ValueError):
+        return None
+    return f"{name}/{creation.hex()}"

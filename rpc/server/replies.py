@@ -6,7 +6,9 @@ server that answered it the same way again would lose its connection for ever. S
 remembers the addresses it lately wrote to: after such a close, a lone recent address is the
 culprit; among several, each becomes a suspect, and the next reply to a suspect is sent alone and
 given a moment (a probe): the broker closes the connection again only if its caller is gone. An
-address found gone is remembered for a while, and its requests are acknowledged unanswered.
+address found gone is remembered for a while, and its requests are acknowledged unanswered; so
+are those of every address of the same node lifetime (:func:`rpc.core.protocol.reply_origin`),
+which would each have closed the connection once more.
 """
 
 from __future__ import annotations
@@ -56,6 +58,8 @@ class Replier:
         self._suspects: set[str] = set()
         self._suspects_until = 0.0
         self._gone: dict[str, float] = {}
+        #: The origins (node lifetimes) of the addresses found gone.
+        self._gone_origins: dict[str, float] = {}
         self._probe: str | None = None
         self._probe_lock = threading.Lock()
         #: Per thread, while it holds its replies (see :meth:`hold`): ``replies``, each with
@@ -77,7 +81,7 @@ class Replier:
             if tag is not None:
                 link.ack(tag)
             return
-        if self._gone and reply_to in self._gone:
+        if self.gone(reply_to):
             if tag is not None:
                 link.ack(tag)
             self._counts["gone_callers"] += 1  # once acknowledged: it does not come back
@@ -174,8 +178,11 @@ class Replier:
         msg.link.publish(reply_to, payload, props)
 
     def gone(self, reply_to: Any) -> bool:
-        """Whether ``reply_to`` is known to belong to a caller that is gone."""
-        return bool(self._gone) and reply_to in self._gone
+        """Whether ``reply_to`` is known to belong to a caller that is gone: itself found gone,
+        or a caller of the same node lifetime as one that is."""
+        if not self._gone or not isinstance(reply_to, str):
+            return False
+        return reply_to in self._gone or protocol.reply_origin(reply_to) in self._gone_origins
 
     def is_suspect(self, reply_to: Any) -> bool:
         """Whether a reply to ``reply_to`` goes out as a probe, and so waits a moment."""
@@ -206,10 +213,16 @@ class Replier:
             self._suspects_until = now + GONE_CALLER_TTL
         self._suspects -= gone
         self._gone = {to: until for to, until in self._gone.items() if until > now}
+        self._gone_origins = {
+            origin: until for origin, until in self._gone_origins.items() if until > now}
         for to in gone:
-            logger.warning("server %r: replies to %s... fail: its caller is gone",
-                           self.server_id, to[:40])
+            origin = protocol.reply_origin(to)
+            logger.warning("server %r: replies to %s... fail: its caller is gone%s",
+                           self.server_id, to[:40],
+                           f", as are all callers of node {origin}" if origin else "")
             self._gone[to] = now + GONE_CALLER_TTL
+            if origin is not None:
+                self._gone_origins[origin] = now + GONE_CALLER_TTL
         return gone
 
     def _wait_for_probe(self) -> None:

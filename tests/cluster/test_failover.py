@@ -203,6 +203,34 @@ def test_clients_on_a_frozen_node_notice_by_heartbeat_and_move_to_another_node(
     assert cluster.node_of_connection(proxy_conn(server_id)) in (1, 2)
 
 
+def test_replies_to_several_callers_of_a_dead_node_cost_the_server_at_most_two_reconnects(
+        cluster: Any, servers: Any, proxies: Any, runs: Runs, server_id: str,
+        cleanup_queues: list[str]) -> None:
+    cleanup_queues.append(server_id)
+    server = servers(cluster.urls_from(2), server_id, register=register_echo(runs),
+                     concurrency=3)
+    callers = [proxies(cluster.urls_from(0), server_id, timeout=30) for _ in range(3)]
+    for k, caller in enumerate(callers):
+        assert caller.echo(10 + k) == 10 + k
+    pending = [caller.future.slow(n, 0.5 + n) for n, caller in enumerate(callers, 1)]
+    wait_for(lambda: all(runs.count[n] for n in (1, 2, 3)), message="the calls to run")
+    cluster.kill(0)
+    for fut in pending:
+        with pytest.raises(rpc.ConnectionLost):
+            fut.result(timeout=10)
+    time.sleep(4.5)  # the three replies have gone out to the dead callers' addresses
+
+    other = proxies(cluster.urls_from(1), server_id, timeout=10)
+    assert other.echo(4) == 4
+    logger.info("server stats after replying to three callers of a dead node: %s", server.stats)
+    # Each reply to a caller of a dead node closes the server's connection, until one is known
+    # gone: then so are the others of its node. The three addresses of the warm-up calls are
+    # all suspects at the first close, and the first probe finds the node gone.
+    assert server.stats["reconnects"] <= 2, "each dead caller cost the server a reconnect"
+    assert server.stats["gone_callers"] == 3
+    assert runs.twice() == {}, "a request ran again after its reply failed"
+
+
 def test_replies_to_callers_whose_node_died_do_not_take_the_server_down(
         cluster: Any, servers: Any, proxies: Any, runs: Runs, server_id: str,
         cleanup_queues: list[str]) -> None:

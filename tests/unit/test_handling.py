@@ -15,6 +15,7 @@ from typing import Any
 
 import msgpack
 import pytest
+from support import pid_address
 
 from rpc.core import protocol
 from rpc.core.context import current_call
@@ -364,6 +365,25 @@ def test_a_lone_recent_reply_address_is_the_gone_caller(rig: Rig) -> None:
     rig.handle(rig.message(message_id="m-2", redelivered=True))
     assert rig.link.writes == [("ack", 2)]  # acknowledged unanswered
     assert rig.stats.counts["gone_callers"] == 1
+
+
+def test_once_a_caller_is_found_gone_so_is_every_caller_of_its_node(rig: Rig) -> None:
+    # Each would close the connection once more: RabbitMQ does so on a reply to any of them.
+    rig.handle(rig.message(reply_to=pid_address("reply@1", 10, 7)))
+    assert rig.replier.closed_on_reply(rig.link) == {pid_address("reply@1", 10, 7)}
+    rig.link.writes.clear()
+    rig.handle(rig.message(message_id="m-2", reply_to=pid_address("reply@1", 11, 7)))
+    assert rig.link.writes == [("ack", 2)]  # acknowledged unanswered
+    assert rig.stats.counts["gone_callers"] == 1
+
+
+def test_callers_of_the_restarted_node_are_answered(rig: Rig) -> None:
+    rig.handle(rig.message(reply_to=pid_address("reply@1", 10, 7)))
+    rig.replier.closed_on_reply(rig.link)
+    rig.link.writes.clear()
+    rig.handle(rig.message(message_id="m-2", reply_to=pid_address("reply@1", 10, 8)))
+    assert [kind for kind, *_ in rig.link.writes] == ["publish"]
+    assert rig.stats.counts["gone_callers"] == 0
 
 
 def test_among_several_addresses_each_is_probed_alone(rig: Rig) -> None:

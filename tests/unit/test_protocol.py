@@ -6,6 +6,7 @@ import math
 from typing import Any
 
 import pytest
+from support import pid_address
 
 from rpc.core.errors import BadRequest, RPCError
 from rpc.core.protocol import (
@@ -42,6 +43,7 @@ from rpc.core.protocol import (
     progress_body,
     progress_properties,
     reply_content_type,
+    reply_origin,
     reply_properties,
     request_body,
     request_properties,
@@ -397,3 +399,32 @@ def test_progress_round_trips() -> None:
 def test_malformed_progress_is_refused(body: Any) -> None:
     with pytest.raises(RPCError, match="malformed progress"):
         parse_progress(body)
+
+
+# -- where a direct reply-to address leads -----------------------------------------------------------
+
+#: An address RabbitMQ 3.10 gave a caller: its channel's pid, node name recomposed.
+REAL_ADDRESS = "amq.rabbitmq.reply-to.g1h2AA1yZXBseUA5MjQ4ODg0AAANzgAAAAJrDjcQ.UEavM+Xe7EH8NZT8wr55ow=="
+
+
+def test_a_direct_reply_to_address_names_the_node_lifetime_of_its_caller() -> None:
+    assert reply_origin(REAL_ADDRESS) == "reply@9248884/6b0e3710"
+
+
+def test_callers_of_one_node_lifetime_share_their_origin() -> None:
+    assert reply_origin(pid_address("reply@1", 10, 7)) == reply_origin(pid_address("reply@1", 11, 7))
+
+
+def test_a_restarted_node_is_another_origin() -> None:
+    assert reply_origin(pid_address("reply@1", 10, 7)) != reply_origin(pid_address("reply@1", 10, 8))
+
+
+@pytest.mark.parametrize("address", [
+    "amq.gen-JzTY20BRgKO-HjmUJj0wLg",
+    "amq.rabbitmq.reply-to",
+    "amq.rabbitmq.reply-to.!!!.key",
+    "amq.rabbitmq.reply-to.g1h2AA5yZXBseUAxMjM0NTY3OAAAAAAAAAAB",  # no creation
+    REAL_ADDRESS.replace("g1h2", "g2h2"),  # not a pid
+])
+def test_other_addresses_have_no_origin(address: str) -> None:
+    assert reply_origin(address) is None
