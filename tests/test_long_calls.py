@@ -38,8 +38,8 @@ def seen() -> Seen:
     return Seen()
 
 
-@pytest.fixture
-def served(make_server: Any, seen: Seen) -> Server:
+def handlers(seen: Seen) -> Any:
+    """Registers the handlers these tests call, which tell ``seen`` what they saw."""
     def register(server: Server) -> None:
         @server.expose
         def work(seconds: float) -> str:
@@ -80,7 +80,12 @@ def served(make_server: Any, seen: Seen) -> Server:
                 time.sleep(0.15)  # over the server's throttle: each report goes out
             return n
 
-    return make_server(register=register, concurrency=2)  # type: ignore[no-any-return]
+    return register
+
+
+@pytest.fixture
+def served(make_server: Any, seen: Seen) -> Server:
+    return make_server(register=handlers(seen), concurrency=2)  # type: ignore[no-any-return]
 
 
 def wait_until(condition: Any, what: str, timeout: float = WAIT) -> None:
@@ -150,8 +155,8 @@ def test_a_passed_deadline_cancels_the_call_on_the_server(
     assert seen.cancelled.wait(5), "the handler never saw the cancel"
 
 
-def test_cancelling_the_awaiting_task_cancels_an_async_handler(
-        served: Server, url: str, server_id: str, seen: Seen) -> None:
+def cancel_the_awaiting_task(url: str, server_id: str, seen: Seen) -> None:
+    """Cancel the task that awaits ``awork(30)`` once the handler runs."""
     async def scenario() -> None:
         async with AsyncProxy(url, server_id=server_id) as proxy:
             task = asyncio.ensure_future(proxy.awork(30))
@@ -161,33 +166,18 @@ def test_cancelling_the_awaiting_task_cancels_an_async_handler(
                 await task
 
     asyncio.run(asyncio.wait_for(scenario(), WAIT))
+
+
+def test_cancelling_the_awaiting_task_cancels_an_async_handler(
+        served: Server, url: str, server_id: str, seen: Seen) -> None:
+    cancel_the_awaiting_task(url, server_id, seen)
     assert seen.cancelled.wait(5), "the async handler was not cancelled"
 
 
 def test_cancelling_the_awaiting_task_cancels_an_async_handler_run_on_a_worker_thread(
         make_server: Any, url: str, server_id: str, seen: Seen) -> None:
-    def register(server: Server) -> None:
-        @server.expose
-        async def awork(seconds: float) -> str:
-            seen.started.set()
-            try:
-                await asyncio.sleep(seconds)
-            except asyncio.CancelledError:
-                seen.cancelled.set()
-                raise
-            return "done"
-
-    make_server(register=register, async_concurrency=0)
-
-    async def scenario() -> None:
-        async with AsyncProxy(url, server_id=server_id) as proxy:
-            task = asyncio.ensure_future(proxy.awork(30))
-            await asyncio.to_thread(seen.started.wait, WAIT)
-            task.cancel()
-            with pytest.raises(asyncio.CancelledError):
-                await task
-
-    asyncio.run(asyncio.wait_for(scenario(), WAIT))
+    make_server(register=handlers(seen), async_concurrency=0)
+    cancel_the_awaiting_task(url, server_id, seen)
     assert seen.cancelled.wait(5), "the async handler was not cancelled"
 
 
