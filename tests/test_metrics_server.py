@@ -9,7 +9,9 @@ down. ``Proxy(..., metrics=True)`` records its calls in prometheus_client's defa
 from __future__ import annotations
 
 import asyncio
+import gc
 import queue
+import signal
 import socket
 import threading
 import time
@@ -89,6 +91,11 @@ def register(server: Server) -> None:
     @server.expose
     def count(n: int) -> Iterator[int]:
         yield from range(n)
+
+    @server.expose
+    def count_then_fail(n: int) -> Iterator[int]:
+        yield from range(n)
+        raise ValueError("no more")
 
 
 @pytest.fixture
@@ -441,6 +448,135 @@ def test_an_async_task_cancelled_as_its_proxy_closes_counts_as_cancelled_not_as_
             await task
 
     asyncio.run(asyncio.wait_for(scenario(), WAIT))
+    assert client_outcomes(server.metrics_address, server_id, "slow") == {"cancelled": 1}
+
+
+# -- streams left early, and blocking calls interrupted ---------------------------------------------
+
+
+def leave_sync_stream(proxy: Proxy, how: str) -> None:
+    """Read two items of an endless stream, then leave it as ``how`` says."""
+    if how == "with":
+        with proxy.stream(window=10).count(1_000_000) as items:
+            assert [next(items), next(items)] == [0, 1]
+        return
+    items = proxy.stream(window=10).count(1_000_000)
+    for item in items:
+        if item == 1:
+            break
+    if how == "close":
+        items.close()
+    else:  # "collected": dropped without a close, as a loop left with break often is
+        del items
+        gc.collect()
+
+
+@pytest.mark.parametrize("how", ["close", "with", "collected"])
+def test_a_stream_left_early_counts_once_as_cancelled(servers, proxies, broker_url, server_id, how):
+    server = servers(broker_url, server_id)
+    proxy = proxies(broker_url, server_id, metrics=True)
+    leave_sync_stream(proxy, how)
+
+    wait_for(lambda: cancelled(server, server_id) == 1, message="the server to hear the cancel")
+    assert proxy.add(0, 0) == 0  # reads whatever the server still sent
+    assert client_outcomes(server.metrics_address, server_id, "count") == {"cancelled": 1}
+
+
+async def leave_async_stream(proxy: AsyncProxy, how: str) -> None:
+    """As :func:`leave_sync_stream`, on an AsyncProxy: ``aclose()``, ``async with``, or the
+    task reading it cancelled."""
+    items = proxy.stream(window=10).count(1_000_000)
+    if how == "async with":
+        async with items:
+            assert [await anext(items), await anext(items)] == [0, 1]
+    elif how == "aclose":
+        async for item in items:
+            if item == 1:
+                break
+        await items.aclose()
+    else:
+        async def read_all() -> None:
+            async for _ in items:
+                await asyncio.sleep(0.01)
+
+        task = asyncio.ensure_future(read_all())
+        await asyncio.sleep(0.1)
+        task.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await task
+
+
+@pytest.mark.parametrize("how", ["aclose", "async with", "task cancelled"])
+def test_an_async_stream_left_early_counts_once_as_cancelled(servers, broker_url, server_id, how):
+    server = servers(broker_url, server_id)
+
+    async def scenario() -> None:
+        async with AsyncProxy(broker_url, server_id=server_id, metrics=True) as proxy:
+            await leave_async_stream(proxy, how)
+            while cancelled(server, server_id) < 1:  # the server heard the cancel
+                await asyncio.sleep(0.05)
+            assert await proxy.add(0, 0) == 0  # whatever the server still sent is read
+
+    asyncio.run(asyncio.wait_for(scenario(), WAIT))
+    assert client_outcomes(server.metrics_address, server_id, "count") == {"cancelled": 1}
+
+
+def read_stream(kind: str, url: str, server_id: str, method: str, n: int) -> object:
+    """Read a stream of ``method(n)`` to its end with a proxy with metrics, close it as a ``with``
+    block does, and return its items, or the error it ended with."""
+    if kind == "sync":
+        with Proxy(url, server_id=server_id, metrics=True, timeout=WAIT) as proxy:
+            items = proxy.stream.call(method, n)
+            try:
+                with items:
+                    return list(items)
+            except Exception as exc:
+                return exc
+            finally:
+                assert proxy.add(0, 0) == 0  # whatever the server still sent is read
+
+    async def scenario() -> object:
+        async with AsyncProxy(url, server_id=server_id, metrics=True, timeout=WAIT) as proxy:
+            items = proxy.stream.call(method, n)
+            try:
+                async with items:
+                    return [item async for item in items]
+            except Exception as exc:
+                return exc
+            finally:
+                assert await proxy.add(0, 0) == 0
+
+    return asyncio.run(asyncio.wait_for(scenario(), WAIT))
+
+
+@pytest.mark.parametrize("kind", ["sync", "async"])
+def test_a_stream_read_to_its_end_counts_once_as_ok(servers, broker_url, server_id, kind):
+    server = servers(broker_url, server_id)
+    assert read_stream(kind, broker_url, server_id, "count", 3) == [0, 1, 2]
+    assert client_outcomes(server.metrics_address, server_id, "count") == {"ok": 1}
+    assert cancelled(server, server_id) == 0
+
+
+@pytest.mark.parametrize("kind", ["sync", "async"])
+def test_a_stream_that_raises_counts_once_as_an_error(servers, broker_url, server_id, kind):
+    server = servers(broker_url, server_id)
+    assert isinstance(read_stream(kind, broker_url, server_id, "count_then_fail", 3), ValueError)
+    assert client_outcomes(server.metrics_address, server_id, "count_then_fail") == {"error": 1}
+
+
+def test_a_blocking_call_interrupted_counts_once_as_cancelled(servers, proxies, broker_url, server_id):
+    server = servers(broker_url, server_id)
+    proxy = proxies(broker_url, server_id, metrics=True)
+    timer = threading.Timer(0.3, signal.pthread_kill, (threading.main_thread().ident, signal.SIGINT))
+    timer.start()
+    try:
+        with pytest.raises(KeyboardInterrupt):
+            proxy.set_timeout(WAIT).slow(0.6)
+    finally:
+        timer.cancel()
+
+    assert proxy.pending_calls == 0  # forgotten: its reply, when it comes, is dropped
+    wait_for(lambda: proxy.add(0, 0) == 0 and proxy.replies_dropped == 1, message="the late reply dropped")
     assert client_outcomes(server.metrics_address, server_id, "slow") == {"cancelled": 1}
 
 

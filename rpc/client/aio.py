@@ -594,7 +594,13 @@ class AsyncProxy(ProxySettings, ProxyBase):
     # -- streams ---------------------------------------------------------------------------------
 
     async def _start_stream(self, pending: Pending) -> None:
-        await self._publish_counted(pending)
+        stream = pending.stream
+        assert stream is not None
+        try:
+            await self._publish_counted(pending)
+        except Exception as exc:
+            stream.ended, stream.end = True, (False, exc)  # counted: closing it is no cancel
+            raise
 
     async def _next_item(self, pending: Pending) -> Any:
         """The stream's next item, as it comes.
@@ -627,15 +633,17 @@ class AsyncProxy(ProxySettings, ProxyBase):
                     self._complete(pending, False, self._calls.timed_out(pending))
 
     def _close_stream(self, pending: Pending) -> None:
-        """Stop a stream nobody reads any more: the server closes the generator."""
+        """Stop a stream nobody reads any more: the server closes the generator. One left
+        before it ended counts as cancelled (one that ended counted in :meth:`_complete`)."""
         stream = pending.stream
         assert stream is not None
         self._table.take(pending.cid)
+        if not stream.ended:
+            self._calls.record_cancelled(pending)
+            stream.ended, stream.end = True, (True, None)
         if stream.answered or self._link is None:
             return
         stream.answered = True  # one cancel is enough
-        if not stream.ended:
-            stream.ended, stream.end = True, (True, None)
         self._control(pending, protocol.CANCEL_TYPE)
 
     def _control(self, pending: Pending, kind: str, credit: int = 0) -> None:
@@ -719,8 +727,9 @@ class AsyncProxy(ProxySettings, ProxyBase):
         stream = pending.stream
         waiter = pending.waiter
         if stream is not None:
-            self._calls.record(pending, ok, value)
-            stream.ended, stream.end = True, (ok, value)
+            if not stream.ended:  # else its caller left it, and it counted as cancelled
+                self._calls.record(pending, ok, value)
+                stream.ended, stream.end = True, (ok, value)
             ok, value = True, None  # the iterator raises the error once it reaches it
         elif pending.kind == BROADCAST:
             if ok:

@@ -295,9 +295,11 @@ class Proxy(ProxySettings, ProxyBase):
     ) -> Any:
         """Make one call as ``options`` say: the single entry point of every view.
 
-        A call counts once: a synchronous one here, after its retries; any other when it ends
-        (:meth:`_complete`), or here if it fails before it is on its way (a closed proxy,
-        arguments that cannot be encoded, no server consuming, no connection)."""
+        A call counts once: a synchronous one here, after its retries (interrupted by a
+        KeyboardInterrupt, as ``cancelled``: its caller abandoned it); a stream its caller
+        leaves in :meth:`_close_stream`; any other when it ends (:meth:`_complete`), or here if
+        it fails before it is on its way (a closed proxy, arguments that cannot be encoded, no
+        server consuming, no connection)."""
         try:
             if self._closed:
                 raise closed_error()
@@ -341,6 +343,10 @@ class Proxy(ProxySettings, ProxyBase):
             return pending.cid
         except Exception as exc:
             self._calls.record(pending, False, exc)
+            raise
+        except BaseException:
+            if kind == SYNC:  # nothing else counts it: _complete leaves synchronous calls to us
+                self._calls.record_cancelled(pending)
             raise
 
     def _run_sync(self, pending: Pending) -> None:
@@ -684,7 +690,9 @@ class Proxy(ProxySettings, ProxyBase):
         return item
 
     def _close_stream(self, pending: Pending) -> None:
-        """Stop a stream nobody reads any more: the server closes the generator."""
+        """Stop a stream nobody reads any more: the server closes the generator. One left
+        before it ended counts as cancelled; whichever of this and :meth:`_complete` ends it
+        first, under the lock, counts it."""
         stream = pending.stream
         assert stream is not None
         with self._lock:
@@ -693,6 +701,7 @@ class Proxy(ProxySettings, ProxyBase):
                 return
             stream.answered = True  # one cancel is enough
             if not stream.ended:
+                self._calls.record_cancelled(pending)
                 stream.ended, stream.end = True, (True, None)
         self._control(pending, protocol.CANCEL_TYPE)
 
@@ -744,13 +753,16 @@ class Proxy(ProxySettings, ProxyBase):
         if fut is not None and not fut.set_running_or_notify_cancel():
             self._calls.record_cancelled(pending)  # cancelled as it ended: its outcome goes unheard
             return
-        if kind != SYNC:  # a synchronous call may be retried yet: _invoke counts it
+        # A synchronous call may be retried yet: _invoke counts it. A stream counts below.
+        if kind != SYNC and kind != STREAM:
             self._calls.record(pending, ok, value)
         if kind == STREAM:
             stream = pending.stream
             assert stream is not None
             with self._lock:
-                stream.ended, stream.end = True, (ok, value)
+                if not stream.ended:  # else its caller left it, and it counted as cancelled
+                    self._calls.record(pending, ok, value)  # before its reader sees the end
+                    stream.ended, stream.end = True, (ok, value)
                 pending.done = True
                 pending.wake()
         elif kind == SYNC or kind == BROADCAST or kind == CHECK:
