@@ -414,7 +414,7 @@ class Proxy(ProxySettings, ProxyBase):
                 if kind != CAST:
                     props["reply_to"] = self._reply_to
                 self._publish(link, pending, track)
-        except Exception:
+        except BaseException:  # an interrupt mid-write too: nothing will wait for this call
             with self._lock:
                 if self._table.take(pending.cid) is not None and again:
                     self._retrying[pending.cid] = pending

@@ -258,6 +258,21 @@ def test_keyboard_interrupt_during_a_wait_leaves_the_proxy_usable_and_nothing_pe
     wait_for(lambda: proxy.pending_calls == 0, message="the interrupted call to be forgotten")
 
 
+def test_a_call_interrupted_while_its_request_is_written_is_not_left_pending(
+        servers, proxies, broker_url, server_id, monkeypatch):
+    servers(broker_url, server_id, register=lambda s: s.register_function(lambda: "ok", "ping"))
+    proxy = proxies(broker_url, server_id)
+    assert proxy.ping() == "ok"
+
+    def interrupted(*args: Any, **kwargs: Any) -> None:
+        raise KeyboardInterrupt  # as a SIGINT lands inside the write
+
+    monkeypatch.setattr(proxy._link, "publish", interrupted)
+    with pytest.raises(KeyboardInterrupt):
+        proxy.ping()
+    assert proxy.pending_calls == 0
+
+
 def test_keyboard_interrupted_call_whose_reply_never_comes_is_not_left_pending(
         servers, proxies, broker_url, server_id):
     stop = servers(broker_url, server_id)
