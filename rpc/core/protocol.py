@@ -6,7 +6,6 @@ docs/protocol.md is the normative description; this module is its executable for
 from __future__ import annotations
 
 import base64
-import binascii
 import functools
 import math
 import pickle
@@ -404,6 +403,6 @@ def reply_origin(reply_to: str) -> str | None:
         if len(node) != length or len(creation) != (4 if term[1] == _NEW_PID else 1):
             return None
         name = node.decode("utf-8")
-    except (binascii.Error, struct.error, UnicodeDecodeError, ValueError):
+    except (struct.error, ValueError):  # bad base64 or UTF-8 are ValueErrors too
         return None
     return f"{name}/{creation.hex()}"
