@@ -203,6 +203,15 @@ def test_clients_on_a_frozen_node_notice_by_heartbeat_and_move_to_another_node(
     assert cluster.node_of_connection(proxy_conn(server_id)) in (1, 2)
 
 
+def kill_node_0_under(cluster: Any, runs: Runs, pending: list[Any]) -> None:
+    """Once calls 1, 2 and 3 from callers on node 0 run, kill node 0: each fails at once."""
+    wait_for(lambda: all(runs.count[n] for n in (1, 2, 3)), message="the calls to run")
+    cluster.kill(0)
+    for fut in pending:
+        with pytest.raises(rpc.ConnectionLost):
+            fut.result(timeout=10)
+
+
 def test_replies_to_several_callers_of_a_dead_node_cost_the_server_at_most_two_reconnects(
         cluster: Any, servers: Any, proxies: Any, runs: Runs, server_id: str,
         cleanup_queues: list[str]) -> None:
@@ -212,12 +221,8 @@ def test_replies_to_several_callers_of_a_dead_node_cost_the_server_at_most_two_r
     callers = [proxies(cluster.urls_from(0), server_id, timeout=30) for _ in range(3)]
     for k, caller in enumerate(callers):
         assert caller.echo(10 + k) == 10 + k
-    pending = [caller.future.slow(n, 0.5 + n) for n, caller in enumerate(callers, 1)]
-    wait_for(lambda: all(runs.count[n] for n in (1, 2, 3)), message="the calls to run")
-    cluster.kill(0)
-    for fut in pending:
-        with pytest.raises(rpc.ConnectionLost):
-            fut.result(timeout=10)
+    kill_node_0_under(cluster, runs,
+                      [caller.future.slow(n, 0.5 + n) for n, caller in enumerate(callers, 1)])
     time.sleep(4.5)  # the three replies have gone out to the dead callers' addresses
 
     other = proxies(cluster.urls_from(1), server_id, timeout=10)
@@ -239,12 +244,7 @@ def test_replies_to_callers_whose_node_died_do_not_take_the_server_down(
                      concurrency=3)
     caller = proxies(cluster.urls_from(0), server_id, timeout=30)
     assert caller.echo(0) == 0
-    pending = [caller.future.slow(n, 1.5) for n in (1, 2, 3)]
-    wait_for(lambda: all(runs.count[n] for n in (1, 2, 3)), message="the calls to run")
-    cluster.kill(0)
-    for fut in pending:
-        with pytest.raises(rpc.ConnectionLost):
-            fut.result(timeout=10)
+    kill_node_0_under(cluster, runs, [caller.future.slow(n, 1.5) for n in (1, 2, 3)])
     time.sleep(3.0)  # the three replies have gone out to the dead caller's address
 
     other = proxies(cluster.urls_from(1), server_id, timeout=10)
