@@ -18,11 +18,12 @@ from __future__ import annotations
 
 import asyncio
 import concurrent.futures
+import contextlib
 import inspect
 import logging
 import threading
 import time
-from collections.abc import AsyncGenerator, Awaitable, Callable, Generator
+from collections.abc import AsyncGenerator, Awaitable, Callable, Generator, Iterator
 from typing import TYPE_CHECKING, Any
 
 from ..core import context, dedup, protocol, serialization, tracing
@@ -434,19 +435,8 @@ class Handler:
         target, request, info = call.target, call.request, call.info
         assert target is not None and request is not None and info is not None
         async with self.loop.slots:
-            running = call.running
-            if running is not None:  # a cancel cancels this task
-                task = asyncio.current_task()
-                assert task is not None
-                running.attach(task)
-            token = context.enter(info)
-            try:
-                with self.spans.span(info.headers, info.method):
-                    return await target.func(*request.args, **request.kwargs)
-            finally:
-                context.leave(token)
-                if running is not None:
-                    running.detach()
+            with _awaited_as(info, call.running), self.spans.span(info.headers, info.method):
+                return await target.func(*request.args, **request.kwargs)
 
     def after_async(self, call: Call, done: concurrent.futures.Future[Any]) -> None:
         """Reply to a coroutine handler's call once it has ended (on the loop's thread)."""
@@ -821,15 +811,22 @@ async def aclose_items(items: AsyncGenerator[Any, Any]) -> None:
 
 
 async def _awaiting(awaitable: Awaitable[Any], info: CallInfo, running: Running | None) -> Any:
-    """Await what a plain function returned, with ``current_call()`` set on the loop too, as a
-    task its caller's cancel cancels, as on the loop's own slots."""
+    """Await what a plain function returned on the loop, as the loop's own coroutine calls run."""
+    with _awaited_as(info, running):
+        return await awaitable
+
+
+@contextlib.contextmanager
+def _awaited_as(info: CallInfo, running: Running | None) -> Iterator[None]:
+    """In the task that awaits a handler: ``current_call()`` is ``info``, and the caller's
+    cancel (with ``running``) cancels the task."""
     if running is not None:
         task = asyncio.current_task()
         assert task is not None
         running.attach(task)
     token = context.enter(info)
     try:
-        return await awaitable
+        yield
     finally:
         context.leave(token)
         if running is not None:
