@@ -22,6 +22,7 @@ from .matrix import (
     MEMORY_ITEMS,
     STREAM,
     STREAM_MEMORY,
+    WIRE_SEQ,
 )
 
 RESULT_SCHEMA = "rpc-benchmarks/1"
@@ -170,6 +171,10 @@ HEADLINES: tuple[tuple[str, str, str | None, str, str | None], ...] = (
      "client_server", "<= 0.4"),
     ("client+server CPU per call, 100 in flight, vs raw pika pipelined",
      "rpc futures 100 in flight add", "pika 100 in flight add", "client_server", "<= 1.0"),
+    ("the wire case's sequential calls/s vs raw pika: what the broker leaves room for",
+     WIRE_SEQ, "pika seq add", "calls_per_s", None),
+    ("the wire case's client+server CPU per call vs raw pika", WIRE_SEQ, "pika seq add",
+     "client_server", None),
     ("sequential calls/s vs nameko sequential", "rpc seq add", "nameko seq add",
      "calls_per_s", ">= 4.0"),
     ("100 in flight calls/s vs nameko 100 in flight", "rpc futures 100 in flight add",

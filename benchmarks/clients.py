@@ -11,6 +11,8 @@ direct reply-to, one call at a time, or a callback-driven window of ``concurrenc
 (this framework's ``AsyncProxy``) and ``aiopika`` (``aio_pika.patterns.RPC``), both driven alike
 on one event loop: awaits one after another, or ``concurrency`` tasks in flight.
 
+``wire`` (:mod:`benchmarks.wire`) calls one at a time on raw sockets with rpc's wire format.
+
 Streams (``rpc`` and ``rpc-async``, mode ``stream``): one ``proxy.stream.count(total)`` whose
 items count as the calls of the report (items/s, the wait for each item as its latency), left
 (closed) when the phase's seconds run out. Mode ``slow-stream`` (``rpc``): one long stream to a
@@ -325,6 +327,30 @@ def run_pika(case: dict[str, Any]) -> dict[str, Any]:
         conn.close()
 
 
+def run_wire(case: dict[str, Any]) -> dict[str, Any]:
+    from .wire import Caller
+
+    caller = Caller(case["url"], case["server_id"])
+    args = _args(case)
+
+    def sequential(clock: _Clock, tally: Tally) -> None:
+        while clock.more():
+            sent = time.perf_counter()
+            try:
+                caller.call(case["method"], args)
+            except Exception as exc:
+                tally.record_error(error_name(exc), sent, time.perf_counter())
+            else:
+                tally.record_ok(sent, time.perf_counter())
+
+    try:
+        for _ in range(case["warmup"]):
+            caller.call(case["method"], args)
+        return _measured(case, sequential)
+    finally:
+        caller.close()
+
+
 def run_nameko(case: dict[str, Any]) -> dict[str, Any]:
     from nameko.standalone.rpc import ClusterRpcProxy
 
@@ -472,7 +498,7 @@ def run_aiopika(case: dict[str, Any]) -> dict[str, Any]:
 
 CLIENTS: dict[str, Callable[[dict[str, Any]], dict[str, Any]]] = {
     "rpc": run_rpc, "rpc-async": run_rpc_async, "pika": run_pika, "nameko": run_nameko,
-    "aiopika": run_aiopika,
+    "aiopika": run_aiopika, "wire": run_wire,
 }
 
 

@@ -19,6 +19,9 @@ FAIR_DELAYS = (1.0, 10.0)
 
 BASE_SEQ = "pika seq add"
 BASE_PIPE = "pika 100 in flight add"
+#: rpc's wire format on raw sockets, one write and one read per side (benchmarks.wire): what the
+#: broker allows a caller and a server that do nothing else.
+WIRE_SEQ = "wire seq add: raw sockets, rpc's frames, confirms and properties"
 #: The raw pika server's prefetch (benchmarks.servers.serve_pika).
 PIKA_PREFETCH = 100
 ASYNC_PIPE_MATCHED = f"rpc-async 100 in flight add, server prefetch {PIKA_PREFETCH} as pika's"
@@ -149,6 +152,7 @@ def build_matrix(quick: bool, peers: frozenset[str] = frozenset()) -> list[Case]
     ]
     cases += [Case(f"pika seq echo {_size(n)}", "baseline", "pika", pika, baseline=None, **_echo(n))
               for n in payloads]
+    cases.append(Case(WIRE_SEQ, "baseline", "wire", ServerSetup("wire")))
 
     cases.append(Case("rpc seq add", "latency", "rpc", ours))
     for c in (1, 10, 100) if not quick else (10, 100):

@@ -3,8 +3,9 @@
 Each prints ``READY`` on standard output once it consumes, and stops cleanly on SIGTERM. KIND is
 ``rpc`` (this framework; options not given are left to its defaults, ``--async-handlers`` adds
 the ``async def`` workloads; it also streams the generator ``count``), ``pika`` (the raw floor:
-BlockingConnection, msgpack ``[method, args]``, prefetch 100, ack after the reply), ``nameko``
-or ``aiopika`` (``aio_pika.patterns.RPC``).
+BlockingConnection, msgpack ``[method, args]``, prefetch 100, ack after the reply), ``nameko``,
+``aiopika`` (``aio_pika.patterns.RPC``) or ``wire`` (:mod:`benchmarks.wire`: raw sockets,
+rpc's wire format, nothing else).
 """
 
 from __future__ import annotations
@@ -98,6 +99,13 @@ def serve_pika(options: argparse.Namespace) -> None:
         conn.close()
 
 
+def serve_wire(options: argparse.Namespace) -> None:
+    from . import wire
+
+    wire.serve(options.url, options.server_id, _functions(options),
+                options.prefetch or PIKA_PREFETCH, _stop_event(), _ready)
+
+
 def serve_nameko(options: argparse.Namespace) -> None:
     import eventlet
 
@@ -167,6 +175,7 @@ def serve_aiopika(options: argparse.Namespace) -> None:
 
 SERVERS: dict[str, Callable[[argparse.Namespace], None]] = {
     "rpc": serve_rpc, "pika": serve_pika, "nameko": serve_nameko, "aiopika": serve_aiopika,
+    "wire": serve_wire,
 }
 
 

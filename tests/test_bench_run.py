@@ -6,6 +6,7 @@ No test here asserts a speed: the machine is shared and noisy.
 from __future__ import annotations
 
 import json
+import threading
 import time
 from collections.abc import Iterator
 
@@ -143,3 +144,29 @@ def test_bench_draws_a_determinate_progress_bar_for_a_duration(broker_url: str,
                    env=environment(broker_url, COLUMNS="120"))
     assert done.returncode == 0, done.stderr
     assert "100%" in done.stderr  # a bar without a known end shows no percentage
+
+
+def test_the_wire_benchmark_pair_answers_calls_and_reports_a_returned_request(
+        broker_url: str, server_id: str) -> None:
+    from benchmarks import wire, workloads
+
+    stop = threading.Event()
+    ready = threading.Event()
+    thread = threading.Thread(target=wire.serve, args=(
+        broker_url, server_id, {"add": workloads.add}, 10, stop, ready.set), daemon=True)
+    thread.start()
+    assert ready.wait(10)
+    caller = wire.Caller(broker_url, server_id)
+    try:
+        assert [caller.call("add", [n, 1]) for n in range(3)] == [1, 2, 3]
+        nowhere = wire.Caller(broker_url, server_id + ".nowhere")
+        try:
+            with pytest.raises(RuntimeError, match="did not take"):
+                nowhere.call("add", [1, 2])
+        finally:
+            nowhere.close()
+    finally:
+        caller.close()
+        stop.set()
+        thread.join(5)
+    assert not thread.is_alive()

@@ -32,6 +32,7 @@ from benchmarks.matrix import (  # noqa: E402
     MEMORY_ITEMS,
     STREAM,
     STREAM_MEMORY,
+    WIRE_SEQ,
     build_matrix,
 )
 from rpc.bench.stats import Tally  # noqa: E402
@@ -183,7 +184,7 @@ def test_the_quick_matrix_is_a_subset_of_the_full_one() -> None:
     quick = {case.name for case in build_matrix(True)}
     full = {case.name for case in build_matrix(False)}
     assert quick < full
-    assert len(quick) <= 32
+    assert len(quick) <= 33
     # Cases whose phase has a fixed length (whatever --seconds) keep the quick run short.
     assert sum(case.seconds or 0 for case in build_matrix(True)) <= 10
 
@@ -372,3 +373,10 @@ def test_a_slow_consumer_samples_memory_after_it_settles_and_closes_the_stream()
     growth = rss_growth(samples)
     assert growth["client_rss_growth_mib"] == len(samples) - 1
     assert growth["server_rss_growth_mib"] == growth["server_rss_peak_growth_mib"] == 0.0
+
+
+def test_the_wire_case_runs_in_every_run_and_is_compared_with_raw_pika() -> None:
+    for quick in (True, False):
+        wire = {case.name: case for case in build_matrix(quick)}[WIRE_SEQ]
+        assert wire.group == "baseline"  # so every --only run measures it too
+        assert (wire.client, wire.server.kind, wire.baseline) == ("wire", "wire", "pika seq add")
