@@ -478,6 +478,11 @@ class Session(Generic[LinkT]):
             if track is not None:
                 self._unconfirmed[self._seq] = track
 
+    @property
+    def awaiting_confirms(self) -> bool:
+        """Whether a tracked publish still waits for the broker's ack or nack."""
+        return bool(self._unconfirmed)
+
     def enable_confirms(
         self, on_nack: Callable[[Any], None],
         on_blocked: Callable[[list[Any], str], None] | None = None,

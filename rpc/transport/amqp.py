@@ -35,6 +35,15 @@ SEND_TIMEOUT = 10.0
 CLOSE_WAIT = 2.0
 #: The shortest receive timeout a read blocks for; a shorter read polls.
 _SHORTEST_STEP = 0.01
+#: The receive low-water mark of a link in confirm mode: one byte more than a lone ``basic.ack``
+#: frame (7-byte header, 13-byte method, frame end), so a call's confirm does not wake its
+#: reader apart from the reply that follows it.
+_CONFIRM_LOWAT = 22
+#: While the mark is set, the longest a read blocks when a confirm is awaited: a lone nack, which
+#: the mark holds back, is read this late at most...
+CONFIRM_STEP = 0.05
+#: ... and when none is: a lone heartbeat is read this late at most.
+_LOWAT_STEP = 1.0
 
 
 def _recv_step(timeout: float) -> float:
@@ -96,6 +105,7 @@ class AMQPLink(Link):
         self._chunk_view = memoryview(self._chunk)
         self._hb = Heartbeat(self.heartbeat, time.monotonic())
         self._recv_step = 0.0  # the socket's receive timeout; 0 is none
+        self._lowat = False  # the socket has the confirm low-water mark
         self._detached = False
 
     @property
@@ -122,6 +132,9 @@ class AMQPLink(Link):
     ) -> None:
         self._channel.confirm_select()
         self.session.enable_confirms(on_nack, on_blocked)
+        if not self._ssl:  # a mark counts TLS record bytes, not frames
+            self._sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVLOWAT, _CONFIRM_LOWAT)
+            self._lowat = True
 
     def consume(self, queue: str, *, prefetch: int) -> str:
         self._channel.basic_qos(0, prefetch, False)
@@ -153,6 +166,8 @@ class AMQPLink(Link):
         with self._wlock:
             self._detached = self.closed = True
             self._poller.unregister(self._sock)
+        if self._lowat:  # the new driver's reads are its own: every byte wakes them again
+            self._sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVLOWAT, 1)
         return Detached(self._sock, self.session, self.heartbeat, self._kombu)
 
     # -- writing, from any thread ----------------------------------------------------------------
@@ -269,6 +284,10 @@ class AMQPLink(Link):
         # One syscall per read: a blocking recv bounded by the socket's receive timeout (set only
         # when the step changes), rather than a poll and a recv. A step is at most the timeout
         # asked for, so a read may return False early, never late.
+        if self._lowat:
+            cap = CONFIRM_STEP if self.session.awaiting_confirms else _LOWAT_STEP
+            if timeout is None or timeout > cap:
+                timeout = cap
         try:
             if timeout is None:
                 if self._recv_step:

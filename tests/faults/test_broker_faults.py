@@ -11,6 +11,7 @@ import threading
 import time
 from typing import Any
 
+import kombu
 import pytest
 
 import rpc
@@ -269,6 +270,44 @@ def test_request_the_broker_refuses_fails_at_once_with_refused_not_at_its_timeou
     assert running.result(WAIT) == 1
     assert waiting.result(WAIT) == 2
     assert started == [1, 2]
+
+
+def test_a_synchronous_call_the_broker_refuses_fails_within_a_confirm_step(
+        servers, proxies, broker_url, server_id):
+    """A lone nack is smaller than the low-water mark that keeps a confirm from waking the
+    reader apart from its reply: the reader still sees it within one confirm step."""
+    gate = threading.Event()
+    started: list[int] = []
+
+    def hold(n: int) -> int:
+        started.append(n)
+        gate.wait(WAIT)
+        return n
+
+    def register(server: rpc.Server) -> None:
+        server.register_function(hold)
+        server.register_function(lambda: None, "noop")
+
+    servers(broker_url, server_id, register=register, prefetch=1,
+            queue_arguments={"x-max-length": 1, "x-overflow": "reject-publish"})
+    filler, caller = proxies(broker_url, server_id), proxies(broker_url, server_id)
+    caller.noop()  # connected, and the server known to consume: the call is one publish
+    try:
+        running = filler.set_timeout(LONG).future.hold(1)
+        wait_for(lambda: started, message="the first call to run")
+        waiting = filler.set_timeout(LONG).future.hold(2)  # fills the queue
+        with kombu.Connection(broker_url) as conn:
+            channel = conn.channel()
+            wait_for(lambda: channel.queue_declare(server_id, passive=True).message_count == 1,
+                     message="the queue to fill")
+        begun = time.monotonic()
+        with pytest.raises(rpc.Refused):
+            caller.set_timeout(LONG).hold(3)  # its reader is this thread, blocking
+        assert time.monotonic() - begun < 0.5
+    finally:
+        gate.set()
+    assert running.result(WAIT) == 1
+    assert waiting.result(WAIT) == 2
 
 
 def wait_until_served(proxy: rpc.Proxy) -> None:
