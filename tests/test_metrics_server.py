@@ -580,6 +580,22 @@ def test_a_blocking_call_interrupted_counts_once_as_cancelled(servers, proxies, 
     assert client_outcomes(server.metrics_address, server_id, "slow") == {"cancelled": 1}
 
 
+
+def test_a_broadcast_interrupted_while_it_collects_counts_once_as_cancelled(
+        servers, proxies, broker_url, server_id):
+    server = servers(broker_url, server_id)
+    proxy = proxies(broker_url, server_id, metrics=True)
+    timer = threading.Timer(0.3, signal.pthread_kill, (threading.main_thread().ident, signal.SIGINT))
+    timer.start()
+    try:
+        with pytest.raises(KeyboardInterrupt):
+            proxy.broadcast(timeout=WAIT).add(1, 2)
+    finally:
+        timer.cancel()
+
+    assert proxy.pending_calls == 0
+    assert client_outcomes(server.metrics_address, server_id, "add") == {"cancelled": 1}
+
 # -- every call counts once, with what its caller gets ---------------------------------------------
 
 #: (proxy, mode): how a test makes its call.

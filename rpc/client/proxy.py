@@ -345,7 +345,9 @@ class Proxy(ProxySettings, ProxyBase):
             self._calls.record(pending, False, exc)
             raise
         except BaseException:
-            if kind == SYNC:  # nothing else counts it: _complete leaves synchronous calls to us
+            # Nothing else counts it: _complete leaves synchronous calls to us, and a broadcast
+            # interrupted while it collects is never completed.
+            if kind == SYNC or (kind == BROADCAST and not pending.done):
                 self._calls.record_cancelled(pending)
             raise
 
