@@ -36,6 +36,14 @@ GONE_CALLER_TTL = 120.0
 RECENT_REPLIES = 64
 
 
+class _Held(threading.local):
+    """A thread's held replies (None: not holding). The class defaults spare every reply the
+    exception a ``getattr`` on a plain ``threading.local`` raises and swallows."""
+
+    replies: list[tuple[Link, Reply]] | None = None
+    most = 0
+
+
 class Replier:
     """Publishes each reply and acknowledges its request, in one write where that is safe.
 
@@ -64,7 +72,7 @@ class Replier:
         self._probe_lock = threading.Lock()
         #: Per thread, while it holds its replies (see :meth:`hold`): ``replies``, each with
         #: the connection it goes through, and ``most``.
-        self._held = threading.local()
+        self._held = _Held()
 
     def send(self, msg: Incoming, tag: int | None, payload: bytes, content_type: str) -> None:
         """Reply to ``msg`` and acknowledge delivery ``tag`` (None: it was acknowledged already).
@@ -81,7 +89,7 @@ class Replier:
             if tag is not None:
                 link.ack(tag)
             return
-        if self.gone(reply_to):
+        if self._gone and self.gone(reply_to):
             if tag is not None:
                 link.ack(tag)
             self._counts["gone_callers"] += 1  # once acknowledged: it does not come back
@@ -93,17 +101,18 @@ class Replier:
         # goes out as a probe.
         reply_props = protocol.reply_properties(props.get("correlation_id"), content_type,
                                                 self.identity)
-        if self.is_suspect(reply_to):
+        if self._suspects and self.is_suspect(reply_to):
             self.flush()  # the probe goes out alone, after the replies before it
             self._send_probe(link, reply_to, payload, reply_props, tag)
             return
-        held: list[tuple[Link, Reply]] | None = getattr(self._held, "replies", None)
+        held = self._held.replies
         if held is not None:
             held.append((link, (reply_to, payload, reply_props, tag)))
             if len(held) >= self._held.most:
                 self._send_held(held)
             return
-        self._wait_for_probe()
+        if self._probe is not None:
+            self._wait_for_probe()
         self._wrote(link, reply_to)
         link.publish(reply_to, payload, reply_props, ack=tag)
 
@@ -117,7 +126,7 @@ class Replier:
 
     def holding(self) -> bool:
         """Whether this thread's replies are held (between :meth:`hold` and :meth:`flush`)."""
-        return getattr(self._held, "replies", None) is not None
+        return self._held.replies is not None
 
     def flush(self) -> None:
         """Send the held replies (with the acknowledgements of their requests) and stop
@@ -126,7 +135,7 @@ class Replier:
         Raises:
             ConnectionLost: the connection failed; their requests come back redelivered.
         """
-        held: list[tuple[Link, Reply]] | None = getattr(self._held, "replies", None)
+        held = self._held.replies
         if held is None:
             return
         self._held.replies = None

@@ -35,6 +35,13 @@ from .streams import Streams
 logger = logging.getLogger(LOGGER_NAME)
 
 
+class _Later(threading.local):
+    """A thread's outcomes held between hold() and flush() (None: not holding); the class
+    default spares every request a ``getattr`` that raises and swallows an exception."""
+
+    outcomes: list[str] | None = None
+
+
 class Runtime:
     """Everything a server runs on between one start() and the stop() after it.
 
@@ -95,7 +102,7 @@ class Runtime:
         #: Per thread, between hold() and flush(), ``outcomes`` of the requests whose replies
         #: the replier holds: they stay in flight until those replies are written, so a stop
         #: cannot close the connection before.
-        self._later = threading.local()
+        self._later = _Later()
 
     # -- starting and stopping ---------------------------------------------------------------------
 
@@ -284,7 +291,7 @@ class Runtime:
             logger.exception("unexpected error handling a request")
         finally:
             if outcome is not None:  # None: a coroutine handler runs on, on the loop
-                held: list[str] | None = getattr(self._later, "outcomes", None)
+                held = self._later.outcomes
                 if held is not None:
                     held.append(outcome)
                 else:
@@ -320,7 +327,7 @@ class Runtime:
         try:
             self.replier.flush()
         finally:
-            settled: list[str] = getattr(self._later, "outcomes", None) or []
+            settled = self._later.outcomes or []
             self._later.outcomes = None
             for outcome in settled:
                 self.handler.settle(outcome)
