@@ -38,9 +38,15 @@ class Completed(NamedTuple):
 
 @dataclass(slots=True)
 class _Running:
-    #: Made by the first repeat that waits: most calls have none, and an Event costs a lock.
-    done: threading.Event | None = None
+    """A running call some repeat waits for; made by the first repeat that waits (a call
+    nobody waits for is entered as None: most calls have no repeat, and this costs a lock)."""
+
+    done: threading.Event
     result: Completed | None = None
+
+
+#: What :meth:`CompletedCalls.begin` finds for a key that is not running.
+_NOT_RUNNING = object()
 
 
 class CompletedCalls:
@@ -56,7 +62,7 @@ class CompletedCalls:
         self.max_bytes = max_bytes
         self._lock = threading.Lock()
         self._done: OrderedDict[Hashable, Completed] = OrderedDict()
-        self._running: dict[Hashable, _Running] = {}
+        self._running: dict[Hashable, _Running | None] = {}
         self._bytes = 0
 
     @property
@@ -78,12 +84,13 @@ class CompletedCalls:
                     if time.monotonic() - entry.at <= self.ttl:
                         return entry
                     self._forget(key)
-                running = self._running.get(key)
-                if running is None:
-                    self._running[key] = _Running()
+                running = self._running.get(key, _NOT_RUNNING)
+                if running is _NOT_RUNNING:
+                    self._running[key] = None
                     return None
-                if running.done is None:
-                    running.done = threading.Event()
+                if running is None:
+                    running = self._running[key] = _Running(threading.Event())
+                assert isinstance(running, _Running)
                 done = running.done
             remaining = None if deadline is None else deadline - time.monotonic()
             if remaining is not None and remaining <= 0:
@@ -98,25 +105,25 @@ class CompletedCalls:
             running = self._running.pop(key, None)
             if running is not None:
                 running.result = result
-                waiting = running.done
             if result is not None and len(result.body) <= self.max_bytes:
                 if not result.at:
                     result = result._replace(at=time.monotonic())
                 self._done[key] = result
                 self._bytes += len(result.body)
-                self._trim()
-        if running is not None and waiting is not None:
-            waiting.set()
+                self._trim(result.at)
+        if running is not None:
+            running.done.set()
 
     def __len__(self) -> int:
         return len(self._done)
 
-    def _trim(self) -> None:
+    def _trim(self, now: float) -> None:
+        """Forget the oldest calls beyond the size and bytes, and those older than the TTL at
+        ``now`` (the monotonic time of the call just remembered)."""
         done = self._done
         while done and (len(done) > self.size or self._bytes > self.max_bytes):
             _, old = done.popitem(last=False)
             self._bytes -= len(old.body)
-        now = time.monotonic()
         while done:
             key, oldest = next(iter(done.items()))
             if now - oldest.at <= self.ttl:

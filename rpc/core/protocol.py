@@ -84,11 +84,11 @@ def parse_request(body: Any) -> Request:
     method = body.get("method")
     if not isinstance(method, str) or not method:
         raise BadRequest("request has no method name (a non-empty string)")
-    args = body.get("args", [])
+    args = body.get("args", ())
     if not isinstance(args, (list, tuple)):
         raise BadRequest(f"request args must be a list, not {type(args).__name__}")
     kwargs = body.get("kwargs", {})
-    if not isinstance(kwargs, dict) or not all(isinstance(k, str) for k in kwargs):
+    if not isinstance(kwargs, dict) or (kwargs and not all(isinstance(k, str) for k in kwargs)):
         raise BadRequest("request kwargs must be a map with string keys")
     return Request(method, tuple(args), kwargs)
 
@@ -343,6 +343,8 @@ def deadline_of(headers: dict[str, Any] | None) -> float | None:
     if not headers:
         return None
     value = headers.get(DEADLINE_HEADER)
+    if type(value) is float:  # what every proxy sends
+        return value if math.isfinite(value) else None
     if isinstance(value, (int, float)) and not isinstance(value, bool):
         try:
             return float(value) if math.isfinite(value) else None

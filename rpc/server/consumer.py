@@ -291,9 +291,12 @@ class Consumer:
         """Run the deferred requests on this thread, in order; False if another thread reads
         from now on. The watchdog times the whole run: when it hands reading over, it gives
         the requests not yet started to the workers."""
+        if len(self._deferred) == 1:
+            return self._run_alone()
         burst = deque(self._deferred)
         self._deferred = []
         together = len(burst) > 1
+        me = threading.current_thread()
         with self._role:
             self._burst = burst
             self._inline_since = self._last_inline = time.monotonic()
@@ -303,9 +306,9 @@ class Consumer:
             self.hold()
         done = 0
         try:
-            while True:
+            while burst:  # only the watchdog takes from it otherwise, and it takes all
                 with self._role:
-                    if not burst or self._thread is not threading.current_thread():
+                    if not burst or self._thread is not me:
                         break
                     msg = burst.popleft()
                 done += 1
@@ -318,13 +321,32 @@ class Consumer:
                     logger.warning("replies to %d requests not sent, they will be redelivered: "
                                    "%s", done, exc)
             with self._role:
-                reading = self._thread is threading.current_thread()
+                reading = self._thread is me
                 if reading:  # else the watchdog has done this, and the new I/O thread times itself
                     self._inline_since = 0.0
                 rest = list(burst)
                 burst.clear()
             for msg in rest:  # a handler raised past run_deferred
                 self.hand_off(msg)
+        return reading
+
+    def _run_alone(self) -> bool:
+        """:meth:`run_inline` for the one request of a read (a sequential caller's): it never
+        waits in the burst, so there is nothing for the watchdog to hand over nor any reply
+        to hold, and the run costs two takes of the lock rather than four."""
+        msg = self._deferred.pop()
+        me = threading.current_thread()
+        with self._role:
+            self._inline_since = self._last_inline = time.monotonic()
+        if not self._watching.is_set():
+            self._watching.set()
+        try:
+            self.run_deferred(msg)
+        finally:
+            with self._role:
+                reading = self._thread is me
+                if reading:  # else the watchdog has done this, and the new I/O thread times itself
+                    self._inline_since = 0.0
         return reading
 
     def watch(self) -> None:

@@ -201,17 +201,19 @@ class Handler:
         tag = msg.delivery_tag
         assert tag is not None, "a request is a delivery, which always has a tag"
         props = msg.props
-        deadline = protocol.deadline_of(props.get("headers"))
-        if deadline is not None and deadline < time.time():  # it waited here past its deadline
-            msg.link.ack(tag)
-            self.observe(UNKNOWN_METHOD, EXPIRED)
-            return EXPIRED
+        headers = props.get("headers")
+        deadline = protocol.deadline_of(headers)
+        if deadline is not None:
+            wait = deadline - time.time()
+            if wait < 0:  # it waited here past its deadline
+                msg.link.ack(tag)
+                self.observe(UNKNOWN_METHOD, EXPIRED)
+                return EXPIRED
         metrics = self.metrics
         if msg.redelivered:
             self.counts["redelivered"] += 1
             if metrics is not None:
                 metrics.redelivered()
-        headers = props.get("headers")
         if headers and protocol.STREAM_HEADER in headers:
             return self.stream(msg, tag, deadline)
         if self.skip(msg):  # cancelled while it waited for this worker
@@ -219,8 +221,7 @@ class Handler:
             return CANCELLED
         key = self.repeat_key(msg)
         if key is not None:
-            wait = None if deadline is None else max(deadline - time.time(), 0.0)
-            done = self.completed.begin(key, wait)
+            done = self.completed.begin(key, None if deadline is None else wait)
             if done is not None:
                 if metrics is not None:
                     metrics.duplicate()
@@ -258,7 +259,7 @@ class Handler:
                 self.completed.finish(key, None)
             raise
         finally:
-            if running is not None:
+            if running is not None and not running.untracked:
                 self.streams.untrack(running)
 
     def track(self, call: Call) -> Running | None:

@@ -33,6 +33,8 @@ logger = logging.getLogger(LOGGER_NAME)
 SCAN_INTERVAL = 0.25
 #: Shortest time between two progress reports of one call, in seconds (ten a second).
 PROGRESS_INTERVAL = 0.1
+#: When a call that asked for no keep-alives sends its first.
+_NEVER = float("inf")
 
 
 class Running:
@@ -66,8 +68,7 @@ class Running:
         self._lock = threading.Lock()
         self._loop: asyncio.AbstractEventLoop | None = None
         self._task: asyncio.Task[Any] | None = None
-        now = time.monotonic()
-        self._next = now + interval if interval is not None else float("inf")
+        self._next = time.monotonic() + interval if interval is not None else _NEVER
         self._done = False
         #: Set once out of the table of calls running here (see Streams.untrack).
         self.untracked = False

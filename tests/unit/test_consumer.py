@@ -99,6 +99,21 @@ def test_once_reading_passes_to_another_thread_the_requests_not_yet_run_go_to_th
     assert [msg.delivery_tag for msg in handed] == [2, 3]
 
 
+def test_a_lone_request_during_which_reading_passes_to_another_thread_ends_this_one() -> None:
+    ran: list[Incoming] = []
+    handed: list[Incoming] = []
+
+    def run_deferred(msg: Incoming) -> None:
+        ran.append(msg)
+        consumer._thread = threading.Thread()  # the watchdog started a new I/O thread
+
+    link = FailingRead(1)
+    consumer = io_thread(link, run_deferred, handed.append)
+    consumer.run()  # returns at once: the new thread reads (and hears of the loss) from now on
+    assert link.reads == 1
+    assert [msg.delivery_tag for msg in ran] == [1] and handed == []
+
+
 def test_the_watchdog_gives_the_requests_not_yet_started_to_the_workers_as_it_hands_over() -> None:
     handed: list[Incoming] = []
     started, release = threading.Event(), threading.Event()

@@ -35,6 +35,22 @@ def test_a_repeat_arriving_while_the_first_runs_waits_for_its_reply() -> None:
     assert got[0] is not None and got[0].body == b"reply"
 
 
+def test_every_repeat_waiting_for_the_first_run_gets_its_reply() -> None:
+    calls = CompletedCalls()
+    calls.begin("m1", 0)
+    got: list[Completed | None] = []
+    waiters = [threading.Thread(target=lambda: got.append(calls.begin("m1", 5)))
+               for _ in range(2)]
+    for waiter in waiters:
+        waiter.start()
+    time.sleep(0.05)
+    assert not got
+    calls.finish("m1", Completed(b"reply", "application/msgpack"))
+    for waiter in waiters:
+        waiter.join(5)
+    assert [done.body if done else None for done in got] == [b"reply", b"reply"]
+
+
 def test_a_repeat_runs_after_all_when_the_first_run_ends_without_a_reply() -> None:
     calls = CompletedCalls()
     calls.begin("m1", 0)
