@@ -99,12 +99,12 @@ def encode_properties(props: dict[str, Any]) -> bytes:
     flags = 0
     parts: list[bytes] = []
     length = _LENGTH
+    repeated = _REPEATED
     try:
         value = props.get("content_type")
         if value is not None:
             flags |= _F_CONTENT_TYPE
-            raw = value.encode()
-            parts.append(length[len(raw)] + raw)
+            parts.append(repeated.get(value) or _repeated(value))
         value = props.get("headers")
         if value:
             flags |= _F_HEADERS
@@ -136,8 +136,7 @@ def encode_properties(props: dict[str, Any]) -> bytes:
         value = props.get("type")
         if value is not None:
             flags |= _F_TYPE
-            raw = value.encode()
-            parts.append(length[len(raw)] + raw)
+            parts.append(repeated.get(value) or _repeated(value))
         value = props.get("user_id")
         if value is not None:
             flags |= _F_USER_ID
@@ -146,11 +145,29 @@ def encode_properties(props: dict[str, Any]) -> bytes:
         value = props.get("app_id")
         if value is not None:
             flags |= _F_APP_ID
-            raw = value.encode()
-            parts.append(length[len(raw)] + raw)
+            parts.append(repeated.get(value) or _repeated(value))
     except IndexError:
         raise ValueError(f"AMQP short string property longer than 255 bytes: {value!r:.60}") from None
     return _SHORT.pack(flags) + b"".join(parts)
+
+
+#: Encoded short strings of the properties whose values repeat from message to message
+#: (``content_type``, ``type``, ``app_id``), by value.
+_REPEATED: dict[str, bytes] = {}
+
+
+def _repeated(value: str) -> bytes:
+    """``value`` as a short string, remembered in :data:`_REPEATED`.
+
+    Raises:
+        IndexError: it is over 255 bytes of UTF-8.
+    """
+    raw = value.encode()
+    encoded = _LENGTH[len(raw)] + raw
+    if len(_REPEATED) >= 1024:  # an application's own types and ids are few
+        _REPEATED.clear()
+    _REPEATED[value] = encoded
+    return encoded
 
 
 def encode_table(table: dict[str, Any]) -> bytes:
@@ -200,19 +217,22 @@ def publish_frames(
     mandatory: bool,
     frame_max: int,
     exchange: str = "",
+    ack: int | None = None,
 ) -> bytes:
-    """The method, header and body frames of one ``basic.publish``, as one buffer."""
+    """The method, header and body frames of one ``basic.publish``, as one buffer, followed by
+    the ``basic.ack`` of delivery ``ack`` (a reply and its request's ack, in one write)."""
     size = len(body)
     properties = encode_properties(props)
     method = (_PUBLISH_METHODS.get((channel, exchange, routing_key, mandatory))
               or _publish_method(channel, exchange, routing_key, mandatory))
     header = _CONTENT_HEADER.pack(FRAME_HEADER, channel, 12 + len(properties), BASIC, 0, size)
     chunk = frame_max - FRAME_OVERHEAD
+    tail = b"\xce" if ack is None else b"\xce" + ack_frame(channel, ack)
     if size <= chunk:
         if not size:
-            return b"".join((method, header, properties, b"\xce"))
+            return b"".join((method, header, properties, tail))
         return b"".join((method, header, properties,
-                         _END_AND_BODY.pack(FRAME_END, FRAME_BODY, channel, size), body, b"\xce"))
+                         _END_AND_BODY.pack(FRAME_END, FRAME_BODY, channel, size), body, tail))
     out: list[bytes | memoryview] = [method, header, properties, b"\xce"]
     pack = FRAME_HEADER_STRUCT.pack
     view = memoryview(body)
@@ -221,6 +241,7 @@ def publish_frames(
         out.append(pack(FRAME_BODY, channel, len(part)))
         out.append(part)
         out.append(b"\xce")
+    out[-1] = tail
     return b"".join(out)
 
 

@@ -464,11 +464,8 @@ class Session(Generic[LinkT]):
         """
         if self.blocked is not None:
             raise BrokerBlocked(f"the broker blocks publishing: {self.blocked}")
-        data = frames.publish_frames(self.channel, routing_key, body, props, mandatory=mandatory,
-                                     frame_max=self.frame_max, exchange=exchange)
-        if ack is not None:
-            data += frames.ack_frame(self.channel, ack)
-        return data
+        return frames.publish_frames(self.channel, routing_key, body, props, mandatory=mandatory,
+                                     frame_max=self.frame_max, exchange=exchange, ack=ack)
 
     def published(self, track: Any = None) -> None:
         """Count a publish as written; under confirms, ``track`` names it to ``on_nack`` and

@@ -174,6 +174,13 @@ def test_a_body_one_byte_over_a_frame_is_split_in_two() -> None:
     assert [len(p) for _, _, p in split_frames(data)[2:]] == [4088, 1]
 
 
+@pytest.mark.parametrize("body", [b"", b"payload", bytes(range(256)) * 40])
+def test_a_publish_with_an_ack_is_the_publish_then_the_ack_frame(body: bytes) -> None:
+    alone = publish_frames(1, "amq.gen-abc", body, REQUEST_PROPS, mandatory=False, frame_max=4096)
+    assert publish_frames(1, "amq.gen-abc", body, REQUEST_PROPS, mandatory=False, frame_max=4096,
+                          ack=2**40 + 3) == alone + ack_frame(1, 2**40 + 3)
+
+
 def test_an_empty_body_sends_no_body_frame() -> None:
     data = publish_frames(1, "calc", b"", {}, mandatory=True, frame_max=FRAME_MAX)
     kinds = [kind for kind, _, _ in split_frames(data)]
@@ -237,6 +244,17 @@ def test_each_property_sets_its_flag(name: str, flag: int) -> None:
 def test_a_property_over_255_bytes_is_a_value_error() -> None:
     with pytest.raises(ValueError):
         encode_properties({"correlation_id": "c" * 256})
+
+
+@pytest.mark.parametrize("name", ["content_type", "type", "app_id"])
+def test_a_repeated_property_encodes_alike_each_time_and_over_255_bytes_is_a_value_error(
+    name: str,
+) -> None:
+    first = encode_properties({name: "é-v"})
+    assert encode_properties({name: "é-v"}) == first
+    assert first[2:] == shortstr("é-v")
+    with pytest.raises(ValueError, match="255"):
+        encode_properties({name: "x" * 256})
 
 
 # -- ack, reject, heartbeat, any method ------------------------------------------------------------
