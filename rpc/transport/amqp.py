@@ -166,8 +166,7 @@ class AMQPLink(Link):
         with self._wlock:
             self._detached = self.closed = True
             self._poller.unregister(self._sock)
-        if self._lowat:  # the new driver's reads are its own: every byte wakes them again
-            self._sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVLOWAT, 1)
+        self._clear_lowat()  # the new driver's reads are its own: every byte wakes them again
         return Detached(self._sock, self.session, self.heartbeat, self._kombu)
 
     # -- writing, from any thread ----------------------------------------------------------------
@@ -363,6 +362,11 @@ class AMQPLink(Link):
 
     # -- closing ---------------------------------------------------------------------------------
 
+    def _clear_lowat(self) -> None:
+        if self._lowat:
+            self._lowat = False
+            self._sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVLOWAT, 1)
+
     def _await_close_ok(self) -> None:
         """Read until the broker's close-ok (a reader still blocked in ``recv`` may read it
         first), for at most :data:`CLOSE_WAIT` s; what else comes is dispatched as usual."""
@@ -403,6 +407,7 @@ class AMQPLink(Link):
             with self._wlock:
                 sent = not self.closed
                 if sent:
+                    self._clear_lowat()  # the close-ok is smaller than the mark
                     try:
                         self._write(self.session.close())
                     except ConnectionLost:
