@@ -9,6 +9,7 @@ down. ``Proxy(..., metrics=True)`` records its calls in prometheus_client's defa
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import gc
 import queue
 import signal
@@ -564,34 +565,36 @@ def test_a_stream_that_raises_counts_once_as_an_error(servers, broker_url, serve
     assert client_outcomes(server.metrics_address, server_id, "count_then_fail") == {"error": 1}
 
 
-def test_a_blocking_call_interrupted_counts_once_as_cancelled(servers, proxies, broker_url, server_id):
-    server = servers(broker_url, server_id)
-    proxy = proxies(broker_url, server_id, metrics=True)
-    timer = threading.Timer(0.3, signal.pthread_kill, (threading.main_thread().ident, signal.SIGINT))
+@contextlib.contextmanager
+def interrupted_after(seconds: float) -> Iterator[None]:
+    """Expect the block to end in the KeyboardInterrupt that Ctrl-C ``seconds`` in raises."""
+    timer = threading.Timer(seconds, signal.pthread_kill,
+                            (threading.main_thread().ident, signal.SIGINT))
     timer.start()
     try:
         with pytest.raises(KeyboardInterrupt):
-            proxy.set_timeout(WAIT).slow(0.6)
+            yield
     finally:
         timer.cancel()
+
+
+def test_a_blocking_call_interrupted_counts_once_as_cancelled(servers, proxies, broker_url, server_id):
+    server = servers(broker_url, server_id)
+    proxy = proxies(broker_url, server_id, metrics=True)
+    with interrupted_after(0.3):
+        proxy.set_timeout(WAIT).slow(0.6)
 
     assert proxy.pending_calls == 0  # forgotten: its reply, when it comes, is dropped
     wait_for(lambda: proxy.add(0, 0) == 0 and proxy.replies_dropped == 1, message="the late reply dropped")
     assert client_outcomes(server.metrics_address, server_id, "slow") == {"cancelled": 1}
 
 
-
 def test_a_broadcast_interrupted_while_it_collects_counts_once_as_cancelled(
         servers, proxies, broker_url, server_id):
     server = servers(broker_url, server_id)
     proxy = proxies(broker_url, server_id, metrics=True)
-    timer = threading.Timer(0.3, signal.pthread_kill, (threading.main_thread().ident, signal.SIGINT))
-    timer.start()
-    try:
-        with pytest.raises(KeyboardInterrupt):
-            proxy.broadcast(timeout=WAIT).add(1, 2)
-    finally:
-        timer.cancel()
+    with interrupted_after(0.3):
+        proxy.broadcast(timeout=WAIT).add(1, 2)
 
     assert proxy.pending_calls == 0
     assert client_outcomes(server.metrics_address, server_id, "add") == {"cancelled": 1}
