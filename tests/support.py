@@ -10,6 +10,7 @@ from __future__ import annotations
 import base64
 import contextlib
 import struct
+import threading
 import time
 from collections.abc import Callable, Iterator
 from typing import Any
@@ -85,3 +86,21 @@ def pid_address(node: str, ident: int, creation: int) -> str:
     term = (bytes([131, 88, 118]) + struct.pack(">H", len(node)) + node.encode()
             + struct.pack(">III", ident, 0, creation))
     return f"amq.rabbitmq.reply-to.{base64.b64encode(term).decode()}.key"
+
+
+class Gate:
+    """A handler, :meth:`hold`, that notes its argument and returns it once the test opens the
+    gate (or ``wait`` seconds pass): calls that stay running while a test fills a queue."""
+
+    def __init__(self, wait: float) -> None:
+        self.started: list[Any] = []
+        self._open = threading.Event()
+        self._wait = wait
+
+    def hold(self, n: Any) -> Any:
+        self.started.append(n)
+        self._open.wait(self._wait)
+        return n
+
+    def open(self) -> None:
+        self._open.set()

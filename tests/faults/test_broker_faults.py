@@ -13,6 +13,7 @@ from typing import Any
 
 import kombu
 import pytest
+import support
 
 import rpc
 
@@ -246,46 +247,33 @@ def test_request_the_broker_refuses_fails_at_once_with_refused_not_at_its_timeou
         servers, proxies, broker_url, server_id):
     """Publisher confirms, tracked without waiting: a nack (here: a full queue that rejects
     publishes) fails its call as soon as it arrives."""
-    gate = threading.Event()
-    started: list[int] = []
-
-    def hold(n: int) -> int:
-        started.append(n)
-        gate.wait(WAIT)
-        return n
-
-    servers(broker_url, server_id, register=lambda s: s.register_function(hold), prefetch=1,
-            queue_arguments={"x-max-length": 1, "x-overflow": "reject-publish"})
+    gate = support.Gate(WAIT)
+    servers(broker_url, server_id, register=lambda s: s.register_function(gate.hold, "hold"),
+            prefetch=1, queue_arguments={"x-max-length": 1, "x-overflow": "reject-publish"})
     proxy = proxies(broker_url, server_id)
     try:
         running = proxy.set_timeout(LONG).future.hold(1)  # taken by the server
-        wait_for(lambda: started, message="the first call to run")
+        wait_for(lambda: gate.started, message="the first call to run")
         waiting = proxy.set_timeout(LONG).future.hold(2)  # fills the queue
         begun = time.monotonic()
         refused = proxy.set_timeout(LONG).future.hold(3)  # finds it full
         assert isinstance(refused.exception(WAIT), rpc.Refused)
         assert time.monotonic() - begun < 2.0
     finally:
-        gate.set()
+        gate.open()
     assert running.result(WAIT) == 1
     assert waiting.result(WAIT) == 2
-    assert started == [1, 2]
+    assert gate.started == [1, 2]
 
 
 def test_a_synchronous_call_the_broker_refuses_fails_within_a_confirm_step(
         servers, proxies, broker_url, server_id):
     """A lone nack is smaller than the low-water mark that keeps a confirm from waking the
     reader apart from its reply: the reader still sees it within one confirm step."""
-    gate = threading.Event()
-    started: list[int] = []
-
-    def hold(n: int) -> int:
-        started.append(n)
-        gate.wait(WAIT)
-        return n
+    gate = support.Gate(WAIT)
 
     def register(server: rpc.Server) -> None:
-        server.register_function(hold)
+        server.register_function(gate.hold, "hold")
         server.register_function(lambda: None, "noop")
 
     servers(broker_url, server_id, register=register, prefetch=1,
@@ -294,7 +282,7 @@ def test_a_synchronous_call_the_broker_refuses_fails_within_a_confirm_step(
     caller.noop()  # connected, and the server known to consume: the call is one publish
     try:
         running = filler.set_timeout(LONG).future.hold(1)
-        wait_for(lambda: started, message="the first call to run")
+        wait_for(lambda: gate.started, message="the first call to run")
         waiting = filler.set_timeout(LONG).future.hold(2)  # fills the queue
         with kombu.Connection(broker_url) as conn:
             channel = conn.channel()
@@ -305,7 +293,7 @@ def test_a_synchronous_call_the_broker_refuses_fails_within_a_confirm_step(
             caller.set_timeout(LONG).hold(3)  # its reader is this thread, blocking
         assert time.monotonic() - begun < 0.5
     finally:
-        gate.set()
+        gate.open()
     assert running.result(WAIT) == 1
     assert waiting.result(WAIT) == 2
 
