@@ -83,7 +83,10 @@ def test_a_lone_request_sends_its_reply_at_once() -> None:
     assert steps == ["run"]
 
 
-def test_once_reading_passes_to_another_thread_the_requests_not_yet_run_go_to_the_workers() -> None:
+def handed_over_during_the_first(requests: int) -> tuple[int, list[int], list[int]]:
+    """Run an I/O thread over one read of ``requests`` requests, the first of which runs long
+    enough for the watchdog to start a new I/O thread: (reads made, the delivery tags run on
+    this thread, those handed to the workers)."""
     ran: list[Incoming] = []
     handed: list[Incoming] = []
 
@@ -91,27 +94,19 @@ def test_once_reading_passes_to_another_thread_the_requests_not_yet_run_go_to_th
         ran.append(msg)
         consumer._thread = threading.Thread()  # the watchdog started a new I/O thread
 
-    link = FailingRead(3)
+    link = FailingRead(requests)
     consumer = io_thread(link, run_deferred, handed.append)
     consumer.run()  # returns once reading has passed to the new thread
-    assert link.reads == 1
-    assert [msg.delivery_tag for msg in ran] == [1]
-    assert [msg.delivery_tag for msg in handed] == [2, 3]
+    return link.reads, [m.delivery_tag for m in ran], [m.delivery_tag for m in handed]
+
+
+def test_once_reading_passes_to_another_thread_the_requests_not_yet_run_go_to_the_workers() -> None:
+    assert handed_over_during_the_first(3) == (1, [1], [2, 3])
 
 
 def test_a_lone_request_during_which_reading_passes_to_another_thread_ends_this_one() -> None:
-    ran: list[Incoming] = []
-    handed: list[Incoming] = []
-
-    def run_deferred(msg: Incoming) -> None:
-        ran.append(msg)
-        consumer._thread = threading.Thread()  # the watchdog started a new I/O thread
-
-    link = FailingRead(1)
-    consumer = io_thread(link, run_deferred, handed.append)
-    consumer.run()  # returns at once: the new thread reads (and hears of the loss) from now on
-    assert link.reads == 1
-    assert [msg.delivery_tag for msg in ran] == [1] and handed == []
+    # It returns at once: the new thread reads (and hears of the loss) from now on.
+    assert handed_over_during_the_first(1) == (1, [1], [])
 
 
 def test_the_watchdog_gives_the_requests_not_yet_started_to_the_workers_as_it_hands_over() -> None:
