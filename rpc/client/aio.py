@@ -16,6 +16,7 @@ import logging
 import time
 from collections import deque
 from collections.abc import AsyncIterator, Callable, Coroutine, Generator, Iterable, Sequence
+from contextvars import Context
 from dataclasses import replace
 from typing import Any
 
@@ -287,9 +288,10 @@ class AsyncProxy(ProxySettings, ProxyBase):
             if loop is not self._loop and self._loop is not None:
                 raise RPCError("this AsyncProxy belongs to another event loop: make one per loop")
             while True:
-                waiter = pending.waiter = loop.create_future()
+                waiter = pending.waiter = _Waiter(loop=loop)
                 try:
-                    await self._publish(pending)
+                    if not self._publish_now(pending):
+                        await self._publish(pending)
                     if pending.kind == CAST:
                         return None
                     value = await waiter
@@ -335,6 +337,19 @@ class AsyncProxy(ProxySettings, ProxyBase):
             self._retrying.pop(pending.cid, None)  # cancel() may have taken it
         if waiter.done():
             await waiter  # raises the rpc.Cancelled that cancel() set
+
+    def _publish_now(self, pending: Pending) -> bool:
+        """Publish without awaiting anything when the connection is up and no availability
+        check is due (a coroutine fewer per call); False, having sent nothing, when
+        :meth:`_publish` must do it."""
+        link = self._link
+        if link is None or link.closed or self._calls.needs_check(pending):
+            return False
+        try:
+            self._send(link, pending)
+        except ConnectionLost:
+            return False  # not written: _publish sends it on a new connection
+        return True
 
     async def _publish(self, pending: Pending) -> None:
         link = self._link
@@ -741,6 +756,9 @@ class AsyncProxy(ProxySettings, ProxyBase):
                 waiter.set_result(value)
             else:
                 waiter.set_exception(value)
+            if type(waiter) is _Waiter:
+                link = self._link
+                waiter.wake(link.call_after_read if link is not None else waiter.get_loop().call_soon)
 
     # -- batches ---------------------------------------------------------------------------------
 
@@ -793,6 +811,44 @@ class AsyncProxy(ProxySettings, ProxyBase):
                 task.cancel()
                 if self._table.take(pending.cid) is not None:
                     self._cancel_on_server(pending)
+
+
+class _Waiter(asyncio.Future[Any]):
+    """The future a call's task awaits, which holds back the task's wake-up until :meth:`wake`
+    hands it on: to the link, which runs it at the end of the read that brought the reply.
+
+    A plain future's wake-up waits for the loop's next pass; a sequential caller then pays a
+    pass per call (a poll, the loop's bookkeeping) before it makes its next request.
+    """
+
+    _wake: tuple[Callable[[Any], object], Context | None] | None = None
+
+    def add_done_callback(self, fn: Callable[[Any], object], *,
+                          context: Context | None = None) -> None:
+        if self._wake is None and not self.done():
+            self._wake = (fn, context)  # the awaiting task's: handed on by wake()
+        else:
+            super().add_done_callback(fn, context=context)
+
+    def remove_done_callback(self, fn: Callable[[Any], object]) -> int:
+        removed = super().remove_done_callback(fn)
+        if self._wake is not None and self._wake[0] == fn:
+            self._wake = None
+            removed += 1
+        return removed
+
+    def cancel(self, msg: Any | None = None) -> bool:
+        if not super().cancel(msg=msg):
+            return False
+        self.wake(self.get_loop().call_soon)
+        return True
+
+    def wake(self, schedule: Callable[..., object]) -> None:
+        """Once done: schedule the wake-up held back, as ``schedule(fn, self, context=...)``."""
+        wake = self._wake
+        if wake is not None:
+            self._wake = None
+            schedule(wake[0], self, context=wake[1])
 
 
 class TrackedCall(AsyncIterator[Any]):

@@ -9,6 +9,10 @@ declarations block), then drives the connection from the loop:
   of one loop pass (the publishes of every task a burst of replies woke) go out in one ``send``
   after the pass, and what the socket does not take at once waits for ``add_writer``. TLS
   sockets too. Heartbeats go out, and a silent broker is noticed, from ``call_later`` timers.
+  While calls go out, the socket's low-water mark keeps a call's confirm from waking the loop
+  apart from its reply, and one timer reads what waits below it every few ms. A task woken by a
+  reply runs at the end of the read that brought it (:meth:`AsyncLink.call_after_read`), so a
+  sequential call costs one loop pass.
 * Any other transport (a :class:`~rpc.transport.kombu.KombuLink`, for ``memory://`` and
   ``redis://``): a bridge. A reader thread calls ``link.read`` and hands every callback to the
   loop with ``call_soon_threadsafe``; publishes go straight to the thread-safe kombu link.
@@ -29,9 +33,11 @@ Example::
 from __future__ import annotations
 
 import asyncio
+import contextvars
 import logging
 import socket
 import ssl
+import sys
 import threading
 import time
 from collections.abc import Callable
@@ -49,6 +55,14 @@ logger = logging.getLogger(__name__)
 
 #: Hears, once and on the loop, that the connection failed.
 OnLost: TypeAlias = Callable[[ConnectionLost], None]
+
+#: The socket's low-water mark while confirms are due: one byte more than a lone publisher
+#: confirm (a basic.ack or basic.nack frame is 21 bytes), so that one does not wake the loop and
+#: comes with the reply that follows it.
+CONFIRM_MARK = 22
+#: Seconds between the reads of what waits below the mark (a lone nack, a heartbeat, the tail
+#: of a message) while it is raised.
+MARK_CHECK = 0.004
 
 
 class AsyncLink:
@@ -89,6 +103,16 @@ class AsyncLink:
         Raises:
             BrokerBlocked: the broker has blocked publishing (a resource alarm).
             ConnectionLost: the connection failed or is closed.
+        """
+        raise NotImplementedError
+
+    def call_after_read(self, callback: Callable[..., object], *args: Any,
+                        context: contextvars.Context | None = None) -> None:
+        """Run ``callback(*args)`` on the loop soon, as ``loop.call_soon`` does; during a read,
+        as soon as the bytes read are parsed, in the same loop pass.
+
+        A task whose reply came in that read (its future's wake-up, handed here) then makes its
+        next request without waiting for the loop's next pass.
         """
         raise NotImplementedError
 
@@ -185,6 +209,9 @@ class _SocketLink(AsyncLink):
         self._session.owner = self
         # The messages the burst being parsed delivered: each may wake a task that publishes.
         self._delivered = 0
+        # What call_after_read() was given during the read being parsed (None: no read is).
+        self._after: list[tuple[Callable[..., object], tuple[Any, ...],
+                                contextvars.Context | None]] | None = None
         on_message, on_return = self._session.on_message, self._session.on_return
 
         def delivered(msg: _Incoming[Any]) -> None:
@@ -216,6 +243,12 @@ class _SocketLink(AsyncLink):
         self._heartbeat = Heartbeat(detached.heartbeat, time.monotonic())
         self._received = self._sent = False
         self._timer: asyncio.TimerHandle | None = None
+        # The confirm mark (SO_RCVLOWAT): only on Linux, whose non-blocking read takes what
+        # waits below it (BSD's refuses), and not under TLS, whose records are larger anyway.
+        self._can_mark = sys.platform == "linux" and self._tls is None
+        self._marked = False
+        self._tracked = False  # a tracked publish went out since the mark's last check
+        self._mark_timer: asyncio.TimerHandle | None = None
         loop.add_reader(self._fd, self._on_readable)
         if detached.heartbeat:
             self._timer = loop.call_later(detached.heartbeat / 4, self._on_timer)
@@ -248,16 +281,22 @@ class _SocketLink(AsyncLink):
             self._lose(ConnectionLost("the broker closed the connection"))
             return
         self._received = True
+        after = self._after = []
         try:
             owed = self._session.receive(self._view[:count])
         except ConnectionLost as exc:
+            self._after = None
             self._answer()
             self._lose(exc)
+            self._run_after(after)
             return
         except Exception:
             owed = self._parse_on()
+        self._after = None
         if owed:
             self._answer()
+        if after:
+            self._run_after(after)
         if self._delivered:
             if self._delivered > 1 and not self._sending:
                 # Scheduled after the tasks the burst woke: their publishes go out with it, in
@@ -267,6 +306,39 @@ class _SocketLink(AsyncLink):
             self._delivered = 0
         if self._tls is not None and not self.closed and self._tls.pending():
             self._on_readable()  # TLS holds decrypted bytes the socket will not signal
+
+    def call_after_read(self, callback: Callable[..., object], *args: Any,
+                        context: contextvars.Context | None = None) -> None:
+        after = self._after
+        if after is None:
+            self._loop.call_soon(callback, *args, context=context)
+        else:
+            after.append((callback, args, context))
+
+    def _run_after(self, after: list[tuple[Callable[..., object], tuple[Any, ...],
+                                           contextvars.Context | None]]) -> None:
+        """Run what the read's callbacks handed to :meth:`call_after_read`, as loop handles
+        would; the publishes they make go out together, in one send, when they are done."""
+        sending = self._sending
+        self._sending = True  # _write schedules no send of its own meanwhile
+        try:
+            for i, (callback, args, context) in enumerate(after):
+                try:
+                    if context is None:
+                        callback(*args)
+                    else:
+                        context.run(callback, *args)
+                except (SystemExit, KeyboardInterrupt):
+                    for rest, rest_args, rest_context in after[i + 1:]:
+                        self._loop.call_soon(rest, *rest_args, context=rest_context)
+                    raise
+                except BaseException as exc:
+                    self._loop.call_exception_handler({
+                        "message": f"Exception in callback {callback!r}", "exception": exc})
+        finally:
+            if not sending:
+                self._sending = False
+                self._send_out()
 
     def _parse_on(self) -> bool:
         """After a callback raised: log it, and parse the rest of what was received."""
@@ -383,6 +455,41 @@ class _SocketLink(AsyncLink):
             self._stall_timer = self._loop.call_later(
                 SEND_TIMEOUT, self._check_stalled, self._written)
 
+    # -- the confirm mark --------------------------------------------------------------------
+
+    def _raise_mark(self) -> None:
+        """Let a lone confirm wait for the reply that follows it, sparing the loop a pass (an
+        epoll wake-up, a read, a parse) per call; :meth:`_check_mark` bounds what waits."""
+        try:
+            self._sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVLOWAT, CONFIRM_MARK)
+        except OSError:
+            self._can_mark = False
+            return
+        self._marked = True
+        self._mark_timer = self._loop.call_later(MARK_CHECK, self._check_mark)
+
+    def _lower_mark(self) -> None:
+        if self._marked:
+            self._marked = False
+            try:
+                self._sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVLOWAT, 1)
+            except OSError:
+                self._can_mark = False
+
+    def _check_mark(self) -> None:
+        """Every few ms while the mark is raised: read what waits below it (a lone nack, a
+        heartbeat, a message's tail), and lower it once no tracked publish went out since the
+        last check, so nothing waits below it for longer than a check."""
+        self._mark_timer = None
+        if self.closed:
+            return
+        if self._tracked:
+            self._tracked = False
+            self._mark_timer = self._loop.call_later(MARK_CHECK, self._check_mark)
+        else:
+            self._lower_mark()  # before the read: what comes after it wakes the loop
+        self._on_readable()
+
     # -- heartbeats --------------------------------------------------------------------------
 
     def _on_timer(self) -> None:
@@ -416,6 +523,9 @@ class _SocketLink(AsyncLink):
         session.published(track)
         if track is not None:
             self._out_tracks.append(track)
+            self._tracked = True
+            if not self._marked and self._can_mark:
+                self._raise_mark()
         if now:
             self._send_out()
 
@@ -456,7 +566,7 @@ class _SocketLink(AsyncLink):
     def _release(self) -> None:
         """Stop watching the socket and let the connection go."""
         self.closed = True
-        for timer in (self._timer, self._stall_timer):
+        for timer in (self._timer, self._stall_timer, self._mark_timer):
             if timer is not None:
                 timer.cancel()
         self._loop.remove_reader(self._fd)
@@ -485,6 +595,7 @@ class _SocketLink(AsyncLink):
         if self._closing is not None:  # another close() waits for the close-ok
             await asyncio.wait({self._closing}, timeout=CLOSE_WAIT)
             return
+        self._lower_mark()  # close-ok is 12 bytes
         self._out.append(self._session.close())
         self._send_out()  # with the writes of this pass before it
         if self.closed:
@@ -557,6 +668,10 @@ class _BridgeLink(AsyncLink):
     def _check_open(self) -> None:
         if self.closed:
             raise ConnectionLost("the connection is closed")
+
+    def call_after_read(self, callback: Callable[..., object], *args: Any,
+                        context: contextvars.Context | None = None) -> None:
+        self._loop.call_soon(callback, *args, context=context)
 
     def publish(
         self, routing_key: str, body: bytes, props: dict[str, Any], *,
