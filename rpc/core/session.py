@@ -476,6 +476,11 @@ class Session(Generic[LinkT]):
                 self._unconfirmed[self._seq] = track
 
     @property
+    def between_messages(self) -> bool:
+        """Whether all bytes received so far made whole messages: nothing is half-read."""
+        return not self._rest and self._state == 0
+
+    @property
     def awaiting_confirms(self) -> bool:
         """Whether a tracked publish still waits for the broker's ack or nack."""
         return bool(self._unconfirmed)

@@ -35,9 +35,10 @@ SEND_TIMEOUT = 10.0
 CLOSE_WAIT = 2.0
 #: The shortest receive timeout a read blocks for; a shorter read polls.
 _SHORTEST_STEP = 0.01
-#: The receive low-water mark of a link in confirm mode: one byte more than a lone ``basic.ack``
-#: frame (7-byte header, 13-byte method, frame end), so a call's confirm does not wake its
-#: reader apart from the reply that follows it.
+#: The receive low-water mark of a link in confirm mode between messages: one byte more than a
+#: lone ``basic.ack`` frame (7-byte header, 13-byte method, frame end), so a call's confirm does
+#: not wake its reader apart from the reply that follows it. Within a message the mark is 1: the
+#: last segment of a large one may be shorter.
 _CONFIRM_LOWAT = 22
 #: While the mark is set, the longest a read blocks when a confirm is awaited: a lone nack, which
 #: the mark holds back, is read this late at most...
@@ -105,7 +106,8 @@ class AMQPLink(Link):
         self._chunk_view = memoryview(self._chunk)
         self._hb = Heartbeat(self.heartbeat, time.monotonic())
         self._recv_step = 0.0  # the socket's receive timeout; 0 is none
-        self._lowat = False  # the socket has the confirm low-water mark
+        self._lowat = False  # in confirm mode, the mark follows the parser (_set_mark)
+        self._mark = 1  # the socket's receive low-water mark
         self._detached = False
 
     @property
@@ -132,9 +134,7 @@ class AMQPLink(Link):
     ) -> None:
         self._channel.confirm_select()
         self.session.enable_confirms(on_nack, on_blocked)
-        if not self._ssl:  # a mark counts TLS record bytes, not frames
-            self._sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVLOWAT, _CONFIRM_LOWAT)
-            self._lowat = True
+        self._lowat = not self._ssl  # a mark counts TLS record bytes, not frames
 
     def consume(self, queue: str, *, prefetch: int) -> str:
         self._channel.basic_qos(0, prefetch, False)
@@ -284,9 +284,14 @@ class AMQPLink(Link):
         # when the step changes), rather than a poll and a recv. A step is at most the timeout
         # asked for, so a read may return False early, never late.
         if self._lowat:
-            cap = CONFIRM_STEP if self.session.awaiting_confirms else _LOWAT_STEP
-            if timeout is None or timeout > cap:
-                timeout = cap
+            session = self.session
+            mark = _CONFIRM_LOWAT if session.between_messages else 1
+            if mark != self._mark:
+                self._set_mark(mark)
+            if mark != 1:
+                cap = CONFIRM_STEP if session.awaiting_confirms else _LOWAT_STEP
+                if timeout is None or timeout > cap:
+                    timeout = cap
         try:
             if timeout is None:
                 if self._recv_step:
@@ -362,10 +367,14 @@ class AMQPLink(Link):
 
     # -- closing ---------------------------------------------------------------------------------
 
+    def _set_mark(self, mark: int) -> None:
+        self._sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVLOWAT, mark)
+        self._mark = mark
+
     def _clear_lowat(self) -> None:
-        if self._lowat:
-            self._lowat = False
-            self._sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVLOWAT, 1)
+        self._lowat = False
+        if self._mark != 1:
+            self._set_mark(1)
 
     def _await_close_ok(self) -> None:
         """Read until the broker's close-ok (a reader still blocked in ``recv`` may read it

@@ -9,6 +9,8 @@ It listens on ``127.0.0.1:<ephemeral>`` and forwards each accepted connection to
   sockets open (a silent partition: no FIN, no RST, no bytes — also the end-of-stream of a
   blackholed direction is swallowed, so only heartbeats can tell);
 * ``latency``: sleep that many seconds before forwarding each chunk;
+* ``split_down(tail, pause)``: send the last ``tail`` bytes of each chunk the broker sends over
+  :data:`SPLIT_OVER` bytes ``pause`` seconds after the rest (a message's short last segment);
 * ``reset_all()``: abort every live pair with ``SO_LINGER 0``, so both peers see a TCP RST.
 
 "up" is client to broker, "down" broker to client. The proxy runs an asyncio loop in a daemon
@@ -25,6 +27,9 @@ from collections.abc import Callable
 from typing import Any
 
 _LINGER_ZERO = struct.pack("ii", 1, 0)
+#: Chunks from the broker this long or shorter pass whole under ``split_down`` (a confirm, a
+#: heartbeat).
+SPLIT_OVER = 64
 
 
 class _Pair:
@@ -56,6 +61,8 @@ class TCPProxy:
         self.blackhole_up = False
         self.blackhole_down = False
         self.latency = 0.0
+        self.split_tail = 0
+        self.split_pause = 0.0
         #: Connections accepted so far (including refused ones) and live pairs now.
         self.accepted = 0
         self.pairs: set[_Pair] = set()
@@ -85,6 +92,10 @@ class TCPProxy:
 
     def set_latency(self, seconds: float) -> None:
         self._apply(latency=seconds)
+
+    def split_down(self, tail: int, pause: float) -> None:
+        """Send the last ``tail`` bytes of each longer chunk from the broker ``pause`` s late."""
+        self._apply(split_tail=tail, split_pause=pause)
 
     def reset_all(self) -> int:
         """Abort every live connection with a RST; returns how many pairs were reset."""
@@ -172,6 +183,11 @@ class TCPProxy:
                     pair.bytes_up += len(data)
                 else:
                     pair.bytes_down += len(data)
+                    if self.split_tail and len(data) > SPLIT_OVER:
+                        writer.write(data[:-self.split_tail])
+                        await writer.drain()
+                        await asyncio.sleep(self.split_pause)
+                        data = data[-self.split_tail:]
                 writer.write(data)
                 await writer.drain()
         except (OSError, asyncio.IncompleteReadError):

@@ -96,6 +96,21 @@ def test_call_on_a_connection_reset_a_moment_ago_succeeds_on_a_new_connection(
         assert proxy.set_timeout(5).ping() == "ok"
 
 
+
+def test_the_short_last_piece_of_a_reply_is_read_as_it_comes(
+        tcp, tcp_url, servers, proxies, broker_url, server_id):
+    # The proxy's socket holds back fewer bytes than a lone confirm between messages; within one,
+    # the last TCP segment may be shorter than that and must wake the reader at once.
+    servers(broker_url, server_id,
+            register=lambda server: server.register_function(lambda value: value, "echo"))
+    proxy = proxies(tcp_url, server_id, timeout=LONG)
+    assert proxy.echo("warm") == "warm"
+    tcp.split_down(tail=10, pause=0.3)
+    begun = time.monotonic()
+    assert proxy.echo("x" * 100) == "x" * 100
+    assert time.monotonic() - begun < 0.8  # one pause; a read step (1 s) late before
+
+
 def test_a_call_retried_after_a_reset_waits_for_its_queued_request_rather_than_fail_unavailable(
         tcp, tcp_url, servers, proxies, broker_url, server_id):
     # Its first copy waits in the queue, and a server will run it: "no server is consuming"
