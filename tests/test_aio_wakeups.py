@@ -16,7 +16,8 @@ import pytest
 import rpc
 from rpc import Server
 from rpc.client.aio import AsyncProxy
-from rpc.transport.aio import CONFIRM_MARK, MARK_CHECK
+from rpc.core.frames import CONFIRM_MARK
+from rpc.transport.aio import MARK_CHECK
 
 WAIT = 15  # seconds: the bound on every wait in this module
 

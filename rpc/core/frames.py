@@ -20,6 +20,10 @@ from amqp.serialization import dumps, loads
 FRAME_METHOD, FRAME_HEADER, FRAME_BODY, FRAME_HEARTBEAT = 1, 2, 3, 8
 FRAME_END = 0xCE
 FRAME_OVERHEAD = 8  # 7-byte header + frame-end octet
+#: The receive low-water mark that holds back a lone publisher confirm: one byte more than a
+#: ``basic.ack`` or ``basic.nack`` frame (header, class and method, delivery tag, flags, end), so
+#: a call's confirm comes with the reply that follows it, in one wake-up.
+CONFIRM_MARK = FRAME_OVERHEAD + 4 + 8 + 1 + 1
 
 CONNECTION, CONNECTION_CLOSE, CONNECTION_CLOSE_OK = 10, 50, 51
 CONNECTION_BLOCKED, CONNECTION_UNBLOCKED = 60, 61

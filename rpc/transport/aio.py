@@ -43,6 +43,7 @@ import time
 from collections.abc import Callable
 from typing import Any, TypeAlias
 
+from ..core import frames
 from ..core.errors import ConnectionLost
 from ..core.session import Heartbeat, OnQueueInfo, QueueInfo, Session
 from ..core.session import Incoming as _Incoming
@@ -56,10 +57,6 @@ logger = logging.getLogger(__name__)
 #: Hears, once and on the loop, that the connection failed.
 OnLost: TypeAlias = Callable[[ConnectionLost], None]
 
-#: The socket's low-water mark while confirms are due: one byte more than a lone publisher
-#: confirm (a basic.ack or basic.nack frame is 21 bytes), so that one does not wake the loop and
-#: comes with the reply that follows it.
-CONFIRM_MARK = 22
 #: Seconds between the reads of what waits below the mark (a lone nack, a heartbeat, the tail
 #: of a message) while it is raised.
 MARK_CHECK = 0.004
@@ -461,7 +458,7 @@ class _SocketLink(AsyncLink):
         """Let a lone confirm wait for the reply that follows it, sparing the loop a pass (an
         epoll wake-up, a read, a parse) per call; :meth:`_check_mark` bounds what waits."""
         try:
-            self._sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVLOWAT, CONFIRM_MARK)
+            self._sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVLOWAT, frames.CONFIRM_MARK)
         except OSError:
             self._can_mark = False
             return

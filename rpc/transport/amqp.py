@@ -21,6 +21,7 @@ from typing import Any, NamedTuple
 
 from kombu.connection import Connection
 
+from ..core import frames
 from ..core.errors import ConnectionLost
 from ..core.protocol import DIRECT_REPLY_TO
 from ..core.session import Heartbeat, Session
@@ -35,13 +36,8 @@ SEND_TIMEOUT = 10.0
 CLOSE_WAIT = 2.0
 #: The shortest receive timeout a read blocks for; a shorter read polls.
 _SHORTEST_STEP = 0.01
-#: The receive low-water mark of a link in confirm mode between messages: one byte more than a
-#: lone ``basic.ack`` frame (7-byte header, 13-byte method, frame end), so a call's confirm does
-#: not wake its reader apart from the reply that follows it. Within a message the mark is 1: the
-#: last segment of a large one may be shorter.
-_CONFIRM_LOWAT = 22
-#: While the mark is set, the longest a read blocks when a confirm is awaited: a lone nack, which
-#: the mark holds back, is read this late at most...
+#: While the confirm mark (frames.CONFIRM_MARK) is set, the longest a read blocks when a confirm
+#: is awaited: a lone nack, which the mark holds back, is read this late at most...
 CONFIRM_STEP = 0.05
 #: ... and when none is: a lone heartbeat is read this late at most.
 _LOWAT_STEP = 1.0
@@ -285,7 +281,8 @@ class AMQPLink(Link):
         # asked for, so a read may return False early, never late.
         if self._lowat:
             session = self.session
-            mark = _CONFIRM_LOWAT if session.between_messages else 1
+            # Within a message the mark is 1: the last segment of a large one may be shorter.
+            mark = frames.CONFIRM_MARK if session.between_messages else 1
             if mark != self._mark:
                 self._set_mark(mark)
             if mark != 1:

@@ -413,3 +413,8 @@ def test_a_declare_ok_gives_the_message_and_consumer_counts() -> None:
 def test_a_channel_open_frame_is_what_py_amqp_sends() -> None:
     frame = frames.channel_open_frame(3)
     assert frame[7:-1] == pack(">HH", *spec.Channel.Open) + dumps("s", ("",))
+
+
+def test_the_confirm_mark_is_one_byte_over_a_lone_confirm_frame() -> None:
+    # basic.ack has the same layout both ways: the broker's confirm is as long as our ack.
+    assert frames.CONFIRM_MARK == len(frames.ack_frame(1, 2**64 - 1)) + 1
