@@ -175,6 +175,8 @@ HEADLINES: tuple[tuple[str, str, str | None, str, str | None], ...] = (
      WIRE_SEQ, "pika seq add", "calls_per_s", None),
     ("the wire case's client+server CPU per call vs raw pika", WIRE_SEQ, "pika seq add",
      "client_server", None),
+    ("sequential calls/s vs the wire case: how close rpc comes to its floor", "rpc seq add",
+     WIRE_SEQ, "calls_per_s", None),
     ("sequential calls/s vs nameko sequential", "rpc seq add", "nameko seq add",
      "calls_per_s", ">= 4.0"),
     ("100 in flight calls/s vs nameko 100 in flight", "rpc futures 100 in flight add",

@@ -380,3 +380,14 @@ def test_the_wire_case_runs_in_every_run_and_is_compared_with_raw_pika() -> None
         wire = {case.name: case for case in build_matrix(quick)}[WIRE_SEQ]
         assert wire.group == "baseline"  # so every --only run measures it too
         assert (wire.client, wire.server.kind, wire.baseline) == ("wire", "wire", "pika seq add")
+
+
+def test_the_sequential_figure_is_also_read_against_the_wire_case() -> None:
+    runs = [fake_run(BASE_SEQ, 0, 1000, baseline=None),
+            fake_run(WIRE_SEQ, 0, 1600), fake_run("rpc seq add", 0, 1200)]
+    add_ratios(runs)
+    found = {h["label"]: h["ratio"] for h in headlines(runs)}
+    assert found["sequential calls/s vs the wire case: how close rpc comes to its floor"] == \
+        pytest.approx(0.75)
+    assert found["the wire case's sequential calls/s vs raw pika: what the broker leaves room for"] \
+        == pytest.approx(1.6)
