@@ -37,7 +37,6 @@ import contextvars
 import logging
 import socket
 import ssl
-import sys
 import threading
 import time
 from collections.abc import Callable
@@ -48,7 +47,7 @@ from ..core.errors import ConnectionLost
 from ..core.session import Heartbeat, OnQueueInfo, QueueInfo, Session
 from ..core.session import Incoming as _Incoming
 from .amqp import CLOSE_WAIT, SEND_TIMEOUT, AMQPLink, Detached
-from .link import Link
+from .link import CAN_MARK, Link
 
 __all__ = ["AsyncIncoming", "AsyncLink", "OnLost", "QueueInfo", "open_async_link"]
 
@@ -240,9 +239,7 @@ class _SocketLink(AsyncLink):
         self._heartbeat = Heartbeat(detached.heartbeat, time.monotonic())
         self._received = self._sent = False
         self._timer: asyncio.TimerHandle | None = None
-        # The confirm mark (SO_RCVLOWAT): only on Linux, whose non-blocking read takes what
-        # waits below it (BSD's refuses), and not under TLS, whose records are larger anyway.
-        self._can_mark = sys.platform == "linux" and self._tls is None
+        self._can_mark = CAN_MARK and self._tls is None
         self._marked = False
         self._tracked = False  # a tracked publish went out since the mark's last check
         self._mark_timer: asyncio.TimerHandle | None = None

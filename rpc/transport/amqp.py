@@ -26,7 +26,7 @@ from ..core.errors import ConnectionLost
 from ..core.protocol import DIRECT_REPLY_TO
 from ..core.session import Heartbeat, Session
 from ..core.session import Incoming as _Incoming
-from .link import Incoming, Link, OnCancel, OnMessage, OnQueueInfo, OnReturn, Reply
+from .link import CAN_MARK, Incoming, Link, OnCancel, OnMessage, OnQueueInfo, OnReturn, Reply
 
 logger = logging.getLogger(__name__)
 
@@ -40,7 +40,7 @@ _SHORTEST_STEP = 0.01
 #: is awaited: a lone nack, which the mark holds back, is read this late at most...
 CONFIRM_STEP = 0.05
 #: ... and when none is: a lone heartbeat is read this late at most.
-_LOWAT_STEP = 1.0
+_MARK_STEP = 1.0
 
 
 def _recv_step(timeout: float) -> float:
@@ -102,7 +102,7 @@ class AMQPLink(Link):
         self._chunk_view = memoryview(self._chunk)
         self._hb = Heartbeat(self.heartbeat, time.monotonic())
         self._recv_step = 0.0  # the socket's receive timeout; 0 is none
-        self._lowat = False  # in confirm mode, the mark follows the parser (_set_mark)
+        self._marking = False  # in confirm mode, the mark follows the parser (_set_mark)
         self._mark = 1  # the socket's receive low-water mark
         self._detached = False
 
@@ -130,7 +130,7 @@ class AMQPLink(Link):
     ) -> None:
         self._channel.confirm_select()
         self.session.enable_confirms(on_nack, on_blocked)
-        self._lowat = not self._ssl  # a mark counts TLS record bytes, not frames
+        self._marking = CAN_MARK and not self._ssl
 
     def consume(self, queue: str, *, prefetch: int) -> str:
         self._channel.basic_qos(0, prefetch, False)
@@ -162,7 +162,7 @@ class AMQPLink(Link):
         with self._wlock:
             self._detached = self.closed = True
             self._poller.unregister(self._sock)
-        self._clear_lowat()  # the new driver's reads are its own: every byte wakes them again
+        self._stop_marking()  # the new driver's reads are its own: every byte wakes them again
         return Detached(self._sock, self.session, self.heartbeat, self._kombu)
 
     # -- writing, from any thread ----------------------------------------------------------------
@@ -279,14 +279,14 @@ class AMQPLink(Link):
         # One syscall per read: a blocking recv bounded by the socket's receive timeout (set only
         # when the step changes), rather than a poll and a recv. A step is at most the timeout
         # asked for, so a read may return False early, never late.
-        if self._lowat:
+        if self._marking:
             session = self.session
             # Within a message the mark is 1: the last segment of a large one may be shorter.
             mark = frames.CONFIRM_MARK if session.between_messages else 1
             if mark != self._mark:
                 self._set_mark(mark)
             if mark != 1:
-                cap = CONFIRM_STEP if session.awaiting_confirms else _LOWAT_STEP
+                cap = CONFIRM_STEP if session.awaiting_confirms else _MARK_STEP
                 if timeout is None or timeout > cap:
                     timeout = cap
         try:
@@ -317,6 +317,15 @@ class AMQPLink(Link):
         self._sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVTIMEO,
                               struct.pack("ll", whole, int((seconds - whole) * 1_000_000)))
         self._recv_step = seconds
+
+    def _set_mark(self, mark: int) -> None:
+        self._sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVLOWAT, mark)
+        self._mark = mark
+
+    def _stop_marking(self) -> None:
+        self._marking = False
+        if self._mark != 1:
+            self._set_mark(1)
 
     def _read_tls(self, timeout: float | None) -> bool:
         if self._sock.getblocking():
@@ -364,15 +373,6 @@ class AMQPLink(Link):
 
     # -- closing ---------------------------------------------------------------------------------
 
-    def _set_mark(self, mark: int) -> None:
-        self._sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVLOWAT, mark)
-        self._mark = mark
-
-    def _clear_lowat(self) -> None:
-        self._lowat = False
-        if self._mark != 1:
-            self._set_mark(1)
-
     def _await_close_ok(self) -> None:
         """Read until the broker's close-ok (a reader still blocked in ``recv`` may read it
         first), for at most :data:`CLOSE_WAIT` s; what else comes is dispatched as usual."""
@@ -413,7 +413,7 @@ class AMQPLink(Link):
             with self._wlock:
                 sent = not self.closed
                 if sent:
-                    self._clear_lowat()  # the close-ok is smaller than the mark
+                    self._stop_marking()  # the close-ok is smaller than the mark
                     try:
                         self._write(self.session.close())
                     except ConnectionLost:

@@ -16,6 +16,7 @@ A link publishes (from any thread), acknowledges, and reads and dispatches incom
 from __future__ import annotations
 
 import logging
+import sys
 from collections.abc import Callable
 from typing import Any, TypeAlias
 
@@ -28,6 +29,11 @@ __all__ = ["Incoming", "Link", "OnCancel", "OnMessage", "OnQueueInfo", "OnReturn
            "open_link"]
 
 logger = logging.getLogger(__name__)
+
+#: Whether a link may hold a lone confirm back with the socket's receive low-water mark
+#: (:data:`rpc.core.frames.CONFIRM_MARK`): only on Linux, whose non-blocking read takes what
+#: waits below the mark (BSD's refuses it). Never under TLS, whose records the mark would count.
+CAN_MARK = sys.platform == "linux"
 
 #: One message read from the broker through a :class:`Link` (see :class:`rpc.core.session.Incoming`).
 Incoming: TypeAlias = session.Incoming["Link"]
