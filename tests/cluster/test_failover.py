@@ -212,12 +212,17 @@ def kill_node_0_under(cluster: Any, runs: Runs, pending: list[Any]) -> None:
             fut.result(timeout=10)
 
 
+def echo_server_on_node_2(cluster: Any, servers: Any, runs: Runs, server_id: str,
+                          cleanup_queues: list[str]) -> Any:
+    """The server the dead-caller tests reply from: on node 2, which stays up; three workers."""
+    cleanup_queues.append(server_id)
+    return servers(cluster.urls_from(2), server_id, register=register_echo(runs), concurrency=3)
+
+
 def test_replies_to_several_callers_of_a_dead_node_cost_the_server_at_most_two_reconnects(
         cluster: Any, servers: Any, proxies: Any, runs: Runs, server_id: str,
         cleanup_queues: list[str]) -> None:
-    cleanup_queues.append(server_id)
-    server = servers(cluster.urls_from(2), server_id, register=register_echo(runs),
-                     concurrency=3)
+    server = echo_server_on_node_2(cluster, servers, runs, server_id, cleanup_queues)
     callers = [proxies(cluster.urls_from(0), server_id, timeout=30) for _ in range(3)]
     for k, caller in enumerate(callers):
         assert caller.echo(10 + k) == 10 + k
@@ -239,9 +244,7 @@ def test_replies_to_several_callers_of_a_dead_node_cost_the_server_at_most_two_r
 def test_replies_to_callers_whose_node_died_do_not_take_the_server_down(
         cluster: Any, servers: Any, proxies: Any, runs: Runs, server_id: str,
         cleanup_queues: list[str]) -> None:
-    cleanup_queues.append(server_id)
-    server = servers(cluster.urls_from(2), server_id, register=register_echo(runs),
-                     concurrency=3)
+    server = echo_server_on_node_2(cluster, servers, runs, server_id, cleanup_queues)
     caller = proxies(cluster.urls_from(0), server_id, timeout=30)
     assert caller.echo(0) == 0
     kill_node_0_under(cluster, runs, [caller.future.slow(n, 1.5) for n in (1, 2, 3)])
