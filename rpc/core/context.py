@@ -110,28 +110,52 @@ class CallInfo:
         return f"{self.server_id}.{self.method}.{self.correlation_id or '-'}"
 
 
-_current: contextvars.ContextVar[CallInfo | None] = contextvars.ContextVar(
+class _Current:
+    """The running handler's call: its :class:`CallInfo`, or how to make it on first use. Most
+    handlers never ask, and building the info cost a server more than any other single step of
+    a plain call."""
+
+    __slots__ = ("info", "make")
+
+    def __init__(self, info: CallInfo | None, make: Callable[[], CallInfo] | None) -> None:
+        self.info = info
+        self.make = make
+
+    def get(self) -> CallInfo:
+        info = self.info
+        if info is None:
+            assert self.make is not None
+            info = self.info = self.make()
+        return info
+
+
+_current: contextvars.ContextVar[_Current | None] = contextvars.ContextVar(
     "rpc_current_call", default=None
 )
 
 
 def current_call() -> CallInfo | None:
     """The call the running handler serves, or None outside a handler."""
-    return _current.get()
+    current = _current.get()
+    return None if current is None else current.get()
 
 
-def enter(info: CallInfo) -> contextvars.Token[CallInfo | None]:
-    """Make ``info`` the current call (on the worker that runs it)."""
-    return _current.set(info)
+def enter(info: CallInfo | Callable[[], CallInfo]) -> contextvars.Token[_Current | None]:
+    """Make ``info`` the current call (on the worker that runs it); given a function, the info
+    is what it returns, made when first asked for."""
+    if isinstance(info, CallInfo):
+        return _current.set(_Current(info, None))
+    return _current.set(_Current(None, info))
 
 
-def leave(token: contextvars.Token[CallInfo | None]) -> None:
+def leave(token: contextvars.Token[_Current | None]) -> None:
     _current.reset(token)
 
 
 def outgoing_headers(explicit: dict[str, Any] | None) -> dict[str, Any]:
     """Context headers for a call made now: the current call's context, then ``explicit``."""
-    parent = _current.get()
+    current = _current.get()
+    parent = None if current is None else current.get()
     headers: dict[str, Any] = {}
     context = dict(parent.context) if parent is not None else {}
     if explicit:

@@ -19,6 +19,7 @@ from __future__ import annotations
 import asyncio
 import concurrent.futures
 import contextlib
+import functools
 import inspect
 import logging
 import threading
@@ -329,7 +330,6 @@ class Handler:
         call.credit = self.check_stream(msg.props, request.method, target)
         target.check_arguments(request.args, request.kwargs)
         call.request = request
-        call.info = self.call_info(msg, request.method, call.deadline, call.running)
         if self.metrics is not None:
             self.observe_queued(msg.props)
         return target
@@ -377,17 +377,26 @@ class Handler:
             reporter=running.report if running is not None and running.interval else None,
         )
 
+    def info_of(self, call: Call) -> CallInfo:
+        """A prepared call's :class:`CallInfo`, made when first asked for (a plain call's
+        handler seldom asks: see ``context.enter``)."""
+        info = call.info
+        if info is None:
+            assert call.method is not None
+            info = call.info = self.call_info(call.msg, call.method, call.deadline, call.running)
+        return info
+
     def execute(self, call: Call) -> Any:
         """Run a prepared call's handler here, with ``current_call()`` set; a coroutine it
         returns runs on the loop while this thread waits."""
-        target, request, info = call.target, call.request, call.info
-        assert target is not None and request is not None and info is not None
-        token = context.enter(info)
+        target, request, method = call.target, call.request, call.method
+        assert target is not None and request is not None and method is not None
+        token = context.enter(functools.partial(self.info_of, call))
         try:
-            with self.spans.span(info.headers, info.method):
+            with self.spans.span(call.msg.props.get("headers"), method):
                 result = target.func(*request.args, **request.kwargs)
                 if type(result) not in _PLAIN_RESULTS and inspect.isawaitable(result):
-                    result = self.loop.run(_awaiting(result, info, call.running))
+                    result = self.loop.run(_awaiting(result, self.info_of(call), call.running))
         finally:
             context.leave(token)
         return result
@@ -395,13 +404,15 @@ class Handler:
     def finish(self, call: Call, result: Any, exc: BaseException | None) -> Reply:
         """Log, count, encode and remember a call's outcome; returns the reply to send."""
         elapsed = time.perf_counter() - call.started
-        method, target, info = call.method, call.target, call.info
+        method, target = call.method, call.target
+        prepared = call.request is not None
         if exc is None:
             ok = True
             body = protocol.result_body(result)
             outcome = "calls"
         else:
             ok = False
+            info = self.info_of(call) if prepared else None
             body = protocol.error_reply(exc, call.reply_type,
                                         include_traceback=self.send_tracebacks)
             outcome = self.failures.record(exc, call.msg.props, method, target, info, elapsed)
@@ -411,7 +422,7 @@ class Handler:
             self.stats.latencies.append(elapsed)
         if self.metrics is not None:
             self.observe(method if target is not None and method else UNKNOWN_METHOD,
-                         METRIC_OUTCOME[outcome], elapsed if info is not None else None)
+                         METRIC_OUTCOME[outcome], elapsed if prepared else None)
         payload, reply_type = protocol.encode_reply(body, call.reply_type, ok=ok,
                                                     include_traceback=self.send_tracebacks)
         if ok and logger.isEnabledFor(logging.DEBUG):
@@ -433,8 +444,8 @@ class Handler:
 
     async def run_async(self, call: Call) -> Any:
         """A prepared call of an ``async def`` handler, once a slot of the loop is free."""
-        target, request, info = call.target, call.request, call.info
-        assert target is not None and request is not None and info is not None
+        target, request, info = call.target, call.request, self.info_of(call)
+        assert target is not None and request is not None
         async with self.loop.slots:
             with _awaited_as(info, call.running), self.spans.span(info.headers, info.method):
                 return await target.func(*request.args, **request.kwargs)
@@ -575,8 +586,8 @@ class Handler:
         Raises:
             ConnectionLost: the connection failed; the broker redelivers the request.
         """
-        target, request, info = call.target, call.request, call.info
-        assert target is not None and request is not None and info is not None
+        target, request, info = call.target, call.request, self.info_of(call)
+        assert target is not None and request is not None
         link = call.msg.link
         failure: BaseException | None = None
         stop: StreamCancelled | StreamExpired | None = None
@@ -661,8 +672,8 @@ class Handler:
             StreamCancelled, StreamExpired, asyncio.CancelledError: the stream stopped early.
             ConnectionLost: the connection failed.
         """
-        target, request, info = call.target, call.request, call.info
-        assert target is not None and request is not None and info is not None
+        target, request, info = call.target, call.request, self.info_of(call)
+        assert target is not None and request is not None
         link = call.msg.link
         token = context.enter(info)
         try:

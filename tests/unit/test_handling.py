@@ -296,6 +296,26 @@ def test_a_handler_sees_its_call(registry: Registry) -> None:
     assert current_call() is None
 
 
+def test_a_handler_gets_the_same_call_info_each_time_it_asks(registry: Registry) -> None:
+    registry.add_function(lambda: current_call() is current_call(), "same")
+    rig = Rig(registry)
+    rig.handle(rig.message("same", ()))
+    assert rig.link.reply() == (True, True)
+
+
+def test_a_failed_call_reports_its_call_info_to_the_error_hook(registry: Registry) -> None:
+    def overdraw() -> None:
+        raise Overdrawn("no funds")
+
+    registry.add_function(overdraw)
+    seen: list[tuple[BaseException, Any]] = []
+    rig = Rig(registry, on_error=lambda exc, call: seen.append((exc, call)))
+    rig.handle(rig.message("overdraw", ()))
+    [(exc, call)] = seen
+    assert isinstance(exc, Overdrawn)
+    assert (call.method, call.correlation_id, call.server_id) == ("overdraw", "c-1", "unit")
+
+
 def test_a_coroutine_handler_runs_on_the_loop_and_replies_from_it(registry: Registry) -> None:
     threads: list[str] = []
 
