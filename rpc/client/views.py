@@ -206,11 +206,16 @@ class RemoteMethod:
         return RemoteMethod(self._view, f"{self._name}.{name}")
 
     def __call__(self, *args: Any, **kwargs: Any) -> Any:
-        return self._view.call(self._name, *args, **kwargs)
+        view = self._view  # CallView.call inlined: one layer less on every call
+        return view._invoke(view._options, self._name, args, kwargs)
 
     def __repr__(self) -> str:
         return f"<remote method {self._name!r}>"
 
+
+#: A proxy keeps the remote methods asked for as its own attributes while it has fewer than
+#: this many attributes in all (a program that calls names without end stops adding there).
+MAX_ATTRIBUTES = 1024
 
 #: Options of a plain call, and of a call through each one-word view.
 PLAIN = CallOptions()
@@ -236,9 +241,15 @@ class ProxyBase:
         raise NotImplementedError
 
     def __getattr__(self, name: str) -> RemoteMethod:
+        """``proxy.name``, kept as an attribute of the proxy: a plain view is immutable, so the
+        next ``proxy.name`` is an ordinary attribute read instead of a miss and a new view."""
         if name.startswith("_"):
             raise AttributeError(name)
-        return RemoteMethod(self._view(), name)
+        method = RemoteMethod(self._view(), name)
+        attributes = vars(self)
+        if len(attributes) < MAX_ATTRIBUTES:
+            attributes[name] = method
+        return method
 
     def call(self, method: str, /, *args: Any, **kwargs: Any) -> Any:
         """Call ``method`` by name: for names that clash with the proxy's own attributes."""
