@@ -50,7 +50,7 @@ from ..defaults import BROADCAST_TIMEOUT, DEFAULT_KEEPALIVE, DEFAULT_STREAM_WIND
 from ..transport.connect import Failover, FailoverStrategy, open_connection
 from ..transport.link import Incoming, Link, QueueInfo, open_link
 from ..transport.urls import BrokerURL, resolve_url
-from .views import CallOptions, check_retries, check_timeout
+from .views import PLAIN, CallOptions, check_retries, check_timeout
 
 logger = logging.getLogger("rpc.client")
 
@@ -121,7 +121,7 @@ class CallMaker:
             ValueError: a broadcast without a timeout.
             SerializationError: an argument the serializer cannot encode.
         """
-        kind = self.kind_of(options)
+        kind = SYNC if options is PLAIN else self.kind_of(options)
         if options.timeout_set:
             timeout = options.timeout
         elif kind == STREAM:
@@ -131,7 +131,7 @@ class CallMaker:
         if kind == BROADCAST and timeout is None:
             raise ValueError("a broadcast needs a timeout: how long to collect replies")
         cid = self._prefix + format(next(self._counter), "x")
-        extra = outgoing_headers(dict(options.context))
+        extra = outgoing_headers(dict(options.context) if options.context else None)
         tracing.inject(extra)
         if kind == STREAM:
             window = options.window or DEFAULT_STREAM_WINDOW
