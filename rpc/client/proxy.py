@@ -523,6 +523,8 @@ class Proxy(ProxySettings, ProxyBase):
                     reading = True
             if reading:
                 self._read_until(pending, deadline)
+                if pending.done:  # only its caller re-arms it: no need of the lock to see this
+                    return
             else:
                 pending.sleep(None if deadline is None else deadline - time.monotonic())
                 with self._lock:
@@ -611,9 +613,7 @@ class Proxy(ProxySettings, ProxyBase):
             self._on_news(cid, kind, msg)
             return
         with self._lock:
-            pending = self._table.get(cid)
-            if pending is not None and pending.kind != BROADCAST:
-                self._table.take(cid)
+            pending = self._table.take_answered(cid)
         if pending is None:
             self._calls.dropped(cid)
         elif pending.kind == BROADCAST:

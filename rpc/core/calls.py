@@ -200,6 +200,16 @@ class CallTable:
             self.background -= 1
         return pending
 
+    def take_answered(self, cid: Any) -> Pending | None:
+        """The call a reply names, removed to complete it, but a broadcast left in the table to
+        collect more replies; None if there is no such call."""
+        pending = self._calls.get(cid) if type(cid) is str else None
+        if pending is not None and pending.kind != BROADCAST:
+            del self._calls[cid]
+            if pending.timed:
+                self.background -= 1
+        return pending
+
     def next_deadline(self) -> float | None:
         """The earliest deadline of a call still in the table, or None."""
         timers, calls = self._timers, self._calls

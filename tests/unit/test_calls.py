@@ -419,6 +419,18 @@ def test_get_leaves_a_broadcast_in_the_table_for_more_replies() -> None:
     assert table.get("b") is table.get("b") is not None
 
 
+def test_a_reply_takes_its_call_but_leaves_a_broadcast() -> None:
+    table = CallTable()
+    call, fut, broadcast = pending("c"), pending("f", FUTURE, 10.0), pending("b", BROADCAST)
+    table.add(call)
+    table.add(fut, background=True)
+    table.add(broadcast)
+    assert table.take_answered("c") is call and table.take_answered("c") is None
+    assert table.take_answered("f") is fut and table.background == 0
+    assert table.take_answered("b") is table.take_answered("b") is broadcast
+    assert table.take_answered(1) is None and len(table) == 1
+
+
 def test_background_calls_are_counted_until_taken() -> None:
     table = CallTable()
     table.add(pending("f", FUTURE, 10.0), background=True)
