@@ -21,8 +21,8 @@ from typing import Any, NamedTuple
 
 from kombu.connection import Connection
 
-from ..core import frames
 from ..core.errors import ConnectionLost
+from ..core.frames import CONFIRM_MARK
 from ..core.protocol import DIRECT_REPLY_TO
 from ..core.session import Heartbeat, Session
 from ..core.session import Incoming as _Incoming
@@ -281,14 +281,15 @@ class AMQPLink(Link):
         # asked for, so a read may return False early, never late.
         if self._marking:
             session = self.session
-            # Within a message the mark is 1: the last segment of a large one may be shorter.
-            mark = frames.CONFIRM_MARK if session.between_messages else 1
-            if mark != self._mark:
-                self._set_mark(mark)
-            if mark != 1:
+            if session.between_messages:
+                if self._mark != CONFIRM_MARK:
+                    self._set_mark(CONFIRM_MARK)
                 cap = CONFIRM_STEP if session.awaiting_confirms else _MARK_STEP
                 if timeout is None or timeout > cap:
                     timeout = cap
+            elif self._mark != 1:
+                # Within a message: the last segment of a large one may be shorter than the mark.
+                self._set_mark(1)
         try:
             if timeout is None:
                 if self._recv_step:
