@@ -46,7 +46,7 @@ from ..core import frames
 from ..core.errors import ConnectionLost
 from ..core.session import Heartbeat, OnQueueInfo, QueueInfo, Session
 from ..core.session import Incoming as _Incoming
-from .amqp import CLOSE_WAIT, SEND_TIMEOUT, AMQPLink, Detached
+from .amqp import CLOSE_WAIT, CONFIRM_STEP, SEND_TIMEOUT, AMQPLink, Detached
 from .link import CAN_MARK, Link
 
 __all__ = ["AsyncIncoming", "AsyncLink", "OnLost", "QueueInfo", "open_async_link"]
@@ -56,9 +56,9 @@ logger = logging.getLogger(__name__)
 #: Hears, once and on the loop, that the connection failed.
 OnLost: TypeAlias = Callable[[ConnectionLost], None]
 
-#: Seconds between the reads of what waits below the mark (a lone nack, a heartbeat, the tail
-#: of a message) while it is raised.
-MARK_CHECK = 0.004
+#: Seconds between the reads of what waits below the mark (a lone nack, a heartbeat) while it
+#: is raised: the blocking link's bound too (``CONFIRM_STEP``).
+MARK_CHECK = CONFIRM_STEP
 
 
 class AsyncLink:
@@ -240,7 +240,8 @@ class _SocketLink(AsyncLink):
         self._received = self._sent = False
         self._timer: asyncio.TimerHandle | None = None
         self._can_mark = CAN_MARK and self._tls is None
-        self._marked = False
+        self._marked = False  # raised while tracked publishes go out: see _raise_mark
+        self._mark = 1  # the socket's low-water mark now: 1 within a message
         self._tracked = False  # a tracked publish went out since the mark's last check
         self._mark_timer: asyncio.TimerHandle | None = None
         loop.add_reader(self._fd, self._on_readable)
@@ -287,6 +288,8 @@ class _SocketLink(AsyncLink):
         except Exception:
             owed = self._parse_on()
         self._after = None
+        if self._marked:
+            self._set_mark(frames.CONFIRM_MARK if self._session.between_messages else 1)
         if owed:
             self._answer()
         if after:
@@ -453,27 +456,35 @@ class _SocketLink(AsyncLink):
 
     def _raise_mark(self) -> None:
         """Let a lone confirm wait for the reply that follows it, sparing the loop a pass (an
-        epoll wake-up, a read, a parse) per call; :meth:`_check_mark` bounds what waits."""
-        try:
-            self._sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVLOWAT, frames.CONFIRM_MARK)
-        except OSError:
-            self._can_mark = False
-            return
+        epoll wake-up, a read, a parse) per call. The mark applies between messages only (the
+        tail of a message may be shorter: within one it is 1), and :meth:`_check_mark` bounds
+        what waits below it."""
         self._marked = True
-        self._mark_timer = self._loop.call_later(MARK_CHECK, self._check_mark)
+        if self._session.between_messages:
+            self._set_mark(frames.CONFIRM_MARK)
+        if self._can_mark:
+            self._mark_timer = self._loop.call_later(MARK_CHECK, self._check_mark)
+        else:  # the socket refused it
+            self._marked = False
 
     def _lower_mark(self) -> None:
         if self._marked:
             self._marked = False
+            self._set_mark(1)
+
+    def _set_mark(self, mark: int) -> None:
+        if mark != self._mark:
             try:
-                self._sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVLOWAT, 1)
+                self._sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVLOWAT, mark)
             except OSError:
                 self._can_mark = False
+                return
+            self._mark = mark
 
     def _check_mark(self) -> None:
-        """Every few ms while the mark is raised: read what waits below it (a lone nack, a
-        heartbeat, a message's tail), and lower it once no tracked publish went out since the
-        last check, so nothing waits below it for longer than a check."""
+        """Every :data:`MARK_CHECK` s while the mark is raised: read what waits below it (a
+        lone nack, a heartbeat), and lower it once no tracked publish went out since the last
+        check, so nothing waits below it for longer than a check."""
         self._mark_timer = None
         if self.closed:
             return
