@@ -125,13 +125,11 @@ def encode_properties(props: dict[str, Any]) -> bytes:
         value = props.get("reply_to")
         if value is not None:
             flags |= _F_REPLY_TO
-            raw = value.encode()
-            parts.append(length[len(raw)] + raw)
+            parts.append(repeated.get(value) or _repeated(value))
         value = props.get("expiration")
         if value is not None:
             flags |= _F_EXPIRATION
-            raw = value.encode()
-            parts.append(length[len(raw)] + raw)
+            parts.append(repeated.get(value) or _repeated(value))
         value = props.get("message_id")
         if value is not None:
             flags |= _F_MESSAGE_ID
@@ -156,7 +154,7 @@ def encode_properties(props: dict[str, Any]) -> bytes:
 
 
 #: Encoded short strings of the properties whose values repeat from message to message
-#: (``content_type``, ``type``, ``app_id``), by value.
+#: (``content_type``, ``reply_to``, ``expiration``, ``type``, ``app_id``), by value.
 _REPEATED: dict[str, bytes] = {}
 
 
@@ -180,7 +178,7 @@ def encode_table(table: dict[str, Any]) -> bytes:
     parts = []
     for key, value in table.items():
         if type(value) is float:
-            parts.append(shortstr(key) + b"d" + _DOUBLE.pack(value))
+            parts.append((_FLOAT_KEYS.get(key) or _float_key(key)) + _DOUBLE.pack(value))
         elif type(value) is str:
             raw = value.encode()
             parts.append(shortstr(key) + b"S" + _LONG.pack(len(raw)) + raw)
@@ -188,6 +186,18 @@ def encode_table(table: dict[str, Any]) -> bytes:
             return bytes(dumps("F", [table]))
     body = b"".join(parts)
     return _LONG.pack(len(body)) + body
+
+
+#: Encoded keys of float fields (the deadline header of every call), with their type octet.
+_FLOAT_KEYS: dict[str, bytes] = {}
+
+
+def _float_key(key: str) -> bytes:
+    encoded = shortstr(key) + b"d"
+    if len(_FLOAT_KEYS) >= 1024:
+        _FLOAT_KEYS.clear()
+    _FLOAT_KEYS[key] = encoded
+    return encoded
 
 
 def _frame(kind: int, channel: int, payload: bytes) -> bytes:
