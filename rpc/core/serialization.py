@@ -8,6 +8,7 @@ set, so enabling pickle for one server does not enable it for anything else in t
 
 from __future__ import annotations
 
+import threading
 from collections.abc import Callable, Iterable
 from typing import Any
 
@@ -31,8 +32,28 @@ def _unpack_msgpack(body: bytes) -> Any:
     return msgpack.unpackb(body, raw=False, strict_map_key=False)
 
 
+class _Packers(threading.local):
+    """Each thread's msgpack packer: ``msgpack.packb`` builds one per call, which costs more than
+    packing a call's arguments. None while the thread packs (a dict subclass's ``items`` could
+    encode again): a packer is never re-entered."""
+
+    def __init__(self) -> None:
+        self.packer: msgpack.Packer | None = msgpack.Packer(use_bin_type=True)
+
+
+_packers = _Packers()
+
+
 def _pack_msgpack(value: Any) -> bytes:
-    return msgpack.packb(value, use_bin_type=True)  # type: ignore[no-any-return]
+    packers = _packers
+    packer = packers.packer
+    if packer is None:
+        return msgpack.packb(value, use_bin_type=True)  # type: ignore[no-any-return]
+    packers.packer = None
+    try:
+        return packer.pack(value)  # type: ignore[no-any-return]
+    finally:
+        packers.packer = packer
 
 
 def register_serializer(

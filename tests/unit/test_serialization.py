@@ -6,6 +6,7 @@ import datetime
 import json
 import os
 import pickle
+import threading
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
@@ -188,6 +189,40 @@ def test_encoding_a_self_referencing_value_is_a_serialization_error(content_type
     value.append(value)
     with pytest.raises(SerializationError):
         encode(value, content_type)
+
+
+def test_a_failed_msgpack_encoding_leaves_nothing_behind_for_the_next() -> None:
+    with pytest.raises(SerializationError):
+        encode(["partly", object()], MSGPACK)
+    assert msgpack.unpackb(encode(["next"], MSGPACK)) == ["next"]
+
+
+def test_a_value_that_encodes_while_it_is_encoded_gets_both_encodings_whole() -> None:
+    class Lazy(dict):  # type: ignore[type-arg]
+        """A dict whose items are encoded by the time they are read."""
+
+        def items(self) -> Any:
+            return [("inner", encode(["nested", 1], MSGPACK))]
+
+    body = encode({"outer": Lazy(x=1)}, MSGPACK)
+    assert msgpack.unpackb(body) == {"outer": {"inner": msgpack.packb(["nested", 1])}}
+
+
+def test_threads_encode_at_once_without_mixing_their_bytes() -> None:
+    values = {n: ["thread", n, "x" * (n * 100)] for n in range(8)}
+    bodies: dict[int, list[bytes]] = {n: [] for n in values}
+
+    def encode_many(n: int) -> None:
+        for _ in range(2000):
+            bodies[n].append(encode(values[n], MSGPACK))
+
+    threads = [threading.Thread(target=encode_many, args=(n,)) for n in values]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(30)
+    for n, encoded in bodies.items():
+        assert {msgpack.unpackb(body) == values[n] for body in encoded} == {True}
 
 
 def test_encoding_with_an_unknown_content_type_is_a_serialization_error() -> None:
