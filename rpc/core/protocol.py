@@ -12,7 +12,7 @@ import pickle
 import re
 import struct
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, NamedTuple
 
 from . import serialization
 from .errors import (
@@ -58,9 +58,9 @@ KEEPALIVES_MISSED = 3
 _REPLY_ADDRESS = re.compile(r"\A(amq\.rabbitmq\.reply-to\.[\w.+/=-]+|amq\.gen-[\w-]+)\Z")
 
 
-@dataclass(frozen=True, slots=True)
-class Request:
-    """A decoded, shape-checked request body."""
+class Request(NamedTuple):
+    """A decoded, shape-checked request body (a tuple: built for every call, it costs a third of
+    a frozen dataclass)."""
 
     method: str
     args: tuple[Any, ...]
