@@ -376,13 +376,6 @@ class Proxy(ProxySettings, ProxyBase):
                 raise
         self._kick_pump()
 
-    def _wait_or_forget(self, pending: Pending, until: float | None = None) -> None:
-        try:
-            self._wait(pending, until)
-        except BaseException:  # KeyboardInterrupt while waiting: nobody will collect the reply
-            self._forget(pending)
-            raise
-
     def _kick_pump(self) -> None:
         with self._lock:
             if not self._reader_active:
@@ -505,34 +498,39 @@ class Proxy(ProxySettings, ProxyBase):
         """Drop a call nobody waits for any more; a reply to it will be dropped and counted."""
         self._take(pending.cid)
 
-    def _wait(self, pending: Pending, until: float | None = None) -> None:
+    def _wait_or_forget(self, pending: Pending, until: float | None = None) -> None:
         """Wait for ``pending`` to be done, reading the socket while nobody else does, until
-        its deadline (or ``until``, when sooner), when it times out."""
-        deadline = pending.deadline
-        if until is not None and (deadline is None or until < deadline):
-            deadline = until
-        while True:
-            with self._lock:
-                if pending.done:
-                    return
-                if self._reader_active:
-                    self._sleepers[pending.cid] = pending
-                    reading = False
-                else:
-                    self._reader_active = True
-                    reading = True
-            if reading:
-                self._read_until(pending, deadline)
-                if pending.done:  # only its caller re-arms it: no need of the lock to see this
-                    return
-            else:
-                pending.sleep(None if deadline is None else deadline - time.monotonic())
+        its deadline (or ``until``, when sooner), when it times out. Interrupted (by a
+        KeyboardInterrupt), it forgets the call: nobody will collect its reply."""
+        try:
+            deadline = pending.deadline
+            if until is not None and (deadline is None or until < deadline):
+                deadline = until
+            while True:
                 with self._lock:
-                    self._sleepers.pop(pending.cid, None)
-            if not pending.done and deadline is not None and time.monotonic() >= deadline:
-                if not self._expire(pending):
-                    self._await_completion(pending)
-                return
+                    if pending.done:
+                        return
+                    if self._reader_active:
+                        self._sleepers[pending.cid] = pending
+                        reading = False
+                    else:
+                        self._reader_active = True
+                        reading = True
+                if reading:
+                    self._read_until(pending, deadline)
+                    if pending.done:  # only its caller re-arms it: no lock needed to see this
+                        return
+                else:
+                    pending.sleep(None if deadline is None else deadline - time.monotonic())
+                    with self._lock:
+                        self._sleepers.pop(pending.cid, None)
+                if not pending.done and deadline is not None and time.monotonic() >= deadline:
+                    if not self._expire(pending):
+                        self._await_completion(pending)
+                    return
+        except BaseException:
+            self._forget(pending)
+            raise
 
     def _read_until(self, pending: Pending, deadline: float | None) -> None:
         # Reads end at least once a second while keep-alives are watched: the pump may find the
