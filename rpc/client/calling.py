@@ -121,21 +121,15 @@ class CallMaker:
             ValueError: a broadcast without a timeout.
             SerializationError: an argument the serializer cannot encode.
         """
-        kind = SYNC if options is PLAIN else self.kind_of(options)
-        if options.timeout_set:
-            timeout = options.timeout
-        elif kind == STREAM:
-            timeout = None  # a stream may run for long: each item's wait is bounded instead
+        if options is PLAIN:  # the usual call: the proxy's defaults, no option to read
+            kind, timeout = SYNC, self.default_timeout
         else:
-            timeout = BROADCAST_TIMEOUT if options.broadcast else self.default_timeout
-        if kind == BROADCAST and timeout is None:
-            raise ValueError("a broadcast needs a timeout: how long to collect replies")
+            kind, timeout = self._kind_and_timeout(options)
         cid = self._prefix + format(next(self._counter), "x")
         extra = outgoing_headers(dict(options.context) if options.context else None)
         tracing.inject(extra)
         if kind == STREAM:
-            window = options.window or DEFAULT_STREAM_WINDOW
-            extra[protocol.STREAM_HEADER] = window
+            extra[protocol.STREAM_HEADER] = options.window or DEFAULT_STREAM_WINDOW
         keepalive = self.keepalive if kind != CAST and kind != BROADCAST else None
         if keepalive is not None:
             extra[protocol.KEEPALIVE_HEADER] = keepalive
@@ -145,8 +139,38 @@ class CallMaker:
         pending.body = body
         pending.props = protocol.request_properties(cid, self.content_type, timeout, time.time(),
                                                     extra)
+        pending.keepalive = keepalive
+        if options is PLAIN:
+            pending.retries = self.default_retries
+            pending.wait_for_ready = self.default_wait_for_ready
+        else:
+            self._apply(options, pending)
+        pending.started = time.perf_counter()
+        return pending
+
+    def _kind_and_timeout(self, options: CallOptions) -> tuple[int, float | None]:
+        """How a call with these options is made, and its timeout.
+
+        Raises:
+            TypeError: options that do not go together.
+            ValueError: a broadcast without a timeout.
+        """
+        kind = self.kind_of(options)
+        if options.timeout_set:
+            timeout = options.timeout
+        elif kind == STREAM:
+            timeout = None  # a stream may run for long: each item's wait is bounded instead
+        else:
+            timeout = BROADCAST_TIMEOUT if options.broadcast else self.default_timeout
+        if kind == BROADCAST and timeout is None:
+            raise ValueError("a broadcast needs a timeout: how long to collect replies")
+        return kind, timeout
+
+    def _apply(self, options: CallOptions, pending: Pending) -> None:
+        """What the options say of a call beyond its request: retries, waiting for a server,
+        where its outcome and progress go, a stream's state."""
         pending.broadcast = options.broadcast
-        if kind == BROADCAST or kind == STREAM:  # neither is published twice
+        if pending.kind == BROADCAST or pending.kind == STREAM:  # neither is published twice
             pending.value = []
         else:
             pending.retries = (self.default_retries if options.retries is None
@@ -154,16 +178,13 @@ class CallMaker:
         pending.wait_for_ready = options.broadcast or (
             self.default_wait_for_ready if options.wait_for_ready is None
             else options.wait_for_ready)
-        pending.keepalive = keepalive
         pending.on_progress = options.on_progress
         if options.callbacks is not None:
             pending.on_success, pending.on_error = options.callbacks
-        if kind == STREAM:
+        if pending.kind == STREAM:
             item_timeout = (options.item_timeout if options.item_timeout is not None
                             else self.default_timeout)
-            pending.stream = StreamState(window, item_timeout)
-        pending.started = time.perf_counter()
-        return pending
+            pending.stream = StreamState(options.window or DEFAULT_STREAM_WINDOW, item_timeout)
 
     @staticmethod
     def kind_of(options: CallOptions) -> int:
