@@ -555,13 +555,12 @@ class AsyncProxy(ProxySettings, ProxyBase):
         if kind == protocol.KEEPALIVE_TYPE or kind == protocol.PROGRESS_TYPE:
             self._on_news(cid, kind, msg)
             return
-        pending = self._table.get(cid)
+        pending = self._table.take_answered(cid)
         if pending is None:
             self._calls.dropped(cid)
         elif pending.kind == BROADCAST:
             pending.value.append(self._calls.broadcast_reply(msg, pending))
         else:
-            self._table.take(cid)
             if pending.waiter is not None and pending.waiter.cancelled():
                 self._calls.dropped(cid)  # its task was cancelled, and has not yet forgotten it
                 return
