@@ -153,8 +153,8 @@ def encode_properties(props: dict[str, Any]) -> bytes:
     return _SHORT.pack(flags) + b"".join(parts)
 
 
-#: Encoded short strings of the properties whose values repeat from message to message
-#: (``content_type``, ``reply_to``, ``expiration``, ``type``, ``app_id``), by value.
+#: Encoded short strings that repeat from message to message, by value: the properties
+#: ``content_type``, ``reply_to``, ``expiration``, ``type`` and ``app_id``, and table keys.
 _REPEATED: dict[str, bytes] = {}
 
 
@@ -162,10 +162,9 @@ def _repeated(value: str) -> bytes:
     """``value`` as a short string, remembered in :data:`_REPEATED`.
 
     Raises:
-        IndexError: it is over 255 bytes of UTF-8.
+        ValueError: it is over 255 bytes of UTF-8.
     """
-    raw = value.encode()
-    encoded = _LENGTH[len(raw)] + raw
+    encoded = shortstr(value)
     if len(_REPEATED) >= 1024:  # an application's own types and ids are few
         _REPEATED.clear()
     _REPEATED[value] = encoded
@@ -178,7 +177,7 @@ def encode_table(table: dict[str, Any]) -> bytes:
     parts = []
     for key, value in table.items():
         if type(value) is float:
-            parts.append((_FLOAT_KEYS.get(key) or _float_key(key)) + _DOUBLE.pack(value))
+            parts.append((_REPEATED.get(key) or _repeated(key)) + b"d" + _DOUBLE.pack(value))
         elif type(value) is str:
             raw = value.encode()
             parts.append(shortstr(key) + b"S" + _LONG.pack(len(raw)) + raw)
@@ -186,18 +185,6 @@ def encode_table(table: dict[str, Any]) -> bytes:
             return bytes(dumps("F", [table]))
     body = b"".join(parts)
     return _LONG.pack(len(body)) + body
-
-
-#: Encoded keys of float fields (the deadline header of every call), with their type octet.
-_FLOAT_KEYS: dict[str, bytes] = {}
-
-
-def _float_key(key: str) -> bytes:
-    encoded = shortstr(key) + b"d"
-    if len(_FLOAT_KEYS) >= 1024:
-        _FLOAT_KEYS.clear()
-    _FLOAT_KEYS[key] = encoded
-    return encoded
 
 
 def _frame(kind: int, channel: int, payload: bytes) -> bytes:

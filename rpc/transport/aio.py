@@ -10,9 +10,9 @@ declarations block), then drives the connection from the loop:
   after the pass, and what the socket does not take at once waits for ``add_writer``. TLS
   sockets too. Heartbeats go out, and a silent broker is noticed, from ``call_later`` timers.
   While calls go out, the socket's low-water mark keeps a call's confirm from waking the loop
-  apart from its reply, and one timer reads what waits below it every few ms. A task woken by a
-  reply runs at the end of the read that brought it (:meth:`AsyncLink.call_after_read`), so a
-  sequential call costs one loop pass.
+  apart from its reply (between messages only), and one timer reads what waits below it every
+  :data:`MARK_CHECK` s. A task woken by a reply runs at the end of the read that brought it
+  (:meth:`AsyncLink.call_after_read`), so a sequential call costs one loop pass.
 * Any other transport (a :class:`~rpc.transport.kombu.KombuLink`, for ``memory://`` and
   ``redis://``): a bridge. A reader thread calls ``link.read`` and hands every callback to the
   loop with ``call_soon_threadsafe``; publishes go straight to the thread-safe kombu link.
