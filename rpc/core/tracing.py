@@ -30,8 +30,9 @@ def inject(headers: dict[str, Any]) -> None:
 
 #: Seconds between two questions to OpenTelemetry while no tracer provider is set.
 RECHECK = 1.0
-#: What :meth:`ServerSpans.span` returns while no span would be recorded (reusable).
-_NO_SPAN = contextlib.nullcontext()
+#: What :meth:`ServerSpans.span` returns while no span would be recorded (reusable): a caller
+#: on a hot path may test for it and skip entering it.
+NO_SPAN = contextlib.nullcontext()
 
 
 class ServerSpans:
@@ -51,13 +52,13 @@ class ServerSpans:
         """Run a handler of ``method`` in a span continuing the trace in ``headers``."""
         if not self._on:
             if not AVAILABLE:
-                return _NO_SPAN
+                return NO_SPAN
             now = time.monotonic()
             if now < self._ask_at:
-                return _NO_SPAN
+                return NO_SPAN
             self._ask_at = now + RECHECK
             if isinstance(trace.get_tracer_provider(), trace.ProxyTracerProvider):
-                return _NO_SPAN
+                return NO_SPAN
             self._on = True
         return _span(headers, self.server_id, method)
 

@@ -169,7 +169,7 @@ class Handler:
             self.counts["expired"] += 1
             self.observe(UNKNOWN_METHOD, EXPIRED)
             return EXPIRED
-        if self.skip(msg):
+        if self.streams.cancels and self.skip(msg):
             self.counts["cancelled"] += 1
             if self.metrics is not None:
                 self.metrics.cancelled()
@@ -217,7 +217,7 @@ class Handler:
                 metrics.redelivered()
         if headers and protocol.STREAM_HEADER in headers:
             return self.stream(msg, tag, deadline)
-        if self.skip(msg):  # cancelled while it waited for this worker
+        if self.streams.cancels and self.skip(msg):  # cancelled while it waited for a worker
             msg.link.ack(tag)
             return CANCELLED
         key = self.repeat_key(msg)
@@ -393,12 +393,23 @@ class Handler:
         assert target is not None and request is not None and method is not None
         token = context.enter(functools.partial(self.info_of, call))
         try:
-            with self.spans.span(call.msg.props.get("headers"), method):
+            span = self.spans.span(call.msg.props.get("headers"), method)
+            if span is tracing.NO_SPAN:  # entering a no-op costs two Python calls
                 result = target.func(*request.args, **request.kwargs)
-                if type(result) not in _PLAIN_RESULTS and inspect.isawaitable(result):
-                    result = self.loop.run(_awaiting(result, self.info_of(call), call.running))
+                if type(result) not in _PLAIN_RESULTS:
+                    result = self.awaited(call, result)
+            else:
+                with span:
+                    result = self.awaited(call, target.func(*request.args, **request.kwargs))
         finally:
             context.leave(token)
+        return result
+
+    def awaited(self, call: Call, result: Any) -> Any:
+        """A sync handler's result; when it is awaitable, what it gives once run on the loop
+        (this thread waits)."""
+        if inspect.isawaitable(result):
+            return self.loop.run(_awaiting(result, self.info_of(call), call.running))
         return result
 
     def finish(self, call: Call, result: Any, exc: BaseException | None) -> Reply:
@@ -516,7 +527,7 @@ class Handler:
             ConnectionLost: the connection failed; the broker redelivers the request.
         """
         call = Call(msg, None, tag, self.accept, deadline)
-        if self.skip(msg):  # cancelled while it waited for this worker
+        if self.streams.cancels and self.skip(msg):  # cancelled while it waited for a worker
             msg.link.ack(tag)
             return CANCELLED
         running = self.track(call)  # for its keep-alives, while it runs or waits for credit

@@ -63,7 +63,9 @@ class Replier:
         #: The addresses lately written to, each with the connection it went through: a write
         #: to a connection already lost cannot close the next one.
         self._recent: deque[tuple[Link, str]] = deque(maxlen=RECENT_REPLIES)
-        self._suspects: set[str] = set()
+        #: The addresses whose replies go out as probes: nearly always empty, which a caller may
+        #: test before :meth:`would_wait`.
+        self.suspects: set[str] = set()
         self._suspects_until = 0.0
         self._gone: dict[str, float] = {}
         #: The origins (node lifetimes) of the addresses found gone.
@@ -101,7 +103,7 @@ class Replier:
         # goes out as a probe.
         reply_props = protocol.reply_properties(props.get("correlation_id"), content_type,
                                                 self.identity)
-        if self._suspects and self.is_suspect(reply_to):
+        if self.suspects and self.is_suspect(reply_to):
             self.flush()  # the probe goes out alone, after the replies before it
             self._send_probe(link, reply_to, payload, reply_props, tag)
             return
@@ -195,10 +197,10 @@ class Replier:
 
     def is_suspect(self, reply_to: Any) -> bool:
         """Whether a reply to ``reply_to`` goes out as a probe, and so waits a moment."""
-        if not self._suspects or reply_to not in self._suspects:
+        if not self.suspects or reply_to not in self.suspects:
             return False
         if time.monotonic() > self._suspects_until:
-            self._suspects.clear()
+            self.suspects.clear()
             return False
         return True
 
@@ -218,9 +220,9 @@ class Replier:
             gone = recent
         else:
             gone = set()
-            self._suspects |= recent
+            self.suspects |= recent
             self._suspects_until = now + GONE_CALLER_TTL
-        self._suspects -= gone
+        self.suspects -= gone
         self._gone = {to: until for to, until in self._gone.items() if until > now}
         self._gone_origins = {
             origin: until for origin, until in self._gone_origins.items() if until > now}
@@ -258,7 +260,7 @@ class Replier:
                 link.publish(reply_to, payload, reply_props)
                 self._stopping.wait(PROBE_WAIT)
                 if not link.closed:
-                    self._suspects.discard(reply_to)
+                    self.suspects.discard(reply_to)
             finally:
                 self._probe = None
         if tag is not None:

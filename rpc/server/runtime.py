@@ -237,7 +237,7 @@ class Runtime:
         credit the I/O thread reads) nor a reply that would wait for a probe's verdict."""
         headers = msg.props.get("headers")
         return not (headers and protocol.STREAM_HEADER in headers) and \
-            not self.replier.would_wait(msg)
+            not (self.replier.suspects and self.replier.would_wait(msg))
 
     def idle(self) -> bool:
         """Whether every request taken in is done with."""

@@ -221,8 +221,9 @@ class Streams:
         self._live: dict[str, Stream] = {}
         # the calls running here that a cancel can reach, by correlation id
         self._calls: dict[str, Running] = {}
-        # correlation id -> when the cancel is forgotten (time.monotonic()), oldest first
-        self._cancels: OrderedDict[str, float] = OrderedDict()
+        #: Correlation id -> when its cancel is forgotten (time.monotonic()), oldest first. While
+        #: it is empty no request is one to skip, which a caller may test before :meth:`cancelled`.
+        self.cancels: OrderedDict[str, float] = OrderedDict()
 
     def __len__(self) -> int:
         with self._lock:
@@ -242,7 +243,7 @@ class Streams:
         """A call starts running here; False (and its flag set) when its caller cancelled it
         already."""
         with self._lock:
-            if self._cancelled(running.correlation_id):
+            if self.cancels and self._cancelled(running.correlation_id):
                 running.cancelled.set()
                 return False
             self._calls[running.correlation_id] = running
@@ -271,7 +272,7 @@ class Streams:
 
     def cancelled(self, correlation_id: str) -> bool:
         """Whether the call's caller cancelled it (a request to skip)."""
-        if not self._cancels:  # the usual case, without the lock
+        if not self.cancels:  # the usual case, without the lock
             return False
         with self._lock:
             return self._cancelled(correlation_id)
@@ -324,7 +325,7 @@ class Streams:
         with self._lock:
             stream = self._live.get(correlation_id)
             running = self._calls.get(correlation_id)
-            cancels = self._cancels
+            cancels = self.cancels
             cancels[correlation_id] = now + self.ttl
             cancels.move_to_end(correlation_id)
             while cancels and (len(cancels) > self.size or next(iter(cancels.values())) <= now):
@@ -345,10 +346,10 @@ class Streams:
         logger.warning("server %r dropped a control message: %s%s", self.server_id, exc, more)
 
     def _cancelled(self, correlation_id: str) -> bool:
-        until = self._cancels.get(correlation_id)
+        until = self.cancels.get(correlation_id)
         if until is None:
             return False
         if until <= time.monotonic():
-            del self._cancels[correlation_id]
+            del self.cancels[correlation_id]
             return False
         return True

@@ -438,7 +438,7 @@ def suspect_only_reply_to(rig: Rig) -> None:
     rig.handle(rig.message())
     rig.handle(rig.message(message_id="m-2", reply_to=OTHER_REPLY_TO))
     rig.replier.closed_on_reply(rig.link)
-    rig.replier._suspects.discard(OTHER_REPLY_TO)
+    rig.replier.suspects.discard(OTHER_REPLY_TO)
     rig.link.writes.clear()
 
 
