@@ -22,6 +22,8 @@ DEFAULT_SIZE = 100_000
 DEFAULT_TTL = 300.0
 #: Bytes of encoded replies kept at most; the oldest are forgotten first.
 DEFAULT_MAX_BYTES = 64 * 1024 * 1024
+#: The share of the TTL between two sweeps of the expired calls.
+SWEEP_EVERY = 0.01
 
 
 class Completed(NamedTuple):
@@ -60,14 +62,13 @@ class CompletedCalls:
         self.size = size
         self.ttl = ttl
         self.max_bytes = max_bytes
+        #: Whether repeats are recognised at all (a size or TTL of 0 turns them off).
+        self.enabled = size > 0 and ttl > 0
         self._lock = threading.Lock()
         self._done: OrderedDict[Hashable, Completed] = OrderedDict()
         self._running: dict[Hashable, _Running | None] = {}
         self._bytes = 0
-
-    @property
-    def enabled(self) -> bool:
-        return self.size > 0 and self.ttl > 0
+        self._sweep_at = 0.0
 
     def begin(self, key: Hashable, wait: float | None) -> Completed | None:
         """Claim ``key`` (a request's message id) for running, or get the reply of its earlier run.
@@ -110,7 +111,10 @@ class CompletedCalls:
                     result = result._replace(at=time.monotonic())
                 self._done[key] = result
                 self._bytes += len(result.body)
-                self._trim(result.at)
+                done = self._done
+                if len(done) > self.size or self._bytes > self.max_bytes \
+                        or result.at >= self._sweep_at:
+                    self._trim(result.at)
         if running is not None:
             running.done.set()
 
@@ -119,11 +123,16 @@ class CompletedCalls:
 
     def _trim(self, now: float) -> None:
         """Forget the oldest calls beyond the size and bytes, and those older than the TTL at
-        ``now`` (the monotonic time of the call just remembered)."""
+        ``now`` (the monotonic time of the call just remembered). The sweep by age runs at most
+        every :data:`SWEEP_EVERY` of the TTL: :meth:`begin` never answers from an expired call,
+        so one kept a little longer only holds its memory a little longer."""
         done = self._done
         while done and (len(done) > self.size or self._bytes > self.max_bytes):
             _, old = done.popitem(last=False)
             self._bytes -= len(old.body)
+        if now < self._sweep_at:
+            return
+        self._sweep_at = now + self.ttl * SWEEP_EVERY
         while done:
             key, oldest = next(iter(done.items()))
             if now - oldest.at <= self.ttl:

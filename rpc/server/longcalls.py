@@ -142,6 +142,9 @@ class Running:
 
     def finish(self) -> None:
         """The reply is next (or none comes): send the last report kept, then nothing more."""
+        if self.interval is None:  # no reports nor keep-alives: nothing to send, no lock to take
+            self._done = True
+            return
         with self._lock:
             if self._done:
                 return

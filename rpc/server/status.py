@@ -49,34 +49,36 @@ class InFlight:
 
     def __init__(self, counts: dict[str, int]) -> None:
         self._counts = counts
-        self._count = 0
+        #: The requests in flight (read without the lock: one read of an int).
+        self.count = 0
         # Entered as the plain lock it is, per request; the condition only for a wait.
         self._lock = threading.Lock()
         self._changed = threading.Condition(self._lock)
-
-    @property
-    def count(self) -> int:
-        return self._count  # one read of an int: a lock would add nothing
+        self._waiting = 0  # threads in wait_idle: notifying none costs a request three calls
 
     def add(self) -> None:
         """A request was taken in (on the I/O thread, before a worker has it)."""
         with self._lock:
-            self._count += 1
+            self.count += 1
 
     def settle(self, outcome: str) -> None:
         """A request taken in is done with: count it under ``outcome``."""
         with self._lock:
-            self._count -= 1
+            self.count -= 1
             self._counts[outcome] += 1
-            if not self._count:  # what wait_idle waits for
+            if not self.count and self._waiting:  # what wait_idle waits for
                 self._changed.notify_all()
 
     def wait_idle(self, timeout: float | None) -> int:
         """Wait up to ``timeout`` s (None: for ever) until no request is in flight; returns how
         many still are."""
         with self._changed:
-            self._changed.wait_for(lambda: self._count == 0, timeout)
-            return self._count
+            self._waiting += 1
+            try:
+                self._changed.wait_for(lambda: self.count == 0, timeout)
+            finally:
+                self._waiting -= 1
+            return self.count
 
 
 def percentile(ordered: list[float], fraction: float) -> float | None:

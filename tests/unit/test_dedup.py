@@ -96,6 +96,16 @@ def test_replies_are_forgotten_after_the_ttl() -> None:
     assert calls.begin("a", 0) is None
 
 
+def test_expired_replies_leave_the_table_as_later_calls_complete() -> None:
+    calls = CompletedCalls(ttl=0.05)
+    calls.begin("a", 0)
+    calls.finish("a", Completed(b"x", "t"))
+    time.sleep(0.1)
+    calls.begin("b", 0)
+    calls.finish("b", Completed(b"y", "t"))
+    assert len(calls) == 1
+
+
 def test_a_size_or_ttl_of_zero_turns_the_table_off() -> None:
     assert not CompletedCalls(size=0).enabled
     assert not CompletedCalls(ttl=0).enabled
