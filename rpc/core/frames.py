@@ -228,7 +228,8 @@ def publish_frames(
               or _publish_method(channel, exchange, routing_key, mandatory))
     header = _CONTENT_HEADER.pack(FRAME_HEADER, channel, 12 + len(properties), BASIC, 0, size)
     chunk = frame_max - FRAME_OVERHEAD
-    tail = b"\xce" if ack is None else b"\xce" + ack_frame(channel, ack)
+    tail = b"\xce" if ack is None else \
+        b"\xce" + _ACK.pack(FRAME_METHOD, channel, 13, BASIC, BASIC_ACK, ack, 0, FRAME_END)
     if size <= chunk:
         if not size:
             return b"".join((method, header, properties, tail))

@@ -127,7 +127,7 @@ def decode(body: bytes, content_type: str | None, accept: frozenset[str]) -> Any
         )
     if content_type == MSGPACK:
         try:
-            return _unpack_msgpack(body)
+            return msgpack.unpackb(body, raw=False, strict_map_key=False)  # as _unpack_msgpack
         except Exception as exc:  # msgpack raises several types for malformed input
             raise BadRequest(f"cannot decode {content_type} body: {exc}") from exc
     try:

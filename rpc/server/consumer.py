@@ -265,6 +265,7 @@ class Consumer:
         early once the watchdog has handed reading to a new thread."""
         heartbeat = self.options.heartbeat
         tick = max(min(heartbeat / 4, 1.0), 0.05) if heartbeat else 1.0
+        me = threading.current_thread()
         while True:
             link = self.link
             assert link is not None
@@ -272,13 +273,13 @@ class Consumer:
                 while not (self.stopping.is_set() and self.idle()):
                     link.read(tick)
                     link.tick()
-                    if self._deferred and not self.run_inline():
+                    if self._deferred and not self.run_inline(me):
                         return
                 return
             except ConnectionLost as exc:
                 # A request deferred in the read that failed is in flight: it runs (its reply
                 # fails, and the broker redelivers it) like one a worker had taken.
-                if self._deferred and not self.run_inline():
+                if self._deferred and not self.run_inline(me):
                     return
                 if self.stopping.is_set():
                     return
@@ -287,16 +288,15 @@ class Consumer:
                 if not self.reconnect():
                     return
 
-    def run_inline(self) -> bool:
-        """Run the deferred requests on this thread, in order; False if another thread reads
-        from now on. The watchdog times the whole run: when it hands reading over, it gives
-        the requests not yet started to the workers."""
+    def run_inline(self, me: threading.Thread) -> bool:
+        """Run the deferred requests on this thread (``me``, the I/O thread), in order; False if
+        another thread reads from now on. The watchdog times the whole run: when it hands
+        reading over, it gives the requests not yet started to the workers."""
         if len(self._deferred) == 1:
-            return self._run_alone()
+            return self._run_alone(me)
         burst = deque(self._deferred)
         self._deferred = []
         together = len(burst) > 1
-        me = threading.current_thread()
         with self._role:
             self._burst = burst
             self._inline_since = self._last_inline = time.monotonic()
@@ -330,12 +330,11 @@ class Consumer:
                 self.hand_off(msg)
         return reading
 
-    def _run_alone(self) -> bool:
+    def _run_alone(self, me: threading.Thread) -> bool:
         """:meth:`run_inline` for the one request of a read (a sequential caller's): it never
         waits in the burst, so there is nothing for the watchdog to hand over nor any reply
         to hold, and the run costs two takes of the lock rather than four."""
         msg = self._deferred.pop()
-        me = threading.current_thread()
         with self._role:
             self._inline_since = self._last_inline = time.monotonic()
         if not self._watching.is_set():

@@ -298,7 +298,8 @@ class AMQPLink(Link):
             elif timeout <= 0:
                 count = self._sock.recv_into(self._chunk, 0, socket.MSG_DONTWAIT)
             elif timeout >= _SHORTEST_STEP:
-                step = _recv_step(timeout)
+                # a read of the current step (a loop's usual tick) is that step again
+                step = timeout if timeout == self._recv_step else _recv_step(timeout)
                 if step != self._recv_step:
                     self._set_recv_step(step)
                 count = self._sock.recv_into(self._chunk)
