@@ -327,7 +327,9 @@ class Handler:
             serialization.decode(msg.body, msg.props.get("content_type"), self.accept))
         call.method = request.method
         call.target = target = self.registry.resolve(request.method)
-        call.credit = self.check_stream(msg.props, request.method, target)
+        headers = msg.props.get("headers")
+        if target.is_stream or (headers and protocol.STREAM_HEADER in headers):
+            call.credit = self.check_stream(msg.props, request.method, target)
         target.check_arguments(request.args, request.kwargs)
         call.request = request
         if self.metrics is not None:
