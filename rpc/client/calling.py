@@ -10,6 +10,7 @@ from __future__ import annotations
 import itertools
 import logging
 import secrets
+import socket
 import time
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass
@@ -431,6 +432,7 @@ class ProxySettings:
     _states: CallbackStates
     _table: CallTable
     _reply_to: str
+    _socket: socket.socket | None
 
     def _configure(
         self, url: BrokerURL | None, *, server_id: str, serializer: str, timeout: float | None,
@@ -469,6 +471,10 @@ class ProxySettings:
         except Exception:
             conn.release()
             raise
+        sock = getattr(getattr(conn.connection, "transport", None), "sock", None)
+        #: The connection's socket (RabbitMQ's): it holds nothing of the proxy's, so the blocking
+        #: proxy's pump keeps it alive while the proxy may be collected (rpc.client.proxy._pump).
+        self._socket = sock if isinstance(sock, socket.socket) else None
         return link
 
     @property

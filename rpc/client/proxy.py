@@ -20,6 +20,8 @@ import logging
 import queue
 import threading
 import time
+import warnings
+import weakref
 from collections import deque
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from concurrent.futures import Future
@@ -81,6 +83,10 @@ class Proxy(ProxySettings, ProxyBase):
             proxy.get_callback_state(uid)            # CallbackState.WAITING, then FINISHED
             proxy.future.add(2, 3).result()          # 5
 
+    Close a proxy (``with``, :meth:`close`). One dropped unclosed is closed once collected, as
+    an unclosed socket is, with a ResourceWarning; its future and callback calls still pending
+    keep it open until they end.
+
     Args:
         url: broker URL; None reads $RPC_BROKER_URL, then ``amqp://guest:guest@localhost:5672//``.
         server_id: the server (request queue) to call.
@@ -136,6 +142,8 @@ class Proxy(ProxySettings, ProxyBase):
             max_message_size=max_message_size, ssl=ssl, hostname=hostname, port=port,
             username=username, password=password, vhost=vhost,
         )
+        # Masked once: __repr__ may run in a finalizer at interpreter shutdown, when re cannot.
+        self._masked_url = mask_url(self._url)
 
         self._lock = threading.Lock()
         self._pump_wakeup = threading.Condition(self._lock)
@@ -151,13 +159,21 @@ class Proxy(ProxySettings, ProxyBase):
         self._declared: set[str] = set()
 
         self._link: Link = self._connect()
+        # Neither thread holds the proxy while it waits (see __del__): the callback thread holds
+        # its queue, the pump a weak reference, and the proxy itself in ``_pinned`` only while
+        # future or callback calls are pending, which thus keep it open.
+        self._pinned: list[Proxy | None] = [None]
         self._jobs: queue.SimpleQueue[Callable[[], None] | None] = queue.SimpleQueue()
         self._callback_thread = threading.Thread(
-            target=self._run_jobs, name=f"rpc-proxy-callbacks-{server_id}", daemon=True,
+            target=_run_jobs, args=(self._jobs,), name=f"rpc-proxy-callbacks-{server_id}",
+            daemon=True,
         )
         self._callback_thread.start()
+        self._link_tick = max(min(heartbeat / 4, 1.0), 0.05) if heartbeat else 1.0
         self._pump_thread = threading.Thread(
-            target=self._pump, name=f"rpc-proxy-io-{server_id}", daemon=True,
+            target=_pump,
+            args=(weakref.ref(self), self._pinned, self._pump_wakeup, self._link_tick),
+            name=f"rpc-proxy-io-{server_id}", daemon=True,
         )
         self._pump_thread.start()
 
@@ -251,9 +267,19 @@ class Proxy(ProxySettings, ProxyBase):
     def __exit__(self, *exc: object) -> None:
         self.close()
 
+    def __del__(self, _warn: Callable[..., None] = warnings.warn) -> None:
+        """A proxy dropped unclosed is closed, with a ResourceWarning, as an unclosed socket or
+        file is; by its callback thread, not here: a collection may run on any thread, one of
+        this proxy's own too (with its lock held), and closing waits for the broker. The job holds
+        the proxy until it has run; ``SimpleQueue.put`` is reentrant, so this never blocks."""
+        if self.__dict__.get("_closed", True) or "_pump_thread" not in self.__dict__:
+            return  # closed, or __init__ failed before it had threads
+        self._jobs.put(self.close)
+        _warn(f"unclosed {self!r}", ResourceWarning, source=self)
+
     def __repr__(self) -> str:
         state = "closed" if self._closed else "open"
-        return f"<Proxy server_id={self.server_id!r} {mask_url(self._url)} {state}>"
+        return f"<Proxy server_id={self.server_id!r} {self._masked_url} {state}>"
 
     # -- connecting ------------------------------------------------------------------------------
 
@@ -377,7 +403,10 @@ class Proxy(ProxySettings, ProxyBase):
         self._kick_pump()
 
     def _kick_pump(self) -> None:
+        """After a future or callback call is sent: the pump reads for it, and holds the proxy
+        until no such call is pending."""
         with self._lock:
+            self._pinned[0] = self
             if not self._reader_active:
                 self._pump_wakeup.notify()
 
@@ -806,67 +835,55 @@ class Proxy(ProxySettings, ProxyBase):
         for call in pending:
             self._complete(call, False, error)
 
-    # -- background threads ----------------------------------------------------------------------
+    # -- the pump thread's turns (see _pump) -----------------------------------------------------
 
-    def _run_jobs(self) -> None:
-        while True:
-            job = self._jobs.get()
-            if job is None:
-                return
-            try:
-                job()
-            except Exception:
-                logger.exception("a callback raised")
-
-    def _pump(self) -> None:
-        link_tick = max(min(self._heartbeat / 4, 1.0), 0.05) if self._heartbeat else 1.0
-        next_tick = time.monotonic() + link_tick
+    def _pump_due(self, now: float, next_tick: float) -> tuple[list[Pending], float]:
+        """Under the lock: the background calls that expired, and how long the pump may sleep;
+        0 when it has work now: those calls, a tick, or reading, which it has just taken on."""
         table = self._table
-        while True:
-            with self._lock:
-                while True:
-                    if self._closed:
-                        return
-                    now = time.monotonic()
-                    expired = table.expired(now)
-                    if expired:
-                        break
-                    if now >= next_tick:
-                        break
-                    if table.background and not self._reader_active:
-                        self._reader_active = True
-                        break
-                    wait = next_tick - now
-                    timer = table.next_deadline()
-                    if timer is not None:
-                        wait = min(wait, timer - now)
-                    self._pump_wakeup.wait(max(wait, 0.001))
-                reading = self._reader_active and not expired and now < next_tick
+        expired = table.expired(now)
+        if expired or now >= next_tick:
+            return expired, 0.0
+        if table.background and not self._reader_active:
+            self._reader_active = True
+            return expired, 0.0
+        if not table.background:
+            self._pinned[0] = None
+        wait = next_tick - now
+        timer = table.next_deadline()
+        if timer is not None:
+            wait = min(wait, timer - now)
+        return expired, max(wait, 0.001)
+
+    def _pump_turn(self, expired: list[Pending], now: float, next_tick: float) -> float:
+        """The work :meth:`_pump_due` found, outside the lock; returns when the next tick is due.
+        Reading, it holds the proxy until the background calls end or a caller reads."""
+        if expired:
             for pending in expired:
                 self._complete(pending, False, self._calls.timed_out(pending))
                 self._cancel_on_server(pending)
-            if expired:
-                continue
-            if not reading:
-                next_tick = now + link_tick
-                self._tick()
-                continue
-            try:
-                while table.background and not self._closed:
-                    now = time.monotonic()
-                    timer = table.next_deadline()
-                    if now >= next_tick or (timer is not None and timer <= now):
-                        break
-                    wait = next_tick - now
-                    if timer is not None:
-                        wait = min(wait, timer - now)
-                    self._link.read(wait)
-                    if self._sleepers:
-                        break  # let a synchronous caller read for itself
-            except ConnectionLost as exc:
-                self._connection_lost(exc)
-            finally:
-                self._release_reader()
+            return next_tick
+        if now >= next_tick:
+            self._tick()
+            return now + self._link_tick
+        table = self._table
+        try:
+            while table.background and not self._closed:
+                now = time.monotonic()
+                timer = table.next_deadline()
+                if now >= next_tick or (timer is not None and timer <= now):
+                    break
+                wait = next_tick - now
+                if timer is not None:
+                    wait = min(wait, timer - now)
+                self._link.read(wait)
+                if self._sleepers:
+                    break  # let a synchronous caller read for itself
+        except ConnectionLost as exc:
+            self._connection_lost(exc)
+        finally:
+            self._release_reader()
+        return next_tick
 
     def _tick(self) -> None:
         """Keep an idle connection alive: read what waits, send a heartbeat when due; fail the
@@ -940,6 +957,46 @@ class Stream(Iterator[Any]):
 
     def __repr__(self) -> str:
         return f"<Stream {self._pending.method}() {'closed' if self._closed else 'open'}>"
+
+
+def _run_jobs(jobs: queue.SimpleQueue[Callable[[], None] | None]) -> None:
+    """The callback thread: runs jobs until a None. It holds only the queue, and a job (which
+    may hold the proxy) only until it has run."""
+    while (job := jobs.get()) is not None:
+        try:
+            job()
+        except Exception:
+            logger.exception("a callback raised")
+        job = None
+
+
+def _pump(
+    ref: weakref.ref[Proxy], pinned: list[Proxy | None], wakeup: threading.Condition,
+    link_tick: float,
+) -> None:
+    """The pump thread: it holds its proxy while it works, and only ``ref`` while it sleeps
+    (and ``pinned``, which holds the proxy while it has background calls pending), so a proxy
+    nobody else holds is collected, and closed by its finalizer; then this ends.
+
+    While it sleeps it holds the connection's socket instead, which holds nothing of the proxy:
+    a collection that finds the proxy unreachable finds its socket reachable, so the socket's
+    own finalizer does not drop the connection before the proxy's closes it cleanly."""
+    next_tick = time.monotonic() + link_tick
+    while True:
+        with wakeup:
+            while True:
+                proxy = ref()
+                if proxy is None or proxy._closed:
+                    return
+                now = time.monotonic()
+                expired, wait = proxy._pump_due(now, next_tick)
+                if not wait:
+                    break
+                sock = proxy._socket
+                del proxy
+                wakeup.wait(wait)
+                del sock
+        next_tick = proxy._pump_turn(expired, now, next_tick)
 
 
 def _outcome(fut: Future[Any], raise_errors: bool) -> Any:
