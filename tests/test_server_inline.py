@@ -101,6 +101,15 @@ def test_a_call_on_the_io_thread_counts_against_the_concurrency(make_server, mak
     assert seen.most == 1
 
 
+def test_a_server_of_concurrency_two_runs_two_calls_at_once_and_no_more(make_server, make_proxy):
+    seen = Seen()
+    make_server(register=services(seen), concurrency=2)
+    proxy = make_proxy(timeout=WAIT)
+    calls = [proxy.future.nap(0.2) for _ in range(6)]
+    assert [call.result(WAIT) for call in calls] == ["rested"] * 6
+    assert seen.most == 2
+
+
 def test_a_call_longer_than_the_heartbeat_on_the_io_thread_keeps_the_connection(
         make_server, make_proxy):
     seen = Seen()
