@@ -101,6 +101,7 @@ class AMQPLink(Link):
         self._chunk = bytearray(self._CHUNK)
         self._chunk_view = memoryview(self._chunk)
         self._hb = Heartbeat(self.heartbeat, time.monotonic())
+        self._tick_at = 0.0  # before this (monotonic), tick() has nothing to do
         self._recv_step = 0.0  # the socket's receive timeout; 0 is none
         self._marking = False  # in confirm mode, the mark follows the parser (_set_mark)
         self._mark = 1  # the socket's receive low-water mark
@@ -253,13 +254,17 @@ class AMQPLink(Link):
     def tick(self) -> None:
         if not self.heartbeat or self.closed:
             return
+        now = time.monotonic()
+        if now < self._tick_at:  # the heartbeat's times only move later: nothing is due yet
+            return
         try:
-            due = self._hb.check(time.monotonic())
+            due = self._hb.check(now)
         except ConnectionLost:
             self._fail()
             raise
         if due:
             self._send(self.session.heartbeat())
+        self._tick_at = now + self._hb.next_check(now)
 
     # -- reading, one thread at a time -----------------------------------------------------------
 
