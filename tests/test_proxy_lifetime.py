@@ -181,3 +181,36 @@ def test_a_proxy_left_open_at_interpreter_exit_warns_without_an_error(broker_url
     assert result.returncode == 0, result.stderr
     assert "unclosed <Proxy" in result.stderr
     assert "Exception ignored" not in result.stderr and "Traceback" not in result.stderr
+
+
+# -- kombu transports (memory://), whose consumers stay reachable while their channel is open --
+
+
+@pytest.fixture
+def memory_server(server_id: str) -> Iterator[str]:
+    """A server on memory:// in this process; yields its id."""
+    with started_servers(stop_grace=5) as start:
+        start("memory://", server_id, register=services)
+        yield server_id
+
+
+def test_a_dropped_proxy_on_the_memory_transport_is_collected_and_its_threads_end(memory_server):
+    proxy = Proxy("memory://", server_id=memory_server)
+    assert proxy.add(1, 2) == 3
+    ref = weakref.ref(proxy)
+    with collected():
+        del proxy
+    assert ref() is None
+    wait_for(lambda: not proxy_threads(memory_server), timeout=WAIT, interval=0.05,
+             message="the proxy's threads to end")
+
+
+def test_a_dropped_proxy_on_the_memory_transport_releases_its_connection(memory_server):
+    proxy = Proxy("memory://", server_id=memory_server)
+    assert proxy.add(1, 2) == 3
+    conn = proxy._link._conn  # type: ignore[attr-defined]
+    assert conn.connected
+    with collected():
+        del proxy
+    wait_for(lambda: not conn.connected, timeout=WAIT, interval=0.05,
+             message="the proxy's kombu connection to be released")

@@ -7,6 +7,8 @@ import logging
 import threading
 import time
 import uuid
+import weakref
+from functools import partial
 from typing import Any
 
 from kombu.connection import Connection
@@ -55,6 +57,11 @@ class KombuLink(Link):
         self._producer = Producer(self._channel, serializer=None)
         self._consumers: dict[str, Consumer] = {}
         self._messages: dict[int, Any] = {}
+        # What the consumers call. kombu's virtual transports keep consumers reachable from
+        # module state while the channel is open, so they hold this link (and through its
+        # callbacks, its owner) weakly: a Proxy dropped unclosed is collected, and its finalizer
+        # closes it.
+        self._on_delivery = partial(_deliver, weakref.ref(self))
 
     def declare_queue(self, name: str, *, durable: bool, arguments: dict[str, Any] | None = None) -> str:
         with self._lock:
@@ -67,7 +74,7 @@ class KombuLink(Link):
         with self._lock:
             queue = Queue("", exclusive=True, auto_delete=True, channel=self._channel)
             queue.declare()
-            consumer = Consumer(self._channel, [queue], no_ack=True, on_message=self._deliver,
+            consumer = Consumer(self._channel, [queue], no_ack=True, on_message=self._on_delivery,
                                 accept=None)
             consumer.consume()
             self._consumers[str(queue.name)] = consumer
@@ -76,7 +83,7 @@ class KombuLink(Link):
     def consume(self, queue: str, *, prefetch: int) -> str:
         with self._lock:
             consumer = Consumer(self._channel, [Queue(queue, no_declare=True)], no_ack=False,
-                                on_message=self._deliver, prefetch_count=prefetch, accept=None)
+                                on_message=self._on_delivery, prefetch_count=prefetch, accept=None)
             consumer.consume()
             tag = str(consumer.queues[0].name)
             self._consumers[tag] = consumer
@@ -99,21 +106,6 @@ class KombuLink(Link):
             consumer = self._consumers.pop(consumer_tag, None)
             if consumer is not None:
                 consumer.cancel()
-
-    def _deliver(self, message: Any) -> None:
-        info = message.delivery_info or {}
-        props = dict(message.properties)
-        props["content_type"] = message.content_type
-        props["headers"] = message.headers
-        tag = message.delivery_tag
-        if tag is not None:
-            self._messages[tag] = message
-        body = message.body if isinstance(message.body, bytes) else bytes(message.body, "utf-8")
-        msg: Incoming = _Incoming(body, props, tag, bool(info.get("redelivered")),
-                                  str(info.get("routing_key", "")), self)
-        if self.max_body is not None and len(body) > self.max_body:
-            msg.body, msg.oversize = b"", len(body)
-        self.on_message(msg)
 
     def inspect_queue(self, queue: str, on_info: OnQueueInfo) -> None:
         with self._lock:
@@ -207,3 +199,23 @@ class KombuLink(Link):
                 self._conn.release()
             except Exception:
                 logger.debug("error releasing a kombu connection", exc_info=True)
+
+
+def _deliver(ref: weakref.ref[KombuLink], message: Any) -> None:
+    """A consumer's delivery, to the link ``ref`` names while it lives (see ``_on_delivery``)."""
+    link = ref()
+    if link is None:
+        return
+    info = message.delivery_info or {}
+    props = dict(message.properties)
+    props["content_type"] = message.content_type
+    props["headers"] = message.headers
+    tag = message.delivery_tag
+    if tag is not None:
+        link._messages[tag] = message
+    body = message.body if isinstance(message.body, bytes) else bytes(message.body, "utf-8")
+    msg: Incoming = _Incoming(body, props, tag, bool(info.get("redelivered")),
+                              str(info.get("routing_key", "")), link)
+    if link.max_body is not None and len(body) > link.max_body:
+        msg.body, msg.oversize = b"", len(body)
+    link.on_message(msg)
