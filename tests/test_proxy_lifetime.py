@@ -1,14 +1,18 @@
 """A Proxy dropped without close() is freed: its finalizer closes it, as an unclosed socket or
-file is closed, with a ResourceWarning; its threads end and its connection closes."""
+file is closed, with a ResourceWarning; its threads end and its connection closes. An AsyncProxy
+dropped unclosed warns as an asyncio transport does; on kombu transports its bridge thread ends
+and closes its connection."""
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import gc
 import subprocess
 import sys
 import textwrap
 import threading
+import time
 import warnings
 import weakref
 from collections.abc import Callable, Iterator
@@ -18,7 +22,7 @@ import psutil
 import pytest
 from support import started_servers, wait_for
 
-from rpc import Proxy, Server
+from rpc import AsyncProxy, Proxy, Server
 
 pytestmark = pytest.mark.integration
 
@@ -214,3 +218,148 @@ def test_a_dropped_proxy_on_the_memory_transport_releases_its_connection(memory_
         del proxy
     wait_for(lambda: not conn.connected, timeout=WAIT, interval=0.05,
              message="the proxy's kombu connection to be released")
+
+
+# -- AsyncProxy: a warning as from an unclosed asyncio transport; memory://'s bridge thread ends --
+
+
+def run(scenario: Callable[[], Any]) -> Any:
+    return asyncio.run(asyncio.wait_for(scenario(), WAIT))
+
+
+async def connected_async_proxy(server_id: str, **options: Any) -> AsyncProxy:
+    proxy = AsyncProxy("memory://", server_id=server_id, **options)
+    assert await proxy.add(1, 2) == 3
+    return proxy
+
+
+async def collected_async(ref: weakref.ref[Any]) -> list[warnings.WarningMessage]:
+    """Collect, with the loop running, until ``ref`` is dead; yields the ResourceWarnings. A
+    thread that just handed the loop a reply may hold it (the message names its link) for a
+    moment more: one collection may come too soon."""
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always", ResourceWarning)
+        deadline = time.monotonic() + WAIT
+        while gc.collect() >= 0 and ref() is not None:
+            assert time.monotonic() < deadline, "the dropped proxy was not collected"
+            await asyncio.sleep(0.01)
+    return [w for w in caught if issubclass(w.category, ResourceWarning)]
+
+
+def test_a_dropped_async_proxy_on_the_memory_transport_is_collected_and_ends_its_bridge_thread(
+        memory_server):
+    async def scenario() -> threading.Thread:
+        proxy = await connected_async_proxy(memory_server, timeout=None)  # no timer holds it
+        bridge = proxy._link._reader  # type: ignore[union-attr]
+        ref = weakref.ref(proxy)
+        del proxy
+        await collected_async(ref)  # while its loop runs
+        return bridge
+
+    bridge = run(scenario)
+    bridge.join(WAIT)
+    assert not bridge.is_alive()
+
+
+def test_a_dropped_async_proxy_on_the_memory_transport_releases_its_connection(memory_server):
+    async def scenario() -> Any:
+        proxy = await connected_async_proxy(memory_server, timeout=None)
+        conn = proxy._link._link._conn  # type: ignore[union-attr]
+        assert conn.connected
+        ref = weakref.ref(proxy)
+        del proxy
+        await collected_async(ref)
+        return conn
+
+    conn = run(scenario)
+    wait_for(lambda: not conn.connected, timeout=WAIT, interval=0.05,
+             message="the async proxy's kombu connection to be released")
+
+
+def test_a_dropped_async_proxy_warns_that_it_was_not_closed(memory_server):
+    async def scenario() -> list[warnings.WarningMessage]:
+        proxy = await connected_async_proxy(memory_server, timeout=None)
+        ref = weakref.ref(proxy)
+        del proxy
+        return await collected_async(ref)
+
+    caught = run(scenario)
+    assert [str(w.message) for w in caught] == [
+        f"unclosed <AsyncProxy server_id={memory_server!r} memory:// connected>"]
+    assert type(caught[0].source) is AsyncProxy
+
+
+def test_a_closed_async_proxy_does_not_warn(memory_server):
+    async def scenario() -> list[warnings.WarningMessage]:
+        proxy = await connected_async_proxy(memory_server, timeout=None)
+        await proxy.close()
+        ref = weakref.ref(proxy)
+        del proxy
+        return await collected_async(ref)
+
+    assert run(scenario) == []
+
+
+def test_a_dropped_async_proxy_runs_its_pending_callbacks_before_it_is_collected(server_id):
+    entered, gate = threading.Event(), threading.Event()
+
+    def held(value: int) -> int:
+        entered.set()
+        gate.wait(WAIT)
+        return value
+
+    async def scenario() -> list[Any]:
+        got: list[Any] = []
+        done = asyncio.Event()
+        proxy = AsyncProxy("memory://", server_id=server_id, timeout=None)
+        await proxy.connect()
+        proxy.callback(lambda r: (got.append(r), done.set()),
+                       lambda e: (got.append(e), done.set())).held(7)
+        await asyncio.get_running_loop().run_in_executor(None, entered.wait, WAIT)
+        ref = weakref.ref(proxy)
+        del proxy
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", ResourceWarning)
+            gc.collect()
+            assert ref() is not None  # the pending call holds it
+        gate.set()
+        await done.wait()
+        await collected_async(ref)
+        return got
+
+    with started_servers(stop_grace=5) as start:
+        start("memory://", server_id, register=lambda s: s.register_function(held, "held"))
+        assert run(scenario) == [7]
+
+
+def test_an_async_proxy_left_open_when_its_loop_closed_is_collected_and_ends_its_bridge_thread(
+        memory_server):
+    async def scenario() -> tuple[weakref.ref[AsyncProxy], threading.Thread]:
+        proxy = await connected_async_proxy(memory_server)  # its call's timer holds it meanwhile
+        return weakref.ref(proxy), proxy._link._reader  # type: ignore[union-attr]
+
+    ref, bridge = run(scenario)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", ResourceWarning)
+        wait_for(lambda: gc.collect() >= 0 and ref() is None, timeout=WAIT, interval=0.01,
+                 message="the proxy to be collected once its loop closed")
+    bridge.join(WAIT)
+    assert not bridge.is_alive()
+
+
+def test_an_async_proxy_left_open_at_interpreter_exit_warns_without_an_error():
+    script = textwrap.dedent("""
+        import asyncio
+        import rpc
+
+        async def main():
+            global proxy
+            proxy = await rpc.AsyncProxy("memory://", server_id="exit").connect()
+
+        asyncio.run(main())
+    """)
+    result = subprocess.run([sys.executable, "-W", "always::ResourceWarning", "-c", script],
+                            capture_output=True, text=True, timeout=60)
+    assert result.returncode == 0, result.stderr
+    assert "unclosed <AsyncProxy server_id='exit' memory:// connected>" in result.stderr
+    assert "Exception ignored" not in result.stderr and "Traceback" not in result.stderr

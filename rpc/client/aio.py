@@ -14,6 +14,7 @@ import asyncio
 import inspect
 import logging
 import time
+import warnings
 from collections import deque
 from collections.abc import AsyncIterator, Callable, Coroutine, Generator, Iterable, Sequence
 from contextvars import Context
@@ -56,6 +57,10 @@ from .views import FUTURE_CALL, CallOptions, CallView, ProxyBase, check_timeout
 
 logger = logging.getLogger(__name__)
 
+#: The tasks proxies run on their own (callback calls, reconnections) until they end: held here,
+#: not by their proxy, they hold it, so a proxy dropped unclosed is not collected before they end.
+_spawned: set[asyncio.Task[Any]] = set()
+
 
 class AsyncProxy(ProxySettings, ProxyBase):
     """A dynamic client for ``server_id`` whose remote methods are coroutines.
@@ -74,6 +79,12 @@ class AsyncProxy(ProxySettings, ProxyBase):
     the event loop. A proxy belongs to the loop that connected it. Cancelling the task that
     awaits a call forgets the call and cancels it on the server; a reply that still comes is
     dropped (and counted in :attr:`replies_dropped`).
+
+    Close a proxy (``async with``, :meth:`close`). One dropped while connected warns when it is
+    collected, as an unclosed asyncio transport does. Like a transport, it is held by its loop
+    while the loop watches its socket (RabbitMQ: until the loop closes) or its deadline timer
+    (until the timeout of its last calls), and by its callback calls until they end; on other
+    transports, once it is collected, its reader thread closes its connection.
 
     Args:
         url: broker URL; the options are those of :class:`~rpc.Proxy`, with the same meaning.
@@ -108,6 +119,8 @@ class AsyncProxy(ProxySettings, ProxyBase):
             max_message_size=max_message_size, ssl=ssl, hostname=hostname, port=port,
             username=username, password=password, vhost=vhost,
         )
+        # Masked once: __repr__ may run in a finalizer at interpreter shutdown, when re cannot.
+        self._masked_url = mask_url(self._url)
         self._table = CallTable()
         self._states = CallbackStates()
         self._link: AsyncLink | None = None
@@ -115,7 +128,6 @@ class AsyncProxy(ProxySettings, ProxyBase):
         self._connecting: asyncio.Future[AsyncLink] | None = None
         self._checking: asyncio.Future[None] | None = None
         self._declared: set[str] = set()
-        self._tasks: set[asyncio.Task[Any]] = set()
         #: Calls waiting out the backoff before a retry, out of the table: cancel() finds them.
         self._retrying: dict[str, Pending] = {}
         #: Callback calls whose request is not out (yet, or again): their task may not have run,
@@ -229,9 +241,17 @@ class AsyncProxy(ProxySettings, ProxyBase):
     async def __aexit__(self, *exc: object) -> None:
         await self.close()
 
+    def __del__(self, _warn: Callable[..., None] = warnings.warn) -> None:
+        """A proxy dropped while connected warns, as an unclosed asyncio transport does. It
+        closes nothing here, where the loop may be gone: a bridge's reader thread closes its
+        connection once the bridge is collected (rpc.transport.aio), and RabbitMQ's socket
+        closes when collected, as it would behind a transport."""
+        if not self.__dict__.get("_closed", True) and self.connected:
+            _warn(f"unclosed {self!r}", ResourceWarning, source=self)
+
     def __repr__(self) -> str:
         state = "closed" if self._closed else "connected" if self.connected else "not connected"
-        return f"<AsyncProxy server_id={self.server_id!r} {mask_url(self._url)} {state}>"
+        return f"<AsyncProxy server_id={self.server_id!r} {self._masked_url} {state}>"
 
     # -- making a call ---------------------------------------------------------------------------
 
@@ -448,8 +468,8 @@ class AsyncProxy(ProxySettings, ProxyBase):
 
     def _spawn(self, coroutine: Any) -> None:
         task = asyncio.ensure_future(coroutine)
-        self._tasks.add(task)
-        task.add_done_callback(self._tasks.discard)
+        _spawned.add(task)
+        task.add_done_callback(_spawned.discard)
 
     async def _check(self, link: AsyncLink, deadline: float | None) -> None:
         """Fail at once when the queue exists but nobody consumes it; one question at a time

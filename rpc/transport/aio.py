@@ -39,6 +39,7 @@ import socket
 import ssl
 import threading
 import time
+import weakref
 from collections.abc import Callable
 from typing import Any, TypeAlias
 
@@ -616,9 +617,12 @@ class _SocketLink(AsyncLink):
 
 
 class _BridgeLink(AsyncLink):
-    """Any other transport: a reader thread reads, the loop runs the callbacks."""
+    """Any other transport: a reader thread reads, the loop runs the callbacks.
 
-    _READ_SLICE = 0.05  # longest read, so a close is noticed soon
+    The thread, and the callbacks it runs for the blocking link, hold this link (and through it
+    its owner) only weakly: an owner dropped unclosed (an :class:`~rpc.AsyncProxy`) is
+    collected, and the thread then closes the blocking link and ends (see :func:`_bridge`).
+    """
 
     def __init__(self, loop: asyncio.AbstractEventLoop, link: Link, on_lost: OnLost) -> None:
         super().__init__()
@@ -626,42 +630,43 @@ class _BridgeLink(AsyncLink):
         self._link = link
         self._on_lost = on_lost
         self.direct_reply_to = link.direct_reply_to
-        on_message, on_return, on_cancel = link.on_message, link.on_return, link.on_cancel
+        self._on_message, self._on_return = link.on_message, link.on_return
+        self._on_cancel = link.on_cancel
+        #: Set by close(), or once this link is collected: the reader thread ends.
+        self._stop = stop = threading.Event()
+        ref = weakref.ref(self, lambda _: stop.set())
         call_soon = loop.call_soon_threadsafe
 
         def deliver(msg: _Incoming[Any]) -> None:
-            msg.link = self
-            call_soon(on_message, msg)
+            call_soon(_bridged, ref, _BridgeLink._delivered, msg)
 
         def returned(msg: _Incoming[Any], code: int, text: str) -> None:
-            msg.link = self
-            call_soon(on_return, msg, code, text)
+            call_soon(_bridged, ref, _BridgeLink._returned, msg, code, text)
 
         def cancelled(tag: str) -> None:
-            call_soon(on_cancel, tag)
+            call_soon(_bridged, ref, _BridgeLink._cancelled, tag)
 
         link.on_message = deliver
         link.on_return = returned
         link.on_cancel = cancelled
-        self._reader = threading.Thread(target=self._read, name="rpc-async-bridge", daemon=True)
+        self._reader = threading.Thread(target=_bridge, args=(ref, link, stop),
+                                        name="rpc-async-bridge", daemon=True)
         self._reader.start()
+
+    def _delivered(self, msg: _Incoming[Any]) -> None:
+        msg.link = self
+        self._on_message(msg)
+
+    def _returned(self, msg: _Incoming[Any], code: int, text: str) -> None:
+        msg.link = self
+        self._on_return(msg, code, text)
+
+    def _cancelled(self, tag: str) -> None:
+        self._on_cancel(tag)
 
     @property
     def blocked(self) -> str | None:
         return self._link.blocked
-
-    def _read(self) -> None:
-        link = self._link
-        while not self.closed:
-            try:
-                link.read(self._READ_SLICE)
-            except ConnectionLost as exc:
-                self._loop.call_soon_threadsafe(self._lose, exc)
-                return
-            except Exception as exc:
-                logger.exception("the asyncio bridge's reader failed")
-                self._loop.call_soon_threadsafe(self._lose, ConnectionLost(f"read failed: {exc}"))
-                return
 
     def _lose(self, exc: ConnectionLost) -> None:
         if self.closed:
@@ -722,7 +727,41 @@ class _BridgeLink(AsyncLink):
         if self.closed:
             return
         self.closed = True
+        self._stop.set()
         loop = asyncio.get_running_loop()  # the link's own, or any other: both work
         await loop.run_in_executor(None, self._reader.join)
         await loop.run_in_executor(None, self._link.close)
 
+
+_READ_SLICE = 0.05  # a bridge's longest read, so that a close or a collection is noticed soon
+
+
+def _bridge(ref: weakref.ref[_BridgeLink], link: Link, stop: threading.Event) -> None:
+    """A bridge's reader thread: reads ``link`` until the bridge closes, fails or is collected.
+
+    It takes the bridge only to report a failure: were it to hold it, even for a moment between
+    reads, a collection at that moment would find a dropped bridge (and its owner) reachable.
+    Once the bridge is collected it closes ``link`` itself: that needs neither the loop, which
+    may be closed, nor the collecting thread, which must not block.
+    """
+    while not stop.is_set():
+        try:
+            link.read(_READ_SLICE)
+            continue
+        except ConnectionLost as exc:
+            lost = exc
+        except Exception as exc:
+            logger.exception("the asyncio bridge's reader failed")
+            lost = ConnectionLost(f"read failed: {exc}")
+        if (bridge := ref()) is not None:
+            bridge._loop.call_soon_threadsafe(bridge._lose, lost)
+            return
+        break
+    if ref() is None:
+        link.close()
+
+
+def _bridged(ref: weakref.ref[_BridgeLink], method: Callable[..., None], *args: Any) -> None:
+    """On the loop: ``method`` of the bridge, with ``args``, if the bridge was not collected."""
+    if (bridge := ref()) is not None:
+        method(bridge, *args)
