@@ -220,6 +220,12 @@ def test_a_dropped_proxy_on_the_memory_transport_releases_its_connection(memory_
              message="the proxy's kombu connection to be released")
 
 
+def test_an_open_proxy_on_the_memory_transport_keeps_no_reply_it_has_read(memory_server):
+    with Proxy("memory://", server_id=memory_server) as proxy:
+        assert [proxy.add(i, 1) for i in range(20)] == list(range(1, 21))
+        assert proxy._link._messages == {}  # type: ignore[attr-defined]
+
+
 # -- AsyncProxy: a warning as from an unclosed asyncio transport; memory://'s bridge thread ends --
 
 

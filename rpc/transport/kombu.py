@@ -60,8 +60,9 @@ class KombuLink(Link):
         # What the consumers call. kombu's virtual transports keep consumers reachable from
         # module state while the channel is open, so they hold this link (and through its
         # callbacks, its owner) weakly: a Proxy dropped unclosed is collected, and its finalizer
-        # closes it.
-        self._on_delivery = partial(_deliver, weakref.ref(self))
+        # closes it. A reply (no_ack) is not kept for an acknowledgement that never comes.
+        self._on_delivery = partial(_deliver, weakref.ref(self), True)
+        self._on_reply = partial(_deliver, weakref.ref(self), False)
 
     def declare_queue(self, name: str, *, durable: bool, arguments: dict[str, Any] | None = None) -> str:
         with self._lock:
@@ -74,7 +75,7 @@ class KombuLink(Link):
         with self._lock:
             queue = Queue("", exclusive=True, auto_delete=True, channel=self._channel)
             queue.declare()
-            consumer = Consumer(self._channel, [queue], no_ack=True, on_message=self._on_delivery,
+            consumer = Consumer(self._channel, [queue], no_ack=True, on_message=self._on_reply,
                                 accept=None)
             consumer.consume()
             self._consumers[str(queue.name)] = consumer
@@ -201,8 +202,9 @@ class KombuLink(Link):
                 logger.debug("error releasing a kombu connection", exc_info=True)
 
 
-def _deliver(ref: weakref.ref[KombuLink], message: Any) -> None:
-    """A consumer's delivery, to the link ``ref`` names while it lives (see ``_on_delivery``)."""
+def _deliver(ref: weakref.ref[KombuLink], acked: bool, message: Any) -> None:
+    """A consumer's delivery, to the link ``ref`` names while it lives (see ``_on_delivery``);
+    ``acked``: kept until the link acknowledges or rejects it."""
     link = ref()
     if link is None:
         return
@@ -211,7 +213,7 @@ def _deliver(ref: weakref.ref[KombuLink], message: Any) -> None:
     props["content_type"] = message.content_type
     props["headers"] = message.headers
     tag = message.delivery_tag
-    if tag is not None:
+    if acked and tag is not None:
         link._messages[tag] = message
     body = message.body if isinstance(message.body, bytes) else bytes(message.body, "utf-8")
     msg: Incoming = _Incoming(body, props, tag, bool(info.get("redelivered")),
