@@ -29,6 +29,21 @@ pytestmark = pytest.mark.integration
 WAIT = 10
 
 
+class Held:
+    """A method that holds its call until :attr:`gate` opens, and its own start."""
+
+    def __init__(self) -> None:
+        self.entered, self.gate = threading.Event(), threading.Event()
+
+    def register(self, server: Server) -> None:
+        def held(value: int) -> int:
+            self.entered.set()
+            self.gate.wait(WAIT)
+            return value
+
+        server.register_function(held, "held")
+
+
 def services(server: Server) -> None:
     server.register_function(lambda a, b: a + b, "add")
 
@@ -124,14 +139,9 @@ def test_a_dropped_proxy_runs_its_pending_callbacks_before_it_closes(
         broker_url, server_id):
     got: list[Any] = []
     done = threading.Event()
-    gate = threading.Event()
-
-    def held(value: int) -> int:
-        gate.wait(WAIT)
-        return value
-
+    held = Held()
     with started_servers(stop_grace=5) as start:
-        start(broker_url, server_id, register=lambda s: s.register_function(held, "held"))
+        start(broker_url, server_id, register=held.register)
         proxy = Proxy(broker_url, server_id=server_id)
         proxy.callback(lambda r: (got.append(r), done.set()),
                        lambda e: (got.append(e), done.set())).held(7)
@@ -141,7 +151,7 @@ def test_a_dropped_proxy_runs_its_pending_callbacks_before_it_closes(
             warnings.simplefilter("ignore", ResourceWarning)
             gc.collect()
             assert ref() is not None  # the pending call holds it
-            gate.set()
+            held.gate.set()
             assert done.wait(WAIT)
             assert got == [7]
             wait_for(lambda: gc.collect() >= 0 and ref() is None, timeout=WAIT, interval=0.05,
@@ -307,12 +317,7 @@ def test_a_closed_async_proxy_does_not_warn(memory_server):
 
 
 def test_a_dropped_async_proxy_runs_its_pending_callbacks_before_it_is_collected(server_id):
-    entered, gate = threading.Event(), threading.Event()
-
-    def held(value: int) -> int:
-        entered.set()
-        gate.wait(WAIT)
-        return value
+    held = Held()
 
     async def scenario() -> list[Any]:
         got: list[Any] = []
@@ -321,20 +326,20 @@ def test_a_dropped_async_proxy_runs_its_pending_callbacks_before_it_is_collected
         await proxy.connect()
         proxy.callback(lambda r: (got.append(r), done.set()),
                        lambda e: (got.append(e), done.set())).held(7)
-        await asyncio.get_running_loop().run_in_executor(None, entered.wait, WAIT)
+        await asyncio.get_running_loop().run_in_executor(None, held.entered.wait, WAIT)
         ref = weakref.ref(proxy)
         del proxy
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", ResourceWarning)
             gc.collect()
             assert ref() is not None  # the pending call holds it
-        gate.set()
+        held.gate.set()
         await done.wait()
         await collected_async(ref)
         return got
 
     with started_servers(stop_grace=5) as start:
-        start("memory://", server_id, register=lambda s: s.register_function(held, "held"))
+        start("memory://", server_id, register=held.register)
         assert run(scenario) == [7]
 
 
