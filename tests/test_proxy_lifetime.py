@@ -20,6 +20,7 @@ from typing import Any
 
 import psutil
 import pytest
+from kombu import Connection
 from support import started_servers, wait_for
 
 from rpc import AsyncProxy, Proxy, Server
@@ -356,6 +357,25 @@ def test_an_async_proxy_left_open_when_its_loop_closed_is_collected_and_ends_its
                  message="the proxy to be collected once its loop closed")
     bridge.join(WAIT)
     assert not bridge.is_alive()
+
+
+def test_an_async_proxy_held_open_past_its_loop_ends_its_bridge_thread_quietly_on_a_message(
+        memory_server, monkeypatch):
+    unhandled: list[Any] = []
+    monkeypatch.setattr(threading, "excepthook", unhandled.append)
+
+    async def scenario() -> AsyncProxy:
+        return await connected_async_proxy(memory_server, timeout=None)
+
+    proxy = run(scenario)  # its loop is closed now, and the proxy still open
+    bridge = proxy._link._reader  # type: ignore[union-attr]
+    own = proxy._link._link._conn  # type: ignore[union-attr]
+    with Connection("memory://") as conn:  # a late message for it: nowhere left to deliver it
+        conn.Producer().publish(b"late", routing_key=proxy._reply_to)
+    bridge.join(WAIT)
+    assert not bridge.is_alive()
+    assert unhandled == []
+    assert not own.connected  # released by the thread: nobody else can any more
 
 
 def test_an_async_proxy_left_open_at_interpreter_exit_warns_without_an_error():

@@ -741,8 +741,8 @@ def _bridge(ref: weakref.ref[_BridgeLink], link: Link, stop: threading.Event) ->
 
     It takes the bridge only to report a failure: were it to hold it, even for a moment between
     reads, a collection at that moment would find a dropped bridge (and its owner) reachable.
-    Once the bridge is collected it closes ``link`` itself: that needs neither the loop, which
-    may be closed, nor the collecting thread, which must not block.
+    Once the bridge is collected, or its loop closed, it closes ``link`` itself: that needs
+    neither the loop nor the collecting thread, which must not block.
     """
     while not stop.is_set():
         try:
@@ -750,15 +750,33 @@ def _bridge(ref: weakref.ref[_BridgeLink], link: Link, stop: threading.Event) ->
             continue
         except ConnectionLost as exc:
             lost = exc
-        except Exception as exc:
-            logger.exception("the asyncio bridge's reader failed")
+        except Exception as exc:  # a closed loop's refusal of a message is no failure to report
+            if not _loop_closed(ref):
+                logger.exception("the asyncio bridge's reader failed")
             lost = ConnectionLost(f"read failed: {exc}")
-        if (bridge := ref()) is not None:
-            bridge._loop.call_soon_threadsafe(bridge._lose, lost)
+        if _report(ref, lost):
             return
         break
-    if ref() is None:
+    if ref() is None or _loop_closed(ref):
         link.close()
+
+
+def _loop_closed(ref: weakref.ref[_BridgeLink]) -> bool:
+    bridge = ref()
+    return bridge is not None and bridge._loop.is_closed()
+
+
+def _report(ref: weakref.ref[_BridgeLink], lost: ConnectionLost) -> bool:
+    """Hand the bridge its loss, on its loop; False when nobody is left to hear of it (the
+    bridge was collected, or its loop closed)."""
+    bridge = ref()
+    if bridge is None:
+        return False
+    try:
+        bridge._loop.call_soon_threadsafe(bridge._lose, lost)
+    except RuntimeError:  # the loop closed
+        return False
+    return True
 
 
 def _bridged(ref: weakref.ref[_BridgeLink], method: Callable[..., None], *args: Any) -> None:
