@@ -109,3 +109,15 @@ def test_stop_waits_for_coroutines_in_flight(start, proxy):
         time.sleep(0.01)
     assert server.stop(grace=5) == 0
     assert [f.result(WAIT) for f in futures] == ["nap"] * 5
+
+
+def test_coroutines_cut_off_by_the_grace_run_their_finally_before_stop_returns(start, proxy):
+    server = start()
+    for _ in range(3):
+        proxy.cast.nap(30)
+    deadline = time.monotonic() + WAIT
+    while server.state["now"] < 3:
+        assert time.monotonic() < deadline
+        time.sleep(0.01)
+    assert server.stop(grace=0.2) == 3
+    assert server.state["now"] == 0  # each nap's finally ran

@@ -17,6 +17,9 @@ from typing import Any, TypeVar
 
 _T = TypeVar("_T")
 
+#: Seconds :meth:`HandlerLoop.close` lets the coroutines cancelled before it run their cleanup.
+CANCEL_WAIT = 2.0
+
 Done = Callable[["concurrent.futures.Future[Any]"], None]
 
 
@@ -87,12 +90,20 @@ class HandlerLoop:
         return len(running)
 
     def close(self) -> None:
-        """Stop the server's own loop and its thread (the application's loop is left alone)."""
+        """Stop the server's own loop and its thread, once the coroutines cancelled before have
+        ended (up to :data:`CANCEL_WAIT` s); the application's loop is left alone."""
         with self._lock:
             loop, thread = self._loop, self._thread
             if not self.owned or loop is None:
                 return
             self._loop = self._thread = None
+        # The coroutines cancel_running() cancelled run their cleanup (``finally``, ``async
+        # with``) first, as asyncio.run() lets them: a loop stopped at once never ends them.
+        ended = asyncio.run_coroutine_threadsafe(_others_ended(CANCEL_WAIT), loop)
+        try:
+            ended.result(CANCEL_WAIT + 1)
+        except concurrent.futures.TimeoutError:
+            pass
         loop.call_soon_threadsafe(loop.stop)
         assert thread is not None
         thread.join(timeout=5)
@@ -102,3 +113,10 @@ class HandlerLoop:
     def _forget(self, future: concurrent.futures.Future[Any]) -> None:
         with self._lock:
             self._running.discard(future)
+
+
+async def _others_ended(timeout: float) -> None:
+    """Wait up to ``timeout`` s for the loop's other tasks to end."""
+    others = asyncio.all_tasks() - {asyncio.current_task()}
+    if others:
+        await asyncio.wait(others, timeout=timeout)

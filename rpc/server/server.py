@@ -508,7 +508,9 @@ class Server(BaseServer):
         """Stop consuming, finish the calls in flight (up to ``grace`` s), then disconnect.
 
         Requests prefetched but not started are requeued for another server. Returns how many
-        calls were still running when the grace ran out: the broker redelivers those.
+        calls were still running when the grace ran out: the broker redelivers those. An
+        ``async def`` call among them is cancelled, and its cleanup (``finally``, ``async
+        with``) runs before this returns (for up to 2 s more).
 
         Raises:
             RuntimeError: called on the event loop this server's coroutine handlers run on
