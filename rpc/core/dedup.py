@@ -111,8 +111,7 @@ class CompletedCalls:
                     result = result._replace(at=time.monotonic())
                 self._done[key] = result
                 self._bytes += len(result.body)
-                done = self._done
-                if len(done) > self.size or self._bytes > self.max_bytes \
+                if len(self._done) > self.size or self._bytes > self.max_bytes \
                         or result.at >= self._sweep_at:
                     self._trim(result.at)
         if running is not None:

@@ -90,8 +90,9 @@ class HandlerLoop:
         return len(running)
 
     def close(self) -> None:
-        """Stop the server's own loop and its thread, once the coroutines cancelled before have
-        ended (up to :data:`CANCEL_WAIT` s); the application's loop is left alone."""
+        """Stop the server's own loop and its thread, once its tasks have ended (those
+        :meth:`cancel_running` cancelled run their cleanup; up to :data:`CANCEL_WAIT` s). The
+        application's loop is left alone."""
         with self._lock:
             loop, thread = self._loop, self._thread
             if not self.owned or loop is None:
