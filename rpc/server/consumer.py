@@ -97,7 +97,10 @@ class Consumer:
         self.broadcast_queue: str | None = None
         #: The I/O thread: the one thread that reads the connection.
         self._thread: threading.Thread | None = None
-        self._deferred: list[Incoming] = []
+        #: The requests ``on_message`` deferred in this read, for the I/O thread to run itself
+        #: once the read is done, in order (``on_message`` appends to it; a plain list, as
+        #: it is on every request's path).
+        self.deferred: list[Incoming] = []
         #: The requests of the read the I/O thread runs, not yet started (guarded by _role).
         self._burst: deque[Incoming] = deque()
         #: Guards the hand-over of reading between the I/O thread and the watchdog.
@@ -250,16 +253,6 @@ class Consumer:
 
     # -- the I/O thread ----------------------------------------------------------------------------
 
-    def defer(self, msg: Incoming) -> None:
-        """Have the I/O thread run request ``msg`` itself once this read is done (called from
-        ``on_message``), after those deferred before it."""
-        self._deferred.append(msg)
-
-    @property
-    def deferred(self) -> int:
-        """Requests deferred in this read, not yet run."""
-        return len(self._deferred)
-
     def run(self) -> None:
         """Read and dispatch until stopped and idle, reconnecting after each loss; return
         early once the watchdog has handed reading to a new thread."""
@@ -273,13 +266,13 @@ class Consumer:
                 while not (self.stopping.is_set() and self.idle()):
                     link.read(tick)
                     link.tick()
-                    if self._deferred and not self.run_inline(me):
+                    if self.deferred and not self.run_inline(me):
                         return
                 return
             except ConnectionLost as exc:
                 # A request deferred in the read that failed is in flight: it runs (its reply
                 # fails, and the broker redelivers it) like one a worker had taken.
-                if self._deferred and not self.run_inline(me):
+                if self.deferred and not self.run_inline(me):
                     return
                 if self.stopping.is_set():
                     return
@@ -292,10 +285,10 @@ class Consumer:
         """Run the deferred requests on this thread (``me``, the I/O thread), in order; False if
         another thread reads from now on. The watchdog times the whole run: when it hands
         reading over, it gives the requests not yet started to the workers."""
-        if len(self._deferred) == 1:
+        if len(self.deferred) == 1:
             return self._run_alone(me)
-        burst = deque(self._deferred)
-        self._deferred = []
+        burst = deque(self.deferred)
+        self.deferred = []
         together = len(burst) > 1
         with self._role:
             self._burst = burst
@@ -334,7 +327,7 @@ class Consumer:
         """:meth:`run_inline` for the one request of a read (a sequential caller's): it never
         waits in the burst, so there is nothing for the watchdog to hand over nor any reply
         to hold, and the run costs two takes of the lock rather than four."""
-        msg = self._deferred.pop()
+        msg = self.deferred.pop()
         with self._role:
             self._inline_since = self._last_inline = time.monotonic()
         if not self._watching.is_set():

@@ -233,7 +233,9 @@ class Handler:
         call = Call(msg, key, tag, self.accept, deadline)
         running = self.track(call)
         try:
-            if running is not None and running.cancelled.is_set():  # cancelled just now
+            # Cancelled just now: a cancel stays in streams.cancels for a while, so while that
+            # is empty (as nearly always) the flag needs no look.
+            if running is not None and self.streams.cancels and running.cancelled.is_set():
                 return self.dropped(call)
             try:
                 target = self.prepare(call)
@@ -249,10 +251,10 @@ class Handler:
             try:
                 result = self.execute(call)
             except BaseException as exc:  # a handler's SystemExit must not end a worker either
-                if self.was_cancelled(call):
+                if running is not None and running.cancelled.is_set():
                     return self.dropped(call)
                 return self.respond(call, self.finish(call, None, exc))
-            if self.was_cancelled(call):
+            if running is not None and running.cancelled.is_set():  # its caller cancelled it
                 return self.dropped(call)
             return self.respond(call, self.finish(call, result, None))
         except BaseException:
@@ -277,11 +279,6 @@ class Handler:
         call.running = running
         self.streams.track(running)
         return running
-
-    @staticmethod
-    def was_cancelled(call: Call) -> bool:
-        """Whether the call's caller cancelled it while it ran."""
-        return call.running is not None and call.running.cancelled.is_set()
 
     def dropped(self, call: Call) -> str:
         """A call its caller cancelled: acknowledge its request and send no reply (the caller
@@ -465,9 +462,10 @@ class Handler:
 
     def after_async(self, call: Call, done: concurrent.futures.Future[Any]) -> None:
         """Reply to a coroutine handler's call once it has ended (on the loop's thread)."""
-        if call.running is not None:
-            self.streams.untrack(call.running)
-        if self.was_cancelled(call):  # its caller cancelled it: no reply
+        running = call.running
+        if running is not None:
+            self.streams.untrack(running)
+        if running is not None and running.cancelled.is_set():  # its caller cancelled it
             outcome = "requeued"
             try:
                 outcome = self.dropped(call)

@@ -234,23 +234,21 @@ class Runtime:
         verdict = self.handler.screen(msg)
         if verdict is None:
             self.handler.admit()
+            # It runs on the I/O thread when nothing else is in flight, or only requests
+            # deferred before it with one slot; never a stream (which waits for credit the I/O
+            # thread reads) nor a reply that would wait for a probe's verdict.
             deferred = self.consumer.deferred
-            if (self.in_flight.count == deferred + 1 and (deferred == 0 or self._one_slot)
-                    and self.inline(msg)):
-                self.consumer.defer(msg)
+            headers = msg.props.get("headers")
+            if (self.in_flight.count == len(deferred) + 1 and (not deferred or self._one_slot)
+                    and not (headers and protocol.STREAM_HEADER in headers)
+                    and not (self.replier.suspects and self.replier.would_wait(msg))):
+                deferred.append(msg)
             else:
                 self._work.put(msg)
         elif verdict == REJECTED:
             msg.link.reject(tag, requeue=False)
         else:
             msg.link.ack(tag)
-
-    def inline(self, msg: Incoming) -> bool:
-        """Whether request ``msg`` may run on the I/O thread: not a stream (which waits for
-        credit the I/O thread reads) nor a reply that would wait for a probe's verdict."""
-        headers = msg.props.get("headers")
-        return not (headers and protocol.STREAM_HEADER in headers) and \
-            not (self.replier.suspects and self.replier.would_wait(msg))
 
     def idle(self) -> bool:
         """Whether every request taken in is done with."""

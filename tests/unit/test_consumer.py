@@ -45,7 +45,7 @@ def io_thread(link: FailingRead, run_deferred: Callable[[Incoming], Any],
     stopping.set()  # a stop is under way: no reconnecting
     consumer = Consumer(
         ServerOptions(url="memory://", server_id="unit"), prefetch=link.count,
-        on_message=lambda msg: consumer.defer(msg), run_deferred=run_deferred,
+        on_message=lambda msg: consumer.deferred.append(msg), run_deferred=run_deferred,
         hand_off=hand_off, hold=lambda: steps.append("hold"),
         flush=lambda: steps.append("flush"), stopping=stopping, idle=lambda: link.reads > 0,
         on_lost=lambda exc: None, on_reconnected=lambda: None,
