@@ -26,6 +26,7 @@ atomic under the GIL.
 from __future__ import annotations
 
 import logging
+import struct
 from collections import deque
 from collections.abc import Callable
 from typing import Any, Generic, NamedTuple, TypeVar
@@ -55,6 +56,10 @@ logger = logging.getLogger(__name__)
 
 #: The link a message came through (the session's owner): acks go back through it.
 LinkT = TypeVar("LinkT")
+T = TypeVar("T")
+
+#: Why a connection whose broker sent a frame that cannot be read is lost.
+MALFORMED = "malformed AMQP frame from the broker"
 
 _DELIVER = method_key(BASIC, BASIC_DELIVER)
 _RETURN = method_key(BASIC, BASIC_RETURN)
@@ -67,6 +72,18 @@ _CONNECTION_CLOSE_OK = method_key(CONNECTION, CONNECTION_CLOSE_OK)
 _BLOCKED = method_key(CONNECTION, CONNECTION_BLOCKED)
 _UNBLOCKED = method_key(CONNECTION, CONNECTION_UNBLOCKED)
 _DECLARE_OK = method_key(QUEUE, QUEUE_DECLARE_OK)
+
+
+def _parsed(parse: Callable[..., T], payload: bytes, *args: Any) -> T:
+    """``parse(payload, *args)``: the arguments of a method read off the fast path.
+
+    Raises:
+        ConnectionLost: the payload is too short for the arguments it should hold.
+    """
+    try:
+        return parse(payload, *args)
+    except (struct.error, IndexError):
+        raise ConnectionLost(MALFORMED) from None
 
 
 class Incoming(Generic[LinkT]):
@@ -278,7 +295,7 @@ class Session(Generic[LinkT]):
                 if stop >= end:
                     break
                 if buf[stop] != 0xCE:
-                    raise ConnectionLost("malformed AMQP frame from the broker")
+                    raise ConnectionLost(MALFORMED)
                 start = pos + 7
                 pos = stop + 1
                 if kind == 3:  # a body frame
@@ -305,23 +322,31 @@ class Session(Generic[LinkT]):
                         self._parts = []
                         self._complete(body)
                 elif kind == 1:  # a method frame
+                    if size < 4:
+                        raise ConnectionLost(MALFORMED)
                     (key,) = unpack_key(buf, start)
                     if key == _DELIVER and channel == self.channel:
                         offset = start + 5 + buf[start + 4]  # past the consumer tag
+                        if offset + 10 > stop:  # the tag, the redelivered bit, the exchange's length
+                            raise ConnectionLost(MALFORMED)
                         self._tag, bits = unpack_tag(buf, offset)
                         self._redelivered = (bits & 1) == 1
                         offset += 10 + buf[offset + 9]  # past the exchange
+                        if offset >= stop:
+                            raise ConnectionLost(MALFORMED)
                         self._key = buf[offset + 1:offset + 1 + buf[offset]].decode("utf-8", "replace")
                         self._returned = None
                         state = 1
                     elif key == _ACK:
+                        if size < 13:
+                            raise ConnectionLost(MALFORMED)
                         tag, bits = unpack_tag(buf, start + 4)
                         if bits & 1:
                             self._confirmed(tag, True, True)
                         elif self._unconfirmed:
                             self._unconfirmed.pop(tag, None)
                     elif key == _RETURN and channel == self.channel:
-                        code, text, _, self._key = frames.parse_return(buf[start:stop])
+                        code, text, _, self._key = _parsed(frames.parse_return, buf[start:stop])
                         self._returned = (code, text)
                         self._tag, self._redelivered = None, False
                         state = 1
@@ -330,6 +355,8 @@ class Session(Generic[LinkT]):
                 elif kind == 2:  # a content header
                     if state != 1:
                         continue
+                    if size < 14:  # class, weight, body size and property flags
+                        raise ConnectionLost(MALFORMED)
                     (body_size,) = unpack_size(buf, start + 4)
                     self._size = body_size
                     try:
@@ -363,26 +390,28 @@ class Session(Generic[LinkT]):
         if channel != self.channel and channel != 0:
             self._on_aux(channel, key, payload)
         elif key == _NACK:
-            tag, multiple = frames.parse_confirm(payload)
+            tag, multiple = _parsed(frames.parse_confirm, payload)
             self._confirmed(tag, multiple, False)
         elif key == _CANCEL:
-            consumer, offset = frames.read_shortstr(payload, 4)
+            consumer, offset = _parsed(frames.read_shortstr, payload, 4)
+            if offset >= len(payload):
+                raise ConnectionLost(MALFORMED)
             if not payload[offset] & 1:  # the broker waits for cancel-ok
                 self._out.append(frames.cancel_ok_frame(self.channel, consumer))
             self.on_cancel(consumer)
         elif key == _CHANNEL_CLOSE:
-            code, text = frames.parse_close(payload)
+            code, text = _parsed(frames.parse_close, payload)
             self._out.append(frames.close_ok_frame(self.channel))
             raise ConnectionLost(f"the broker closed the channel: {code} {text}", code=code)
         elif key == _CONNECTION_CLOSE:
-            code, text = frames.parse_close(payload)
+            code, text = _parsed(frames.parse_close, payload)
             self._out.append(frames.close_ok_frame(0))
             raise ConnectionLost(f"the broker closed the connection: {code} {text}", code=code)
         elif key == _CONNECTION_CLOSE_OK:
             self.closed_ok = True
             raise ConnectionLost("the connection is closed")
         elif key == _BLOCKED:
-            self.blocked, _ = frames.read_shortstr(payload, 4)
+            self.blocked, _ = _parsed(frames.read_shortstr, payload, 4)
             logger.warning("broker blocked publishing: %s", self.blocked)
             unconfirmed = self._unconfirmed
             keys = []
@@ -421,7 +450,7 @@ class Session(Generic[LinkT]):
             return  # an earlier generation's channel: nothing there waits
         waiting = self._inspecting
         if key == _DECLARE_OK:
-            _, messages, consumers = frames.parse_declare_ok(payload)
+            _, messages, consumers = _parsed(frames.parse_declare_ok, payload)
             while waiting:
                 asked_gen, on_info = waiting.popleft()
                 if asked_gen == gen:
@@ -430,7 +459,7 @@ class Session(Generic[LinkT]):
                 # asked on a channel that closed as it asked: the broker dropped that declare
                 on_info(QueueInfo(0, None))
         elif key == _CHANNEL_CLOSE:
-            code, text = frames.parse_close(payload)
+            code, text = _parsed(frames.parse_close, payload)
             self._out.append(frames.close_ok_frame(channel))
             self._aux_gen = gen + 1  # the next inspection opens the other channel
             answered = []

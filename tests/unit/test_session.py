@@ -13,6 +13,8 @@ from amqp import spec
 from amqp.basic_message import Message
 from amqp.method_framing import frame_writer
 from amqp.serialization import decode_properties_basic, dumps
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from rpc import BrokerBlocked, ConnectionLost
 from rpc.core import frames
@@ -197,6 +199,66 @@ def test_a_malformed_frame_end_is_a_lost_connection() -> None:
     data[split_end(data)] = 0
     with pytest.raises(ConnectionLost, match="malformed"):
         Heard().feed(bytes(data))
+
+
+def test_a_method_frame_too_short_for_its_method_id_is_a_lost_connection() -> None:
+    with pytest.raises(ConnectionLost, match="malformed"):
+        Heard().feed(frame(frames.FRAME_METHOD, CHANNEL, b"\x00\x3c"))
+
+
+def test_a_delivery_whose_consumer_tag_runs_past_its_frame_is_a_lost_connection() -> None:
+    data = bytearray(deliver(1))
+    data[7 + 4] = 255  # the consumer tag's length
+    with pytest.raises(ConnectionLost, match="malformed"):
+        Heard().feed(bytes(data))
+
+
+def test_a_confirm_too_short_for_its_delivery_tag_is_a_lost_connection() -> None:
+    with pytest.raises(ConnectionLost, match="malformed"):
+        Heard().confirms().feed(frame(frames.FRAME_METHOD, CHANNEL, confirm(5)[7:-1][:-3]))
+
+
+def test_a_content_header_too_short_for_its_body_size_is_a_lost_connection() -> None:
+    method, header, _ = frames_raw(deliver(1))
+    with pytest.raises(ConnectionLost, match="malformed"):
+        Heard().feed(method, frame(frames.FRAME_HEADER, CHANNEL, header[7:-1][:8]))
+
+
+def test_a_channel_close_too_short_for_its_reply_code_is_a_lost_connection() -> None:
+    cut = close(CHANNEL, 406, "PRECONDITION_FAILED")[7:-1][:5]
+    with pytest.raises(ConnectionLost, match="malformed"):
+        Heard().feed(frame(frames.FRAME_METHOD, CHANNEL, cut))
+
+
+STREAMS = [
+    deliver(1, b"x" * 10, correlation_id="c1", reply_to="amq.rabbitmq.reply-to.abc",
+            headers={"rpc-deadline": 1.5, "a": [1, "b"]}, content_type="application/msgpack"),
+    deliver(2, b"y" * 300, frame_max=64),
+    returned(b"body", "calc", correlation_id="c2"),
+    confirm(5), confirm(6, ok=False), confirm(7, multiple=True),
+    close(CHANNEL, 406, "PRECONDITION_FAILED"),
+    heartbeat(),
+]
+
+
+@settings(max_examples=300, derandomize=True, database=None)
+@given(
+    picks=st.lists(st.sampled_from(STREAMS), min_size=1, max_size=4),
+    edits=st.lists(st.tuples(st.floats(0, 1, exclude_max=True), st.integers(0, 255)),
+                   min_size=1, max_size=6),
+    cut=st.floats(0, 1),
+)
+def test_a_corrupted_stream_from_the_broker_only_ever_loses_the_connection(
+        picks: list[bytes], edits: list[tuple[float, int]], cut: float) -> None:
+    data = bytearray(b"".join(picks))
+    for where, value in edits:
+        data[int(where * len(data))] = value
+    at = int(cut * len(data))
+    heard = Heard().confirms()
+    try:
+        heard.feed(bytes(data[:at]), bytes(data[at:]))
+    except (ConnectionLost, BrokerBlocked):
+        pass
 
 
 # -- returns, confirms, blocking -----------------------------------------------------------------
@@ -470,6 +532,11 @@ def test_next_check_never_spins() -> None:
 
 
 # -- helpers ---------------------------------------------------------------------------------------
+
+def frame(kind: int, channel: int, payload: bytes) -> bytes:
+    return bytes((kind,)) + channel.to_bytes(2, "big") + len(payload).to_bytes(4, "big") + \
+        payload + b"\xce"
+
 
 def frames_raw(data: bytes) -> list[bytes]:
     out, offset = [], 0
