@@ -534,6 +534,19 @@ def test_with_context_reaches_the_handlers_current_call(connect):
     assert run(scenario()) == {"request_id": "r-1", "user": "ann"}
 
 
+def test_a_context_too_large_for_one_frame_fails_its_call_alone(connect, url):
+    if url == "memory://":
+        pytest.skip("memory:// has no frames to overflow")
+
+    async def scenario():
+        async with connect() as proxy:
+            with pytest.raises(ValueError, match="do not fit in one AMQP frame"):
+                await proxy.with_context(blob="x" * 200_000).add(1, 2)
+            return await proxy.add(2, 3), proxy.pending_calls
+
+    assert run(scenario()) == (5, 0)
+
+
 def test_an_async_handler_calling_on_through_an_async_proxy_propagates_the_context(
     connect, make_server, url, server_id,
 ):

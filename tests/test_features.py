@@ -7,6 +7,7 @@ import threading
 import time
 
 import pytest
+from support import started_servers
 
 import rpc
 from rpc import CallInfo, Server, current_call
@@ -341,3 +342,33 @@ def test_a_context_value_rabbitmq_cannot_carry_is_refused_before_sending(make_pr
     proxy = make_proxy()
     with pytest.raises(ValueError, match="infinite or NaN"):
         proxy.with_context(limit=value)
+
+
+@pytest.mark.parametrize("value, error", [
+    ({1, 2}, TypeError), (object(), TypeError), ({"a": [object()]}, TypeError),
+    ({5: "five"}, TypeError), (2**70, ValueError),
+])
+def test_a_context_value_an_amqp_header_has_no_encoding_for_is_refused_before_sending(
+        make_proxy, value, error):
+    proxy = make_proxy()
+    with pytest.raises(error, match="context value 'limit'"):
+        proxy.with_context(limit=value)
+
+
+def test_a_context_too_large_for_one_frame_fails_its_call_alone_and_the_connection_lives_on(
+        broker_url, server_id):
+    # RabbitMQ closes a connection that sends a content header over frame_max (501 FRAME_ERROR),
+    # failing every other call on it; memory:// has no frames.
+    gate = threading.Event()
+    with started_servers(stop_grace=5) as start, \
+            rpc.Proxy(broker_url, server_id=server_id) as proxy:
+        start(broker_url, server_id=server_id,
+              register=lambda s: (s.register_function(lambda a, b: a + b, "add"),
+                                  s.register_function(lambda: gate.wait(5), "hold")))
+        held = proxy.future.hold()
+        with pytest.raises(ValueError, match="do not fit in one AMQP frame"):
+            proxy.with_context(blob="x" * 200_000).add(1, 2)
+        gate.set()
+        assert held.result(timeout=5) is True
+        assert proxy.add(2, 3) == 5
+        assert proxy.pending_calls == 0

@@ -10,6 +10,8 @@ from collections.abc import Callable
 from dataclasses import dataclass, replace
 from typing import Any
 
+from ..core import frames
+
 #: Longest timeout accepted: a year, far below what clocks and AMQP expiration can carry.
 MAX_TIMEOUT = 365 * 24 * 3600.0
 
@@ -148,12 +150,18 @@ class CallView:
 
         Raises:
             ValueError: a value holds an infinite or NaN float, which RabbitMQ answers by
-                closing the connection.
+                closing the connection, or an integer outside 64 bits.
+            TypeError: a value holds a type an AMQP header has no encoding for (a set, an
+                object), or a map with keys that are not strings.
         """
         for key, value in context.items():
             if not _header_safe(value):
                 raise ValueError(f"context value {key!r} holds an infinite or NaN number, "
                                  f"which an AMQP header cannot carry to RabbitMQ")
+            try:
+                frames.encode_table({key: value})
+            except (TypeError, ValueError) as exc:
+                raise type(exc)(f"context value {key!r}: {exc}") from None
         return self._with(context=self._options.context + tuple(context.items()))
 
     def __call__(self, *, timeout: float | None = None, window: int | None = None) -> CallView:

@@ -12,9 +12,11 @@ decoder, so an unusual table decodes exactly as py-amqp would.
 
 from __future__ import annotations
 
+import struct
 from struct import Struct
 from typing import Any
 
+from amqp.exceptions import FrameSyntaxError
 from amqp.serialization import dumps, loads
 
 FRAME_METHOD, FRAME_HEADER, FRAME_BODY, FRAME_HEARTBEAT = 1, 2, 3, 8
@@ -173,7 +175,13 @@ def _repeated(value: str) -> bytes:
 
 def encode_table(table: dict[str, Any]) -> bytes:
     """An AMQP field table; string keys with float or string values are encoded here directly
-    (the deadline header of every call), anything else by py-amqp."""
+    (the deadline header of every call), anything else by py-amqp.
+
+    Raises:
+        TypeError: a value of a type a field table has no encoding for (a set, an object), or
+            a map with keys that are not strings.
+        ValueError: an integer outside 64 bits, or a key over 255 bytes.
+    """
     parts = []
     for key, value in table.items():
         if type(value) is float:
@@ -182,9 +190,22 @@ def encode_table(table: dict[str, Any]) -> bytes:
             raw = value.encode()
             parts.append(shortstr(key) + b"S" + _LONG.pack(len(raw)) + raw)
         else:
-            return bytes(dumps("F", [table]))
+            return _encode_any_table(table)
     body = b"".join(parts)
     return _LONG.pack(len(body)) + body
+
+
+def _encode_any_table(table: dict[str, Any]) -> bytes:
+    """py-amqp's encoding of a field table, with its errors made the builtin ones they are."""
+    try:
+        return bytes(dumps("F", [table]))
+    except FrameSyntaxError as exc:  # a type it has no encoding for
+        reason = " ".join(str(exc.reply_text).split())
+        raise TypeError(f"an AMQP header cannot carry this value ({reason})") from None
+    except (struct.error, OverflowError) as exc:
+        raise ValueError(f"an AMQP header cannot carry a number that large: {exc}") from None
+    except TypeError as exc:  # len() of a key that is not a string
+        raise TypeError(f"an AMQP header's map keys must be strings: {exc}") from None
 
 
 def _frame(kind: int, channel: int, payload: bytes) -> bytes:
@@ -221,9 +242,18 @@ def publish_frames(
     ack: int | None = None,
 ) -> bytes:
     """The method, header and body frames of one ``basic.publish``, as one buffer, followed by
-    the ``basic.ack`` of delivery ``ack`` (a reply and its request's ack, in one write)."""
+    the ``basic.ack`` of delivery ``ack`` (a reply and its request's ack, in one write).
+
+    Raises:
+        ValueError: the routing key, the exchange or a property is over 255 bytes, or the
+            properties do not fit in one frame (the broker would close the connection).
+        TypeError: a header value a field table cannot carry.
+    """
     size = len(body)
     properties = encode_properties(props)
+    if len(properties) > frame_max - FRAME_OVERHEAD - 12:  # the content header is one frame
+        raise ValueError(f"message properties of {len(properties)} bytes do not fit in one "
+                         f"AMQP frame of {frame_max} bytes: send large values as arguments")
     method = (_PUBLISH_METHODS.get((channel, exchange, routing_key, mandatory))
               or _publish_method(channel, exchange, routing_key, mandatory))
     header = _CONTENT_HEADER.pack(FRAME_HEADER, channel, 12 + len(properties), BASIC, 0, size)

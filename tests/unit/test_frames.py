@@ -241,6 +241,27 @@ def test_each_property_sets_its_flag(name: str, flag: int) -> None:
     assert encoded == pack(">H", flag) + b"\x01v"
 
 
+@pytest.mark.parametrize("value", [{1, 2}, object(), [object()], {5: "five"}])
+def test_a_header_value_a_field_table_has_no_encoding_for_is_a_type_error(value: Any) -> None:
+    with pytest.raises(TypeError, match="AMQP header"):
+        encode_properties({"headers": {"k": value}})
+
+
+def test_a_header_integer_outside_64_bits_is_a_value_error() -> None:
+    with pytest.raises(ValueError, match="AMQP header"):
+        encode_properties({"headers": {"k": 2**70}})
+
+
+def test_properties_too_large_for_one_frame_are_a_value_error_and_just_fitting_ones_are_not(
+) -> None:
+    fits = FRAME_MAX - 8 - 12 - len(encode_properties({"headers": {"k": ""}}))
+    publish_frames(1, "q", b"x", {"headers": {"k": "x" * fits}}, mandatory=True,
+                   frame_max=FRAME_MAX)
+    with pytest.raises(ValueError, match="do not fit in one AMQP frame"):
+        publish_frames(1, "q", b"x", {"headers": {"k": "x" * (fits + 1)}}, mandatory=True,
+                       frame_max=FRAME_MAX)
+
+
 def test_a_property_over_255_bytes_is_a_value_error() -> None:
     with pytest.raises(ValueError):
         encode_properties({"correlation_id": "c" * 256})
