@@ -196,14 +196,15 @@ def encode_table(table: dict[str, Any]) -> bytes:
 
 
 def _encode_any_table(table: dict[str, Any]) -> bytes:
-    """py-amqp's encoding of a field table, with its errors made the builtin ones they are."""
+    """py-amqp's encoding of a field table; its errors become TypeError and ValueError."""
     try:
         return bytes(dumps("F", [table]))
     except FrameSyntaxError as exc:  # a type it has no encoding for
         reason = " ".join(str(exc.reply_text).split())
         raise TypeError(f"an AMQP header cannot carry this value ({reason})") from None
-    except (struct.error, OverflowError) as exc:
-        raise ValueError(f"an AMQP header cannot carry a number that large: {exc}") from None
+    except (struct.error, OverflowError) as exc:  # a field too long for its length prefix
+        raise ValueError(f"an AMQP header cannot carry an integer outside 64 bits or a key "
+                         f"over 255 bytes ({exc})") from None
     except TypeError as exc:  # len() of a key that is not a string
         raise TypeError(f"an AMQP header's map keys must be strings: {exc}") from None
 

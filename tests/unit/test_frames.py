@@ -247,9 +247,11 @@ def test_a_header_value_a_field_table_has_no_encoding_for_is_a_type_error(value:
         encode_properties({"headers": {"k": value}})
 
 
-def test_a_header_integer_outside_64_bits_is_a_value_error() -> None:
-    with pytest.raises(ValueError, match="AMQP header"):
-        encode_properties({"headers": {"k": 2**70}})
+@pytest.mark.parametrize("headers", [{"k": 2**70}, {"k" * 256: 1}, {"k": {"k" * 256: 1}}])
+def test_a_header_integer_outside_64_bits_or_key_over_255_bytes_is_a_value_error(
+        headers: dict[str, Any]) -> None:
+    with pytest.raises(ValueError, match="integer outside 64 bits or a key over 255 bytes"):
+        encode_properties({"headers": headers})
 
 
 def test_properties_too_large_for_one_frame_are_a_value_error_and_just_fitting_ones_are_not(
