@@ -45,8 +45,6 @@ INSPECT_WAIT = 2.0
 CONTROL_HEADROOM = 64
 #: Seconds a request may run on the I/O thread before another thread takes over reading.
 INLINE_LIMIT = 0.02
-#: Seconds between the watchdog's looks, while requests run on the I/O thread.
-WATCH_PERIOD = 0.01
 #: Seconds without a request run on the I/O thread after which the watchdog sleeps.
 WATCH_IDLE = 1.0
 
@@ -344,17 +342,17 @@ class Consumer:
     def watch(self) -> None:
         """The watchdog: hand reading to a new thread, and the requests of its read not yet
         started to the workers, when requests hold the I/O thread longer than
-        :data:`INLINE_LIMIT`; it looks often only while requests run there."""
+        :data:`INLINE_LIMIT`. While requests run there it looks when the run it last saw could
+        first overrun, so at most once per limit, and not at all once they stop coming."""
         while not self._closed:
             if not self._watching.wait(WATCH_IDLE):
                 continue
-            time.sleep(WATCH_PERIOD)
             now = time.monotonic()
             rest: list[Incoming] = []
             with self._role:
                 since = self._inline_since
                 if since and now - since > INLINE_LIMIT and not self._closed:
-                    self._inline_since = 0.0
+                    self._inline_since = since = 0.0
                     rest = list(self._burst)
                     self._burst.clear()  # the old thread's own: it starts none of them
                     thread = self._reader()
@@ -366,6 +364,8 @@ class Consumer:
                 self._watching.clear()
                 if time.monotonic() - self._last_inline <= WATCH_IDLE:
                     self._watching.set()  # a request began just now: keep watching
+                continue
+            time.sleep(since + INLINE_LIMIT - now if since else INLINE_LIMIT)
 
     def reconnect(self) -> bool:
         """Connect again, to the next node first; False once the server stops instead."""
