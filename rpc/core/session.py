@@ -193,8 +193,9 @@ class Session(Generic[LinkT]):
 
         session = Session(link, channel=1, aux_channels=(2, 3), frame_max=131072,
                           on_message=handle, on_return=returned, on_cancel=cancelled)
-        sock.sendall(session.publish("calc", body, props, mandatory=True))
+        data = session.publish("calc", body, props, mandatory=True)
         session.published(track=call_id)
+        sock.sendall(data)
         if session.receive(sock.recv(65536)):    # calls handle(Incoming) per delivery
             sock.sendall(session.data_to_send())  # what the broker is owed (close-ok, ...)
 
@@ -497,8 +498,10 @@ class Session(Generic[LinkT]):
                                      frame_max=self.frame_max, exchange=exchange, ack=ack)
 
     def published(self, track: Any = None) -> None:
-        """Count a publish as written; under confirms, ``track`` names it to ``on_nack`` and
-        ``on_blocked``. Call it in the order the publishes go on the wire."""
+        """Count a publish about to be written; under confirms, ``track`` names it to
+        ``on_nack`` and ``on_blocked``. Call it in the order the publishes go on the wire, and
+        before the write: a reader on another thread may get the broker's confirm before the
+        write returns, and a confirm of a publish not yet counted is lost."""
         if self.confirming:
             self._seq += 1
             if track is not None:

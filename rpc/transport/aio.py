@@ -526,7 +526,7 @@ class _SocketLink(AsyncLink):
         data = session.publish(routing_key, body, props, mandatory=mandatory, ack=ack,
                                exchange=exchange)
         self._write(data, now=now)
-        session.published(track)
+        session.published(track)  # _write() only queues: this still comes before the send
         if track is not None:
             self._out_tracks.append(track)
             self._tracked = True

@@ -195,8 +195,10 @@ class AMQPLink(Link):
         with self._wlock:
             if self.closed:
                 raise ConnectionLost("the connection is closed")
-            self._write(data)
+            # Counted before it is written: the reader may get its confirm before the write
+            # returns, and a confirm of a publish not yet counted would be lost.
             session.published(track)
+            self._write(data)
 
     def publish_replies(self, replies: list[Reply]) -> None:
         session = self.session
@@ -205,9 +207,9 @@ class AMQPLink(Link):
         with self._wlock:
             if self.closed:
                 raise ConnectionLost("the connection is closed")
-            self._write(data)
             for _ in replies:
                 session.published()
+            self._write(data)
 
     def ack(self, delivery_tag: int) -> None:
         self._send(self.session.ack(delivery_tag))

@@ -266,6 +266,55 @@ def test_request_the_broker_refuses_fails_at_once_with_refused_not_at_its_timeou
     assert gate.started == [1, 2]
 
 
+class _SlowSender:
+    """A socket whose ``sendall`` returns ``delay`` seconds after it has sent: what a writer
+    preempted after its write looks like to a reader on another thread."""
+
+    def __init__(self, sock: Any, delay: float) -> None:
+        self._sock = sock
+        self._delay = delay
+
+    def sendall(self, data: bytes) -> None:
+        self._sock.sendall(data)
+        time.sleep(self._delay)
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._sock, name)
+
+
+def test_a_nack_read_before_its_publish_returns_still_fails_the_call_with_refused(
+        servers, proxies, broker_url, server_id):
+    """The reader may get a confirm before the writer's write returns: the publish counts
+    before it is written, so the nack finds its call (counted after, it was lost, and the call
+    waited for its timeout)."""
+    gate = support.Gate(WAIT)
+    servers(broker_url, server_id, register=lambda s: s.register_function(gate.hold, "hold"),
+            prefetch=1, queue_arguments={"x-max-length": 1, "x-overflow": "reject-publish"})
+    proxy = proxies(broker_url, server_id)
+    try:
+        running = proxy.set_timeout(LONG).future.hold(1)  # taken by the server
+        wait_for(lambda: gate.started, message="the first call to run")
+        waiting = proxy.set_timeout(LONG).future.hold(2)  # fills the queue
+        with kombu.Connection(broker_url) as conn:
+            channel = conn.channel()
+            wait_for(lambda: channel.queue_declare(server_id, passive=True).message_count == 1,
+                     message="the queue to fill")
+        link = proxy._link
+        sock = link._sock
+        # Longer than a read's longest step (1 s): the background reader reads the nack while
+        # the publish has not returned.
+        link._sock = _SlowSender(sock, 1.5)
+        try:
+            refused = proxy.set_timeout(LONG).future.hold(3)  # finds it full
+        finally:
+            link._sock = sock
+        assert isinstance(refused.exception(5.0), rpc.Refused)
+    finally:
+        gate.open()
+    assert running.result(WAIT) == 1
+    assert waiting.result(WAIT) == 2
+
+
 def test_a_synchronous_call_the_broker_refuses_fails_within_a_confirm_step(
         servers, proxies, broker_url, server_id):
     """A lone nack is smaller than the low-water mark that keeps a confirm from waking the
