@@ -1,4 +1,5 @@
-"""Wire protocol v1: the request and reply envelopes and their AMQP properties (no I/O).
+"""Wire protocol v1.1: the request and reply envelopes, their AMQP properties, and the headers
+and messages of streams, keep-alives and cancels (no I/O).
 
 docs/protocol.md is the normative description; this module is its executable form.
 """

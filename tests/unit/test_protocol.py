@@ -1,4 +1,4 @@
-"""rpc.core.protocol: request and reply envelopes, deadlines and reply addresses (wire protocol v1)."""
+"""rpc.core.protocol: request and reply envelopes, deadlines and reply addresses (wire protocol v1.1)."""
 
 from __future__ import annotations
 
