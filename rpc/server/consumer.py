@@ -365,7 +365,7 @@ class Consumer:
                 if time.monotonic() - self._last_inline <= WATCH_IDLE:
                     self._watching.set()  # a request began just now: keep watching
                 continue
-            time.sleep(since + INLINE_LIMIT - now if since else INLINE_LIMIT)
+            time.sleep(max(since + INLINE_LIMIT - now, 0.0) if since else INLINE_LIMIT)
 
     def reconnect(self) -> bool:
         """Connect again, to the next node first; False once the server stops instead."""

@@ -136,3 +136,26 @@ def test_the_watchdog_gives_the_requests_not_yet_started_to_the_workers_as_it_ha
         consumer._closed = True
         consumer._watching.set()
         watchdog.join(5)
+
+
+class ClosingRole:
+    """The consumer's role lock, taken just as the server closes."""
+
+    def __init__(self, consumer: Consumer) -> None:
+        self.consumer = consumer
+
+    def __enter__(self) -> None:
+        self.consumer._closed = True
+
+    def __exit__(self, *exc: object) -> None:
+        return None
+
+
+def test_the_watchdog_ends_quietly_when_the_server_closes_as_a_run_overruns() -> None:
+    consumer = io_thread(FailingRead(), lambda msg: None, lambda msg: None)
+    now = time.monotonic()
+    consumer._inline_since = now - 1.0  # a run on the I/O thread, well past the limit
+    consumer._last_inline = now
+    consumer._watching.set()
+    consumer._role = ClosingRole(consumer)  # type: ignore[assignment]
+    consumer.watch()  # returns: no new I/O thread for a closed server, and no error
