@@ -17,7 +17,7 @@ import support
 
 import rpc
 
-from .conftest import HB, WAIT, wait_for
+from .conftest import HB, HOLD, WAIT, wait_for
 
 LONG = 30.0
 
@@ -29,7 +29,7 @@ def test_server_connection_closed_by_the_broker_mid_call_answers_the_redelivery_
 
     def job(n: int) -> int:
         calls.append(rpc.current_call())
-        gate.wait(WAIT)  # the first run is still going when its connection is closed
+        gate.wait(HOLD)  # the first run is still going when its connection is closed
         return n * 2
 
     server = servers(broker_url, server_id, register=lambda s: s.register_function(job),
@@ -57,7 +57,7 @@ def test_server_connection_closed_mid_call_without_the_table_of_completed_calls_
     def job(n: int) -> int:
         calls.append(rpc.current_call())
         if len(calls) == 1:
-            gate.wait(WAIT)  # the first run is still going when its connection is closed
+            gate.wait(HOLD)  # the first run is still going when its connection is closed
         return n * 2
 
     # dedup_size=0: as a server that crashed, whose table went with it.
@@ -129,7 +129,7 @@ def test_broker_restart_fails_pending_calls_and_both_sides_recover_with_the_dura
 
     def hold() -> str:
         started.append(1)
-        gate.wait(WAIT)
+        gate.wait(HOLD)
         return "held"
 
     servers(url, server_id, register=lambda s: (s.register_function(hold),

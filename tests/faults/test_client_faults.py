@@ -24,7 +24,7 @@ from kombu.connection import Connection
 import rpc
 from rpc.core.errors import MAX_MESSAGE_CHARS, MAX_TRACEBACK_CHARS
 
-from .conftest import HB, WAIT, wait_for
+from .conftest import HB, HOLD, WAIT, wait_for
 
 MSGPACK = "application/x-msgpack"
 
@@ -183,7 +183,7 @@ def test_server_survives_a_client_that_left_before_its_reply(
         servers, proxies, node, broker_url, server_id):
     gate = threading.Event()
     server = servers(broker_url, server_id, register=lambda s: (
-        s.register_function(lambda: gate.wait(WAIT) and "late", "slow"),
+        s.register_function(lambda: gate.wait(HOLD) and "late", "slow"),
         s.register_function(lambda: "ok", "ping")))
     gone = proxies(broker_url, server_id)
     gone.set_timeout(WAIT).future.slow()

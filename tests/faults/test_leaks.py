@@ -10,7 +10,6 @@ import os
 import threading
 import time
 import tracemalloc
-from typing import Any
 
 import amqp
 import msgpack
@@ -108,8 +107,12 @@ def test_a_thousand_concurrent_calls_on_one_proxy_all_complete_without_leaking_f
 def test_flood_of_queued_requests_is_taken_at_most_prefetch_at_a_time(
         servers, node, broker_url, server_id):
     done: list[int] = []
+    holding: list[int] = []
+    sampled = threading.Event()
 
     def work(n: int) -> None:
+        holding.append(n)
+        sampled.wait(WAIT)  # until the first sample: then it is surely taken mid-drain
         time.sleep(0.002)
         done.append(n)
 
@@ -123,7 +126,9 @@ def test_flood_of_queued_requests_is_taken_at_most_prefetch_at_a_time(
     servers(broker_url, server_id, register=lambda s: s.register_function(work),
             concurrency=2, prefetch=10)
 
-    samples: list[dict[str, Any]] = []
+    wait_for(lambda: len(holding) == 2, message="both workers to hold a call")
+    samples = [node.queues()[server_id]]  # rabbitmqctl: seconds on a loaded host
+    sampled.set()
     while len(done) < 2000 and len(samples) < 3:
         samples.append(node.queues()[server_id])
     wait_for(lambda: len(done) == 2000, timeout=30, message="the flood to drain")
