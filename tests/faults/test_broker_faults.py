@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import threading
 import time
+from concurrent.futures import Future
 from typing import Any
 
 import kombu
@@ -243,18 +244,41 @@ def test_request_enqueued_after_its_deadline_by_an_unblocked_broker_is_never_run
     assert server.stats["calls"] == 0
 
 
+#: A request queue that holds one request and refuses (nacks) any publish beyond it.
+FULL_AT_ONE = {"x-max-length": 1, "x-overflow": "reject-publish"}
+
+
+def held_and_queued(proxy: rpc.Proxy, gate: support.Gate, broker_url: str,
+                    server_id: str) -> tuple[Future[Any], Future[Any]]:
+    """``hold(1)`` running on a server of prefetch 1 (``gate`` holds it), and ``hold(2)``
+    filling its FULL_AT_ONE queue, once the broker counts it there: the next request is
+    refused."""
+    running = proxy.set_timeout(LONG).future.hold(1)  # taken by the server
+    wait_for(lambda: gate.started, message="the first call to run")
+    waiting = proxy.set_timeout(LONG).future.hold(2)
+    with kombu.Connection(broker_url) as conn:
+        channel = conn.channel()
+        wait_for(lambda: channel.queue_declare(server_id, passive=True).message_count == 1,
+                 message="the queue to fill")
+    return running, waiting
+
+
+def serve_full_at_one(servers: Any, proxies: Any, broker_url: str, server_id: str,
+                      gate: support.Gate) -> rpc.Proxy:
+    """A server of ``gate.hold`` with prefetch 1 on a FULL_AT_ONE queue, and a proxy to it."""
+    servers(broker_url, server_id, register=lambda s: s.register_function(gate.hold, "hold"),
+            prefetch=1, queue_arguments=FULL_AT_ONE)
+    return proxies(broker_url, server_id)  # type: ignore[no-any-return]
+
+
 def test_request_the_broker_refuses_fails_at_once_with_refused_not_at_its_timeout(
         servers, proxies, broker_url, server_id):
     """Publisher confirms, tracked without waiting: a nack (here: a full queue that rejects
     publishes) fails its call as soon as it arrives."""
     gate = support.Gate(WAIT)
-    servers(broker_url, server_id, register=lambda s: s.register_function(gate.hold, "hold"),
-            prefetch=1, queue_arguments={"x-max-length": 1, "x-overflow": "reject-publish"})
-    proxy = proxies(broker_url, server_id)
+    proxy = serve_full_at_one(servers, proxies, broker_url, server_id, gate)
     try:
-        running = proxy.set_timeout(LONG).future.hold(1)  # taken by the server
-        wait_for(lambda: gate.started, message="the first call to run")
-        waiting = proxy.set_timeout(LONG).future.hold(2)  # fills the queue
+        running, waiting = held_and_queued(proxy, gate, broker_url, server_id)
         begun = time.monotonic()
         refused = proxy.set_timeout(LONG).future.hold(3)  # finds it full
         assert isinstance(refused.exception(WAIT), rpc.Refused)
@@ -288,17 +312,9 @@ def test_a_nack_read_before_its_publish_returns_still_fails_the_call_with_refuse
     before it is written, so the nack finds its call (counted after, it was lost, and the call
     waited for its timeout)."""
     gate = support.Gate(WAIT)
-    servers(broker_url, server_id, register=lambda s: s.register_function(gate.hold, "hold"),
-            prefetch=1, queue_arguments={"x-max-length": 1, "x-overflow": "reject-publish"})
-    proxy = proxies(broker_url, server_id)
+    proxy = serve_full_at_one(servers, proxies, broker_url, server_id, gate)
     try:
-        running = proxy.set_timeout(LONG).future.hold(1)  # taken by the server
-        wait_for(lambda: gate.started, message="the first call to run")
-        waiting = proxy.set_timeout(LONG).future.hold(2)  # fills the queue
-        with kombu.Connection(broker_url) as conn:
-            channel = conn.channel()
-            wait_for(lambda: channel.queue_declare(server_id, passive=True).message_count == 1,
-                     message="the queue to fill")
+        running, waiting = held_and_queued(proxy, gate, broker_url, server_id)
         link = proxy._link
         sock = link._sock
         # Longer than a read's longest step (1 s): the background reader reads the nack while
@@ -325,18 +341,11 @@ def test_a_synchronous_call_the_broker_refuses_fails_within_a_confirm_step(
         server.register_function(gate.hold, "hold")
         server.register_function(lambda: None, "noop")
 
-    servers(broker_url, server_id, register=register, prefetch=1,
-            queue_arguments={"x-max-length": 1, "x-overflow": "reject-publish"})
+    servers(broker_url, server_id, register=register, prefetch=1, queue_arguments=FULL_AT_ONE)
     filler, caller = proxies(broker_url, server_id), proxies(broker_url, server_id)
     caller.noop()  # connected, and the server known to consume: the call is one publish
     try:
-        running = filler.set_timeout(LONG).future.hold(1)
-        wait_for(lambda: gate.started, message="the first call to run")
-        waiting = filler.set_timeout(LONG).future.hold(2)  # fills the queue
-        with kombu.Connection(broker_url) as conn:
-            channel = conn.channel()
-            wait_for(lambda: channel.queue_declare(server_id, passive=True).message_count == 1,
-                     message="the queue to fill")
+        running, waiting = held_and_queued(filler, gate, broker_url, server_id)
         begun = time.monotonic()
         with pytest.raises(rpc.Refused):
             caller.set_timeout(LONG).hold(3)  # its reader is this thread, blocking
