@@ -152,8 +152,8 @@ def test_metrics_port_gives_each_worker_its_own_port(start_serve: StartServe) ->
     serve = start_serve("--processes", "2", "--metrics-port", str(port))
     wait_for(lambda: len(worker_pids_in(serve.output)) == 2, 30, "two workers ready")
     for worker_port in (port, port + 1):
-        with urllib.request.urlopen(f"http://127.0.0.1:{worker_port}/healthz", timeout=5) as r:
-            assert r.status == 200
+        assert healthz(worker_port) == 200, f"port {worker_port}; the supervisor's log:\n" \
+            f"{serve.output}"
 
 
 def test_queue_type_quorum_reaches_the_workers(start_serve: StartServe, broker_url: str) -> None:
