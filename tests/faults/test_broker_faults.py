@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import threading
 import time
+from collections.abc import Callable
 from concurrent.futures import Future
 from typing import Any
 
@@ -263,12 +264,12 @@ def held_and_queued(proxy: rpc.Proxy, gate: support.Gate, broker_url: str,
     return running, waiting
 
 
-def serve_full_at_one(servers: Any, proxies: Any, broker_url: str, server_id: str,
-                      gate: support.Gate) -> rpc.Proxy:
+def serve_full_at_one(servers: Callable[..., rpc.Server], proxies: Callable[..., rpc.Proxy],
+                      broker_url: str, server_id: str, gate: support.Gate) -> rpc.Proxy:
     """A server of ``gate.hold`` with prefetch 1 on a FULL_AT_ONE queue, and a proxy to it."""
     servers(broker_url, server_id, register=lambda s: s.register_function(gate.hold, "hold"),
             prefetch=1, queue_arguments=FULL_AT_ONE)
-    return proxies(broker_url, server_id)  # type: ignore[no-any-return]
+    return proxies(broker_url, server_id)
 
 
 def test_request_the_broker_refuses_fails_at_once_with_refused_not_at_its_timeout(
