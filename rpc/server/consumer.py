@@ -109,7 +109,8 @@ class Consumer:
         #: Set while requests run on the I/O thread: the watchdog looks often.
         self._watching = threading.Event()
         self._watchdog: threading.Thread | None = None
-        self._closed = False
+        #: Set by :meth:`close`; it also cuts the watchdog's sleep short.
+        self._closed = threading.Event()
 
     @property
     def url(self) -> str:
@@ -154,7 +155,7 @@ class Consumer:
     def close(self) -> None:
         """Close the connection (unacknowledged deliveries go back to the queue) and wait for
         the I/O thread to end."""
-        self._closed = True
+        self._closed.set()
         if self.link is not None:
             self.link.close()
         self._watching.set()  # the watchdog sees the close at once
@@ -344,14 +345,14 @@ class Consumer:
         started to the workers, when requests hold the I/O thread longer than
         :data:`INLINE_LIMIT`. While requests run there it looks when the run it last saw could
         first overrun, so at most once per limit, and not at all once they stop coming."""
-        while not self._closed:
+        while not self._closed.is_set():
             if not self._watching.wait(WATCH_IDLE):
                 continue
             now = time.monotonic()
             rest: list[Incoming] = []
             with self._role:
                 since = self._inline_since
-                if since and now - since > INLINE_LIMIT and not self._closed:
+                if since and now - since > INLINE_LIMIT and not self._closed.is_set():
                     self._inline_since = since = 0.0
                     rest = list(self._burst)
                     self._burst.clear()  # the old thread's own: it starts none of them
@@ -365,7 +366,7 @@ class Consumer:
                 if time.monotonic() - self._last_inline <= WATCH_IDLE:
                     self._watching.set()  # a request began just now: keep watching
                 continue
-            time.sleep(max(since + INLINE_LIMIT - now, 0.0) if since else INLINE_LIMIT)
+            self._closed.wait(max(since + INLINE_LIMIT - now, 0.0) if since else INLINE_LIMIT)
 
     def reconnect(self) -> bool:
         """Connect again, to the next node first; False once the server stops instead."""

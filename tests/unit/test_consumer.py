@@ -11,6 +11,7 @@ from typing import Any
 
 from rpc import ConnectionLost
 from rpc.core.session import Incoming
+from rpc.server import consumer as consumer_module
 from rpc.server.consumer import Consumer
 from rpc.server.options import ServerOptions
 
@@ -34,6 +35,9 @@ class FailingRead:
 
     def tick(self) -> None:
         raise AssertionError("no tick after a failed read")
+
+    def close(self) -> None:
+        self.closed = True
 
 
 def io_thread(link: FailingRead, run_deferred: Callable[[Incoming], Any],
@@ -133,7 +137,7 @@ def test_the_watchdog_gives_the_requests_not_yet_started_to_the_workers_as_it_ha
     finally:
         release.set()
         io.join(5)
-        consumer._closed = True
+        consumer._closed.set()
         consumer._watching.set()
         watchdog.join(5)
 
@@ -145,7 +149,7 @@ class ClosingRole:
         self.consumer = consumer
 
     def __enter__(self) -> None:
-        self.consumer._closed = True
+        self.consumer._closed.set()
 
     def __exit__(self, *exc: object) -> None:
         return None
@@ -159,3 +163,19 @@ def test_the_watchdog_ends_quietly_when_the_server_closes_as_a_run_overruns() ->
     consumer._watching.set()
     consumer._role = ClosingRole(consumer)  # type: ignore[assignment]
     consumer.watch()  # returns: no new I/O thread for a closed server, and no error
+
+
+def test_closing_cuts_short_the_watchdogs_sleep_until_a_run_could_overrun(monkeypatch: Any) -> None:
+    monkeypatch.setattr(consumer_module, "INLINE_LIMIT", 60.0)
+    consumer = io_thread(FailingRead(), lambda msg: None, lambda msg: None)
+    consumer._thread = None  # no I/O thread to wait for: only the watchdog
+    now = time.monotonic()
+    consumer._inline_since = consumer._last_inline = now  # a run began: it sleeps a minute
+    consumer._watching.set()
+    watchdog = consumer._watchdog = threading.Thread(target=consumer.watch)
+    watchdog.start()
+    time.sleep(0.2)
+    began = time.monotonic()
+    consumer.close()
+    assert not watchdog.is_alive()
+    assert time.monotonic() - began < 1.0
