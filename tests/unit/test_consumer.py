@@ -9,6 +9,8 @@ import time
 from collections.abc import Callable
 from typing import Any
 
+import pytest
+
 from rpc import ConnectionLost
 from rpc.core.session import Incoming
 from rpc.server import consumer as consumer_module
@@ -165,7 +167,8 @@ def test_the_watchdog_ends_quietly_when_the_server_closes_as_a_run_overruns() ->
     consumer.watch()  # returns: no new I/O thread for a closed server, and no error
 
 
-def test_closing_cuts_short_the_watchdogs_sleep_until_a_run_could_overrun(monkeypatch: Any) -> None:
+def test_closing_cuts_short_the_watchdogs_sleep_until_a_run_could_overrun(
+        monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr(consumer_module, "INLINE_LIMIT", 60.0)
     consumer = io_thread(FailingRead(), lambda msg: None, lambda msg: None)
     consumer._thread = None  # no I/O thread to wait for: only the watchdog
