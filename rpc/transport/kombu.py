@@ -63,6 +63,10 @@ class KombuLink(Link):
         # closes it. A reply (no_ack) is not kept for an acknowledgement that never comes.
         self._on_delivery = partial(_deliver, weakref.ref(self), True)
         self._on_reply = partial(_deliver, weakref.ref(self), False)
+        #: Whether the transport tells a queue nobody declared from an empty one. Redis keeps
+        #: a queue only while it holds messages, so there a request to an empty queue would
+        #: look unroutable: it is published, and a call nobody serves times out.
+        self._knows_queues = conn.transport.driver_type != "redis"
 
     def declare_queue(self, name: str, *, durable: bool, arguments: dict[str, Any] | None = None) -> str:
         with self._lock:
@@ -137,7 +141,8 @@ class KombuLink(Link):
         with self._lock:
             if self.closed:
                 raise ConnectionLost("the connection is closed")
-            if mandatory and not exchange and not self._queue_exists(routing_key):
+            if mandatory and not exchange and self._knows_queues \
+                    and not self._queue_exists(routing_key):
                 returned: Incoming = _Incoming(body, props, None, False, routing_key, self)
                 self.on_return(returned, 312, "NO_ROUTE")
             else:

@@ -1,0 +1,122 @@
+"""rpc on kombu's Redis transport, against a redis-server this session starts on loopback.
+
+Redis keeps a queue only while it holds messages: an empty request queue looks like no queue at
+all, so a call is published without asking whether its queue exists.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import shutil
+import socket
+import subprocess
+import tempfile
+import time
+from collections.abc import Iterator
+from typing import Any
+
+import pytest
+from support import opened_proxies, started_servers
+
+from rpc import AsyncProxy, RPCTimeout, Server
+
+REDIS_SERVER = shutil.which("redis-server")
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+@pytest.fixture(scope="session")
+def redis_url() -> Iterator[str]:
+    """A redis-server of this session's own, on loopback, keeping nothing on disk."""
+    if REDIS_SERVER is None:
+        message = "redis-server is missing: install it to test the Redis transport"
+        if os.environ.get("CI"):
+            pytest.fail(message)
+        pytest.skip(message)
+    port = free_port()
+    workdir = tempfile.mkdtemp(prefix="rpc-tests-redis-")
+    proc = subprocess.Popen(
+        [REDIS_SERVER, "--bind", "127.0.0.1", "--port", str(port), "--save", "",
+         "--appendonly", "no", "--dir", workdir],
+        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        deadline = time.monotonic() + 10
+        while True:
+            try:
+                with socket.create_connection(("127.0.0.1", port), timeout=1) as sock:
+                    sock.sendall(b"PING\r\n")
+                    if sock.recv(16).startswith(b"+PONG"):
+                        break
+            except OSError:
+                pass
+            if time.monotonic() > deadline or proc.poll() is not None:
+                pytest.fail(f"redis-server did not answer on port {port}")
+            time.sleep(0.05)
+        yield f"redis://127.0.0.1:{port}/0"
+    finally:
+        proc.terminate()
+        proc.wait(10)
+        shutil.rmtree(workdir, ignore_errors=True)
+
+
+def register(server: Server) -> None:
+    @server.expose
+    def add(a: int, b: int) -> int:
+        return a + b
+
+    @server.expose
+    def count(n: int) -> Iterator[int]:
+        yield from range(n)
+
+
+@pytest.fixture
+def served(redis_url: str, server_id: str) -> Iterator[str]:
+    """A server on Redis: its URL."""
+    with started_servers(stop_grace=5) as start:
+        start(redis_url, server_id, register=register)
+        yield redis_url
+
+
+def test_a_call_on_redis_returns_its_result_though_its_queue_is_empty(
+        served: str, server_id: str) -> None:
+    with opened_proxies() as open_proxy:
+        proxy = open_proxy(served, server_id, timeout=10)
+        assert proxy.add(1, 2) == 3
+        assert proxy.add(3, 4) == 7
+
+
+def test_a_future_and_a_stream_on_redis_get_their_results(served: str, server_id: str) -> None:
+    with opened_proxies() as open_proxy:
+        proxy = open_proxy(served, server_id, timeout=10)
+        assert proxy.future.add(2, 3).result(10) == 5
+        assert list(proxy.stream.count(5)) == [0, 1, 2, 3, 4]
+
+
+def test_a_broadcast_on_redis_hears_every_server(redis_url: str, server_id: str) -> None:
+    with started_servers(stop_grace=5) as start, opened_proxies() as open_proxy:
+        for _ in range(2):
+            start(redis_url, server_id, register=register)
+        proxy = open_proxy(redis_url, server_id, timeout=2)
+        assert [reply.result for reply in proxy.broadcast.add(1, 1)] == [2, 2]
+
+
+def test_an_async_proxy_call_on_redis_returns_its_result(served: str, server_id: str) -> None:
+    async def scenario() -> Any:
+        async with AsyncProxy(served, server_id=server_id, timeout=10) as proxy:
+            return await proxy.add(5, 5)
+
+    assert asyncio.run(asyncio.wait_for(scenario(), 20)) == 10
+
+
+def test_a_call_nobody_serves_on_redis_times_out(redis_url: str, server_id: str) -> None:
+    with opened_proxies() as open_proxy:
+        proxy = open_proxy(redis_url, server_id, timeout=0.5)
+        started = time.monotonic()
+        with pytest.raises(RPCTimeout):
+            proxy.add(1, 2)
+        assert time.monotonic() - started < 5
