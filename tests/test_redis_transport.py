@@ -17,6 +17,7 @@ from collections.abc import Iterator
 from typing import Any
 
 import pytest
+import redis
 from support import opened_proxies, started_servers
 
 from rpc import AsyncProxy, RPCTimeout, Server
@@ -120,3 +121,31 @@ def test_a_call_nobody_serves_on_redis_times_out(redis_url: str, server_id: str)
         with pytest.raises(RPCTimeout):
             proxy.add(1, 2)
         assert time.monotonic() - started < 5
+
+
+def test_a_server_on_redis_drops_a_malformed_message_in_its_queue_and_serves_on(
+        served: str, server_id: str) -> None:
+    redis.Redis.from_url(served).lpush(server_id, b"not a kombu message")
+    with opened_proxies() as open_proxy:
+        proxy = open_proxy(served, server_id, timeout=5)
+        assert proxy.add(1, 2) == 3
+
+
+def test_a_proxy_on_redis_drops_a_malformed_message_in_its_reply_queue_and_calls_on(
+        served: str, server_id: str) -> None:
+    with opened_proxies() as open_proxy:
+        proxy = open_proxy(served, server_id, timeout=5)
+        assert proxy.add(1, 2) == 3
+        redis.Redis.from_url(served).lpush(proxy._reply_to, b"not a kombu message")
+        assert proxy.add(3, 4) == 7
+
+
+def test_an_async_proxy_on_redis_drops_a_malformed_message_in_its_reply_queue_and_calls_on(
+        served: str, server_id: str) -> None:
+    async def scenario() -> list[int]:
+        async with AsyncProxy(served, server_id=server_id, timeout=5) as proxy:
+            first = await proxy.add(1, 2)
+            redis.Redis.from_url(served).lpush(proxy._reply_to, b"not a kombu message")
+            return [first, await proxy.add(3, 4)]
+
+    assert asyncio.run(asyncio.wait_for(scenario(), 20)) == [3, 7]

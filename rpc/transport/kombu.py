@@ -192,6 +192,13 @@ class KombuLink(Link):
                 except self._conn.connection_errors as exc:
                     self.closed = True
                     raise ConnectionLost(f"connection to the broker failed: {exc}") from exc
+                except Exception:
+                    # A message the transport cannot decode: on Redis, anything pushed to a
+                    # queue by hand. It is already off the queue, and its sender is unknown:
+                    # drop it, and read on.
+                    logger.warning("dropped a message the transport could not read",
+                                   exc_info=True)
+                    return True
             if deadline is not None and time.monotonic() >= deadline:
                 return False
             time.sleep(0)  # let a publisher take the lock
