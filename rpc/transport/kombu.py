@@ -40,6 +40,39 @@ def _no_inflate(message_class: type) -> type:
     return NoInflateMessage
 
 
+class _Changes:
+    """What may give a reader on ``memory://`` a message (a publish, an ack that frees a
+    consumer's prefetch, a reject or a close that requeues), counted, so that a reader waiting
+    for one wakes at once.
+
+    kombu's in-process transport has nothing to wait on: its reader sleeps between polls. All
+    of its links live in one process, so each change here wakes the readers instead.
+    """
+
+    def __init__(self) -> None:
+        self._cond = threading.Condition()
+        self._count = 0
+
+    @property
+    def count(self) -> int:
+        return self._count
+
+    def note(self) -> None:
+        with self._cond:
+            self._count += 1
+            self._cond.notify_all()
+
+    def wait(self, seen: int, timeout: float) -> None:
+        """Return once a change came after ``seen`` (:attr:`count` before the last poll), or
+        after ``timeout`` seconds (what code other than rpc publishes wakes nobody)."""
+        with self._cond:
+            if self._count == seen:
+                self._cond.wait(timeout)
+
+
+_MEMORY_CHANGES = _Changes()
+
+
 class KombuLink(Link):
     """Any kombu transport, through kombu's producer and consumer under one lock."""
 
@@ -67,6 +100,7 @@ class KombuLink(Link):
         #: a queue only while it holds messages, so there a request to an empty queue would
         #: look unroutable: it is published, and a call nobody serves times out.
         self._knows_queues = conn.transport.driver_type != "redis"
+        self._changes = _MEMORY_CHANGES if conn.transport.driver_type == "memory" else None
 
     def declare_queue(self, name: str, *, durable: bool, arguments: dict[str, Any] | None = None) -> str:
         with self._lock:
@@ -160,6 +194,8 @@ class KombuLink(Link):
                 except self._conn.connection_errors as exc:
                     self.closed = True
                     raise ConnectionLost(f"cannot publish: {exc}") from exc
+                if self._changes is not None:
+                    self._changes.note()
             if ack is not None:
                 self.ack(ack)
 
@@ -168,24 +204,33 @@ class KombuLink(Link):
             message = self._messages.pop(delivery_tag, None)
             if message is not None and not self.closed:
                 message.ack()
+                if self._changes is not None:  # a consumer at its prefetch may take more
+                    self._changes.note()
 
     def reject(self, delivery_tag: int, *, requeue: bool) -> None:
         with self._lock:
             message = self._messages.pop(delivery_tag, None)
             if message is not None and not self.closed:
                 message.reject(requeue=requeue)
+                if self._changes is not None:
+                    self._changes.note()
 
     def read(self, timeout: float | None) -> bool:
         if self.closed:
             raise ConnectionLost("the connection is closed")
         deadline = None if timeout is None else time.monotonic() + timeout
+        changes = self._changes
         while True:
             remaining = self._SLICE if deadline is None else min(self._SLICE, deadline - time.monotonic())
             with self._lock:
                 if self.closed:
                     raise ConnectionLost("the connection is closed")
                 try:
-                    self._conn.drain_events(timeout=max(remaining, 0))
+                    if changes is None:
+                        self._conn.drain_events(timeout=max(remaining, 0))
+                    else:  # poll once, then wait for a change (below, without the lock)
+                        seen = changes.count
+                        self._conn.drain_events(timeout=0)
                     return True
                 except TimeoutError:
                     pass
@@ -201,7 +246,10 @@ class KombuLink(Link):
                     return True
             if deadline is not None and time.monotonic() >= deadline:
                 return False
-            time.sleep(0)  # let a publisher take the lock
+            if changes is None:
+                time.sleep(0)  # let a publisher take the lock
+            else:
+                changes.wait(seen, max(remaining, 0))
 
     def close(self) -> None:
         with self._lock:
@@ -212,6 +260,8 @@ class KombuLink(Link):
                 self._conn.release()
             except Exception:
                 logger.debug("error releasing a kombu connection", exc_info=True)
+            if self._changes is not None:  # its unacknowledged messages went back to their queues
+                self._changes.note()
 
 
 def _deliver(ref: weakref.ref[KombuLink], acked: bool, message: Any) -> None:
