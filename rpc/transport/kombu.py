@@ -234,6 +234,9 @@ class KombuLink(Link):
                     return True
                 except TimeoutError:
                     pass
+                except _Raised as raised:  # by the link's owner, which hears of it as it was
+                    error = raised.error
+                    raise error from error.__cause__  # not from the wrapper
                 except self._conn.connection_errors as exc:
                     self.closed = True
                     raise ConnectionLost(f"connection to the broker failed: {exc}") from exc
@@ -282,4 +285,15 @@ def _deliver(ref: weakref.ref[KombuLink], acked: bool, message: Any) -> None:
                               str(info.get("routing_key", "")), link)
     if link.max_body is not None and len(body) > link.max_body:
         msg.body, msg.oversize = b"", len(body)
-    link.on_message(msg)
+    try:
+        link.on_message(msg)
+    except Exception as exc:  # through kombu, told apart from what kombu itself raises
+        raise _Raised(exc) from exc
+
+
+class _Raised(Exception):
+    """What a link's ``on_message`` raised, on its way out of kombu's ``drain_events``."""
+
+    def __init__(self, error: Exception) -> None:
+        super().__init__(error)
+        self.error = error
