@@ -110,6 +110,13 @@ class CallMaker:
         self._prefix = secrets.token_hex(8) + "."
         self._counter = itertools.count(1)
 
+    def forked(self) -> None:
+        """In a child process just forked: new correlation and message ids, which the parent
+        does not make too (a server would answer the child's call from the parent's, as a
+        repeat), and a new look at whether a server consumes."""
+        self._prefix = secrets.token_hex(8) + "."
+        self.available_until = 0.0
+
     # -- requests --------------------------------------------------------------------------------
 
     def prepare(

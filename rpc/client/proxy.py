@@ -17,6 +17,7 @@ is, apart from this I/O, is :class:`~rpc.client.calling.CallMaker`'s, shared wit
 from __future__ import annotations
 
 import logging
+import os
 import queue
 import threading
 import time
@@ -145,6 +146,15 @@ class Proxy(ProxySettings, ProxyBase):
         # Masked once: __repr__ may run in a finalizer at interpreter shutdown, when re cannot.
         self._masked_url = mask_url(self._url)
 
+        self._closed = False
+        self._fresh()
+        self._link: Link = self._connect()
+        self._link_tick = max(min(heartbeat / 4, 1.0), 0.05) if heartbeat else 1.0
+        self._start_threads()
+        _PROXIES.add(self)
+
+    def _fresh(self) -> None:
+        """The locks and the calls of a proxy with nothing pending."""
         self._lock = threading.Lock()
         self._pump_wakeup = threading.Condition(self._lock)
         self._table = CallTable()
@@ -154,28 +164,37 @@ class Proxy(ProxySettings, ProxyBase):
         self._retrying: dict[str, Pending] = {}
         self._reader_active = False
         self._states = CallbackStates()
-        self._closed = False
         self._connect_lock = threading.Lock()
         self._declared: set[str] = set()
 
-        self._link: Link = self._connect()
+    def _start_threads(self) -> None:
         # Neither thread holds the proxy while it waits (see __del__): the callback thread holds
         # its queue, the pump a weak reference, and the proxy itself in ``_pinned`` only while
         # future or callback calls are pending, which thus keep it open.
         self._pinned: list[Proxy | None] = [None]
         self._jobs: queue.SimpleQueue[Callable[[], None] | None] = queue.SimpleQueue()
         self._callback_thread = threading.Thread(
-            target=_run_jobs, args=(self._jobs,), name=f"rpc-proxy-callbacks-{server_id}",
+            target=_run_jobs, args=(self._jobs,), name=f"rpc-proxy-callbacks-{self.server_id}",
             daemon=True,
         )
         self._callback_thread.start()
-        self._link_tick = max(min(heartbeat / 4, 1.0), 0.05) if heartbeat else 1.0
         self._pump_thread = threading.Thread(
             target=_pump,
             args=(weakref.ref(self), self._pinned, self._pump_wakeup, self._link_tick),
-            name=f"rpc-proxy-io-{server_id}", daemon=True,
+            name=f"rpc-proxy-io-{self.server_id}", daemon=True,
         )
         self._pump_thread.start()
+
+    def _forked(self) -> None:
+        """In a child process just forked, where the connection, the threads and the calls
+        pending are the parent's: leave the connection to it (closing it here would close it
+        there), forget those calls, and connect anew at the next call."""
+        if self._closed:
+            return
+        self._fresh()
+        self._calls.forked()
+        self._link.abandon()
+        self._start_threads()
 
     # -- the public surface beyond the views -----------------------------------------------------
 
@@ -957,6 +976,18 @@ class Stream(Iterator[Any]):
 
     def __repr__(self) -> str:
         return f"<Stream {self._pending.method}() {'closed' if self._closed else 'open'}>"
+
+
+#: The proxies of this process, which a fork makes the child's too (see ``Proxy._forked``).
+_PROXIES: weakref.WeakSet[Proxy] = weakref.WeakSet()
+
+
+def _after_fork_in_child() -> None:
+    for proxy in list(_PROXIES):
+        proxy._forked()
+
+
+os.register_at_fork(after_in_child=_after_fork_in_child)
 
 
 def _run_jobs(jobs: queue.SimpleQueue[Callable[[], None] | None]) -> None:

@@ -23,6 +23,7 @@ import signal
 import socket
 import threading
 import time
+import weakref
 from collections.abc import Callable, Iterable, Mapping
 from typing import Any, Self, TypeVar, overload
 
@@ -53,6 +54,17 @@ from .runtime import Runtime
 from .status import Stats, status_report
 
 logger = logging.getLogger(LOGGER_NAME)
+
+#: The servers of this process, which a fork makes the child's too (see ``BaseServer._forked``).
+_SERVERS: weakref.WeakSet[BaseServer] = weakref.WeakSet()
+
+
+def _after_fork_in_child() -> None:
+    for server in list(_SERVERS):
+        server._forked()
+
+
+os.register_at_fork(after_in_child=_after_fork_in_child)
 
 _F = TypeVar("_F", bound=Callable[..., Any])
 _T = TypeVar("_T")
@@ -143,6 +155,22 @@ class BaseServer:
         self._lifecycle = threading.Lock()
         # Called (from any thread) each time the server has stopped.
         self._on_stopped: list[Callable[[], None]] = []
+        _SERVERS.add(self)
+
+    def _forked(self) -> None:
+        """In a child process just forked, where the connection and the threads are the
+        parent's: leave the connection to it (stopping here would close it there, and the
+        parent's requests would go back to the queue) and start afresh, not running (a
+        :meth:`start` here connects anew). Locks a parent thread held are made anew."""
+        runtime = self._runtime
+        self._runtime = self._starting = None
+        self._lifecycle = threading.Lock()
+        self._stats = Stats()
+        completed = self._completed
+        self._completed = dedup.CompletedCalls(completed.size, completed.ttl, completed.max_bytes)
+        self._failures = FailureLog()
+        if runtime is not None and runtime.link is not None:
+            runtime.link.abandon()
 
     # -- settings ----------------------------------------------------------------------------------
 

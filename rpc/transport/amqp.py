@@ -166,6 +166,14 @@ class AMQPLink(Link):
         self._stop_marking()  # the new driver's reads are its own: every byte wakes them again
         return Detached(self._sock, self.session, self.heartbeat, self._kombu)
 
+    def abandon(self) -> None:
+        # Only this process's descriptor closes (no shutdown): the parent's connection lives on.
+        self._detached = self.closed = True
+        try:
+            self._sock.close()
+        except OSError:
+            pass
+
     # -- writing, from any thread ----------------------------------------------------------------
 
     def declare_fanout(self, exchange: str) -> None:

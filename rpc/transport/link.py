@@ -168,6 +168,12 @@ class Link:
     def close(self) -> None:
         raise NotImplementedError
 
+    def abandon(self) -> None:
+        """In a child process just forked: leave the connection to the parent. Nothing is
+        sent, and the socket is not shut down (closing it from here would close it there);
+        the link is closed in this process from now on."""
+        self.closed = True
+
 
 def open_link(
     conn: Connection,
