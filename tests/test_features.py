@@ -10,7 +10,8 @@ import pytest
 from support import started_servers
 
 import rpc
-from rpc import CallInfo, Server, current_call
+from rpc import AsyncProxy, CallInfo, Proxy, Server, current_call
+from rpc.core.protocol import MAX_SERVER_ID
 
 WAIT = 10
 
@@ -55,6 +56,22 @@ def test_broadcast_reaches_every_server_and_lists_tagged_replies(make_server, ma
     assert sorted(r.result for r in replies) == ["a", "b", "c"]
     assert len({r.server for r in replies}) in (1, 3)  # one process here: same host and pid
     assert all(r.error is None for r in replies)
+
+
+def test_a_server_with_the_longest_server_id_answers_calls_and_broadcasts(make_server, make_proxy):
+    server_id = "q" * MAX_SERVER_ID
+    make_server(server_id=server_id, register=lambda s: s.register_function(lambda: "here", "hi"))
+    proxy = make_proxy(server_id=server_id)
+    assert proxy.hi() == "here"
+    assert [reply.result for reply in proxy.broadcast(timeout=1).hi()] == ["here"]
+
+
+@pytest.mark.parametrize("server_id", ["", "q" * (MAX_SERVER_ID + 1)])
+def test_a_proxy_refuses_a_server_id_no_server_can_have_before_connecting(server_id):
+    with pytest.raises(ValueError, match="server_id must be"):
+        Proxy("amqp://user:s3cret@127.0.0.1:1//", server_id=server_id)
+    with pytest.raises(ValueError, match="server_id must be"):
+        AsyncProxy("amqp://user:s3cret@127.0.0.1:1//", server_id=server_id)
 
 
 def test_broadcast_carries_each_servers_error_in_place(make_server, make_proxy):

@@ -86,7 +86,7 @@ class CallMaker:
         wait_for_ready: bool, max_message_size: int, metrics: bool,
         keepalive: float | None = DEFAULT_KEEPALIVE,
     ) -> None:
-        self.server_id = server_id
+        self.server_id = protocol.check_server_id(server_id)
         self.content_type = serialization.content_type_of(serializer)
         self.accept = frozenset({self.content_type, serialization.JSON})
         self.default_timeout = check_timeout(timeout)

@@ -12,6 +12,7 @@ import math
 import pickle
 import re
 import struct
+import uuid
 from dataclasses import dataclass
 from typing import Any, NamedTuple
 
@@ -360,9 +361,36 @@ def deadline_of(headers: dict[str, Any] | None) -> float | None:
     return None
 
 
+#: The start of every broadcast exchange's name.
+BROADCAST_PREFIX = "rpc.broadcast."
+#: The longest server id, in bytes of UTF-8: AMQP names hold 255 bytes, and the longest name
+#: made of it is each server's broadcast queue, ``rpc.broadcast.<server id>.<32 hex digits>``.
+MAX_SERVER_ID = 255 - len(BROADCAST_PREFIX) - 33
+
+
+def check_server_id(server_id: object) -> str:
+    """``server_id``, once it is known to fit the queue, exchange and queue names made of it.
+
+    Raises:
+        TypeError: it is not a string.
+        ValueError: it is empty, or longer than :data:`MAX_SERVER_ID` bytes.
+    """
+    if not isinstance(server_id, str):
+        raise TypeError(f"server_id must be a string, not {type(server_id).__name__}")
+    if not server_id or len(server_id.encode()) > MAX_SERVER_ID:
+        raise ValueError(f"server_id must be a non-empty name of at most {MAX_SERVER_ID} bytes "
+                         f"(UTF-8), not {server_id[:40]!r}{'...' if len(server_id) > 40 else ''}")
+    return server_id
+
+
 def broadcast_exchange(server_id: str) -> str:
     """The fanout exchange through which a broadcast reaches every server of ``server_id``."""
-    return f"rpc.broadcast.{server_id}"
+    return BROADCAST_PREFIX + server_id
+
+
+def broadcast_queue(exchange: str) -> str:
+    """A name for one server's queue bound to its broadcast ``exchange``, new each time."""
+    return f"{exchange}.{uuid.uuid4().hex}"
 
 
 @functools.lru_cache(maxsize=1024)

@@ -14,6 +14,7 @@ from dataclasses import dataclass, field
 from types import MappingProxyType
 from typing import Any, Generic, Literal, Protocol, TypeVar, cast, overload
 
+from ..core import protocol
 from ..core.context import CallInfo
 from ..core.serialization import DEFAULT_ACCEPT
 from ..defaults import (
@@ -33,8 +34,6 @@ PREFETCH_PER_WORKER = 4
 DEFAULT_DELIVERY_LIMIT = 20
 #: The address the metrics and health endpoint listens on unless told otherwise.
 DEFAULT_METRICS_HOST = "0.0.0.0"
-#: The longest queue name AMQP allows, in bytes.
-MAX_QUEUE_NAME = 255
 
 ErrorHook = Callable[[BaseException, CallInfo], Any]
 
@@ -88,8 +87,7 @@ class ServerOptions:
             table = getattr(self, name)
             if table is not None:
                 object.__setattr__(self, name, MappingProxyType(dict(table)))
-        if not self.server_id or len(self.server_id.encode()) > MAX_QUEUE_NAME:
-            raise ValueError("server_id must be a non-empty queue name of at most 255 bytes")
+        protocol.check_server_id(self.server_id)
         if self.concurrency < 1:
             raise ValueError("concurrency must be at least 1")
         if self.async_concurrency < 0:
@@ -99,8 +97,6 @@ class ServerOptions:
         if self.delivery_limit < 1:
             raise ValueError("delivery_limit must be at least 1")
         queue_type(self.queue_type)
-        if self.queue_type == "quorum" and len(self.dead_letter_queue.encode()) > MAX_QUEUE_NAME:
-            raise ValueError("a quorum server_id must leave room for '.dead' within 255 bytes")
         Failover(self.url, self.failover)  # checks the URLs and the strategy
 
     @property

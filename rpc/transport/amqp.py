@@ -15,12 +15,12 @@ import ssl
 import struct
 import threading
 import time
-import uuid
 from collections.abc import Callable
 from typing import Any, NamedTuple
 
 from kombu.connection import Connection
 
+from ..core import protocol
 from ..core.errors import ConnectionLost
 from ..core.frames import CONFIRM_MARK
 from ..core.protocol import DIRECT_REPLY_TO
@@ -138,7 +138,7 @@ class AMQPLink(Link):
         return str(self._channel.basic_consume(queue, no_ack=False, callback=self._from_amqp))
 
     def broadcast_queue(self, exchange: str) -> str:
-        name = f"{exchange}.{uuid.uuid4().hex}"
+        name = protocol.broadcast_queue(exchange)
         self._channel.exchange_declare(exchange, "fanout", durable=True, auto_delete=False)
         self._channel.queue_declare(name, exclusive=True, auto_delete=True)
         self._channel.queue_bind(name, exchange)

@@ -6,7 +6,6 @@ from __future__ import annotations
 import logging
 import threading
 import time
-import uuid
 import weakref
 from functools import partial
 from typing import Any
@@ -15,6 +14,7 @@ from kombu.connection import Connection
 from kombu.entity import Exchange, Queue
 from kombu.messaging import Consumer, Producer
 
+from ..core import protocol
 from ..core.errors import ConnectionLost
 from ..core.session import Incoming as _Incoming
 from ..core.session import QueueInfo
@@ -131,7 +131,7 @@ class KombuLink(Link):
     def broadcast_queue(self, exchange: str) -> str:
         with self._lock:
             fanout = Exchange(exchange, "fanout", durable=True, auto_delete=False)
-            queue = Queue(f"{exchange}.{uuid.uuid4().hex}", fanout, exclusive=True,
+            queue = Queue(protocol.broadcast_queue(exchange), fanout, exclusive=True,
                           auto_delete=True, channel=self._channel)
             queue.declare()
             return str(queue.name)

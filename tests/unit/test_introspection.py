@@ -255,14 +255,19 @@ def test_an_unknown_serializer_is_a_value_error() -> None:
         Server(UNREACHABLE, accept=["json", "nope"])
 
 
-@pytest.mark.parametrize("server_id", ["", "q" * 256, "é" * 128])
-def test_a_server_id_that_is_not_a_queue_name_is_a_value_error(server_id: str) -> None:
-    with pytest.raises(ValueError):
+@pytest.mark.parametrize("server_id", ["", "q" * 209, "é" * 105])
+def test_a_server_id_that_its_names_cannot_hold_is_a_value_error(server_id: str) -> None:
+    with pytest.raises(ValueError, match="at most 208 bytes"):
         Server(UNREACHABLE, server_id=server_id)
 
 
-def test_a_server_id_of_255_bytes_is_accepted() -> None:
-    assert Server(UNREACHABLE, server_id="q" * 255).server_id == "q" * 255
+def test_a_server_id_that_is_no_string_is_a_type_error() -> None:
+    with pytest.raises(TypeError, match="server_id must be a string"):
+        Server(UNREACHABLE, server_id=7)  # type: ignore[arg-type]
+
+
+def test_a_server_id_of_208_bytes_is_accepted() -> None:
+    assert Server(UNREACHABLE, server_id="q" * 208).server_id == "q" * 208
 
 
 def test_concurrency_below_one_is_a_value_error() -> None:

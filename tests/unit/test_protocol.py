@@ -18,11 +18,15 @@ from rpc.core.protocol import (
     ITEM_TYPE,
     KEEPALIVE_HEADER,
     MAX_CREDIT,
+    MAX_SERVER_ID,
     PROGRESS_TYPE,
     REPLY_TYPE,
     STREAM_HEADER,
     Progress,
     Request,
+    broadcast_exchange,
+    broadcast_queue,
+    check_server_id,
     control_message,
     deadline_of,
     decode_reply,
@@ -56,6 +60,31 @@ def test_wire_constants_are_those_of_the_protocol() -> None:
     assert DEADLINE_HEADER == "rpc-deadline"
     assert DIRECT_REPLY_TO == "amq.rabbitmq.reply-to"
     assert REPLY_TYPE == "rpc.reply"
+
+
+# -- server ids ------------------------------------------------------------------------------------
+
+def test_the_longest_server_id_leaves_its_broadcast_queue_a_name_of_255_bytes() -> None:
+    server_id = "é" * (MAX_SERVER_ID // 2)
+    assert check_server_id(server_id) == server_id
+    assert len(broadcast_queue(broadcast_exchange(server_id)).encode()) == 255
+
+
+@pytest.mark.parametrize("server_id", ["", "q" * (MAX_SERVER_ID + 1), "é" * 105])
+def test_a_server_id_too_long_for_its_broadcast_queue_or_empty_is_a_value_error(
+        server_id: str) -> None:
+    with pytest.raises(ValueError, match=f"at most {MAX_SERVER_ID} bytes"):
+        check_server_id(server_id)
+
+
+@pytest.mark.parametrize("server_id", [None, 7, b"calc"])
+def test_a_server_id_that_is_no_string_is_a_type_error(server_id: Any) -> None:
+    with pytest.raises(TypeError):
+        check_server_id(server_id)
+
+
+def test_each_broadcast_queue_name_is_new() -> None:
+    assert broadcast_queue("rpc.broadcast.calc") != broadcast_queue("rpc.broadcast.calc")
 
 
 # -- requests --------------------------------------------------------------------------------------
