@@ -7,11 +7,13 @@ all, so a call is published without asking whether its queue exists.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import os
 import shutil
 import socket
 import subprocess
 import tempfile
+import threading
 import time
 from collections.abc import Iterator
 from typing import Any
@@ -20,7 +22,7 @@ import pytest
 import redis
 from support import opened_proxies, started_servers
 
-from rpc import AsyncProxy, RPCTimeout, Server
+from rpc import AccessRefused, AsyncProxy, Proxy, RPCTimeout, Server
 
 REDIS_SERVER = shutil.which("redis-server")
 
@@ -31,19 +33,14 @@ def free_port() -> int:
         return int(sock.getsockname()[1])
 
 
-@pytest.fixture(scope="session")
-def redis_url() -> Iterator[str]:
-    """A redis-server of this session's own, on loopback, keeping nothing on disk."""
-    if REDIS_SERVER is None:
-        message = "redis-server is missing: install it to test the Redis transport"
-        if os.environ.get("CI"):
-            pytest.fail(message)
-        pytest.skip(message)
-    port = free_port()
+@contextlib.contextmanager
+def redis_server(port: int, *options: str) -> Iterator[None]:
+    """A redis-server on loopback ``port``, keeping nothing on disk, until the block ends."""
     workdir = tempfile.mkdtemp(prefix="rpc-tests-redis-")
+    assert REDIS_SERVER is not None
     proc = subprocess.Popen(
         [REDIS_SERVER, "--bind", "127.0.0.1", "--port", str(port), "--save", "",
-         "--appendonly", "no", "--dir", workdir],
+         "--appendonly", "no", "--dir", workdir, *options],
         stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     try:
         deadline = time.monotonic() + 10
@@ -51,18 +48,31 @@ def redis_url() -> Iterator[str]:
             try:
                 with socket.create_connection(("127.0.0.1", port), timeout=1) as sock:
                     sock.sendall(b"PING\r\n")
-                    if sock.recv(16).startswith(b"+PONG"):
+                    if sock.recv(64).startswith((b"+PONG", b"-NOAUTH")):
                         break
             except OSError:
                 pass
             if time.monotonic() > deadline or proc.poll() is not None:
                 pytest.fail(f"redis-server did not answer on port {port}")
             time.sleep(0.05)
-        yield f"redis://127.0.0.1:{port}/0"
+        yield
     finally:
         proc.terminate()
         proc.wait(10)
         shutil.rmtree(workdir, ignore_errors=True)
+
+
+@pytest.fixture(scope="session")
+def redis_url() -> Iterator[str]:
+    """A redis-server of this session's own."""
+    if REDIS_SERVER is None:
+        message = "redis-server is missing: install it to test the Redis transport"
+        if os.environ.get("CI"):
+            pytest.fail(message)
+        pytest.skip(message)
+    port = free_port()
+    with redis_server(port):
+        yield f"redis://127.0.0.1:{port}/0"
 
 
 def register(server: Server) -> None:
@@ -149,3 +159,34 @@ def test_an_async_proxy_on_redis_drops_a_malformed_message_in_its_reply_queue_an
             return [first, await proxy.add(3, 4)]
 
     assert asyncio.run(asyncio.wait_for(scenario(), 20)) == [3, 7]
+
+
+def test_a_server_started_before_redis_waits_for_it_to_come_up(
+        redis_url: str, server_id: str) -> None:
+    port = free_port()
+    url = f"redis://127.0.0.1:{port}/0"
+    server = Server(url, server_id=server_id, connect_retry=30)
+    register(server)
+    starting = threading.Thread(target=server.start)
+    starting.start()
+    try:
+        time.sleep(1.0)  # it retries meanwhile
+        assert starting.is_alive()
+        with redis_server(port):
+            starting.join(30)
+            assert server.running
+            with opened_proxies() as open_proxy:
+                assert open_proxy(url, server_id, timeout=10).add(2, 2) == 4
+            server.stop(grace=2)
+    finally:
+        starting.join(30)
+        server.stop(grace=0)
+
+
+def test_a_redis_that_refuses_the_password_is_access_refused_at_once(server_id: str) -> None:
+    port = free_port()
+    with redis_server(port, "--requirepass", "right"):
+        started = time.monotonic()
+        with pytest.raises(AccessRefused):
+            Proxy(f"redis://:wrong@127.0.0.1:{port}/0", server_id=server_id, connect_retry=30)
+        assert time.monotonic() - started < 10

@@ -75,10 +75,29 @@ class _Refused(Exception):
     """Carries an irrecoverable error out of the retry loop."""
 
 
+class _Unreachable(Exception):
+    """Carries a connection error of another kombu transport (redis-py's is no OSError) into
+    the retries, as the socket errors of RabbitMQ's are."""
+
+    def __str__(self) -> str:
+        return str(self.args[0])
+
+
+def _refusals(url: str) -> tuple[type[BaseException], ...]:
+    """What a broker at ``url`` raises for credentials or rights it refuses, beyond py-amqp's."""
+    if not url.startswith("redis"):
+        return ()
+    from redis.exceptions import AuthenticationError, AuthorizationError  # kombu's Redis needs it
+
+    return (AuthenticationError, AuthorizationError)
+
+
 def is_recoverable(exc: BaseException) -> bool:
     """Whether reconnecting may succeed after ``exc`` (not for refused credentials or vhosts)."""
     if isinstance(exc, (_Refused, *_IRRECOVERABLE)):
         return False
+    if isinstance(exc, _Unreachable):
+        return True
     if isinstance(exc, amqp.exceptions.ConnectionError):
         return getattr(exc, "code", None) not in (403, 530)
     return isinstance(exc, (OSError, socket.timeout, amqp.exceptions.AMQPError, EOFError))
@@ -146,12 +165,14 @@ def open_connection(
             conn.ensure_connection(max_retries=0, reraise_as_library_errors=False)  # tenacity retries
         except BaseException as exc:
             conn.release()
-            if isinstance(exc, _IRRECOVERABLE) or (
+            if isinstance(exc, (*_IRRECOVERABLE, *_refusals(one))) or (
                 isinstance(exc, amqp.exceptions.ConnectionError) and not is_recoverable(exc)
             ):
                 raise _Refused(one, exc) from exc
             logger.info("cannot connect to %s: %s", mask_url(one),
                         scrub(str(exc), joined) or type(exc).__name__)
+            if not is_recoverable(exc) and isinstance(exc, conn.connection_errors):
+                raise _Unreachable(exc) from exc
             raise
         failover.connected(one)
         return conn
