@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import os
+import select
 import signal
 import threading
 from collections.abc import Callable, Iterator
@@ -22,11 +23,10 @@ CHILD_LIMIT = 30
 
 def in_child(work: Callable[[], Any]) -> Any:
     """Fork; run ``work`` in the child and return what it returned (JSON), or raise what it
-    raised, here in the parent (within :data:`CHILD_LIMIT` seconds)."""
+    raised, here in the parent; a child silent for :data:`CHILD_LIMIT` seconds is killed."""
     read_end, write_end = os.pipe()
     pid = os.fork()
     if pid == 0:  # the child: never back into pytest
-        signal.alarm(CHILD_LIMIT)  # a child that hangs (on a lock a parent thread held) dies
         os.close(read_end)
         try:
             outcome = {"value": work()}
@@ -37,6 +37,11 @@ def in_child(work: Callable[[], Any]) -> Any:
         os._exit(0)
     os.close(write_end)
     with os.fdopen(read_end) as answer:
+        ready, _, _ = select.select([answer], [], [], CHILD_LIMIT)
+        if not ready:
+            os.kill(pid, signal.SIGKILL)
+            os.waitpid(pid, 0)
+            raise AssertionError(f"the child hung for {CHILD_LIMIT} s")
         outcome = json.loads(answer.read() or '{"error": "the child died"}')
     os.waitpid(pid, 0)
     if "error" in outcome:
@@ -117,3 +122,30 @@ def test_a_server_stopped_in_a_forked_child_leaves_the_parents_connection_alone(
     with opened_proxies() as open_proxy:
         assert open_proxy(broker_url, server_id, timeout=5).add(1, 1) == 2
     assert served.stats["reconnects"] == 0
+
+
+def test_a_child_forked_while_a_parent_thread_holds_the_memory_wakeup_lock_calls_on_memory(
+        server_id: str) -> None:
+    from rpc.transport import kombu
+
+    held, release = threading.Event(), threading.Event()
+
+    def hold() -> None:
+        with kombu._MEMORY_CHANGES._cond:  # as a reader or a publisher does, for a moment
+            held.set()
+            release.wait(CHILD_LIMIT)
+
+    holder = threading.Thread(target=hold)
+    holder.start()
+    held.wait(CHILD_LIMIT)
+
+    def call_on_memory() -> int:
+        with started_servers(stop_grace=1) as start, opened_proxies() as open_proxy:
+            start("memory://", server_id, register=register([]))
+            return int(open_proxy("memory://", server_id, timeout=5).add(1, 2))
+
+    try:
+        assert in_child(call_on_memory) == 3
+    finally:
+        release.set()
+        holder.join()

@@ -4,6 +4,7 @@ producer and consumer, serialised by one lock."""
 from __future__ import annotations
 
 import logging
+import os
 import threading
 import time
 import weakref
@@ -52,6 +53,11 @@ class _Changes:
     def __init__(self) -> None:
         self._cond = threading.Condition()
         self._count = 0
+        # A child process gets a condition of its own: a parent thread may hold this one.
+        os.register_at_fork(after_in_child=self._renew)
+
+    def _renew(self) -> None:
+        self._cond = threading.Condition()
 
     @property
     def count(self) -> int:
