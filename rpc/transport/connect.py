@@ -155,8 +155,6 @@ def open_connection(
         if one.startswith(("amqp", "pyamqp")):
             options.setdefault("client_properties", client_properties)
             options.setdefault("read_timeout", HANDSHAKE_TIMEOUT)
-        if one.startswith("memory"):
-            options.setdefault("polling_interval", 0.002)
         conn = Connection(
             one, heartbeat=heartbeat or 0, connect_timeout=connect_timeout,
             transport_options=options, ssl=tls_options(one, ssl),
