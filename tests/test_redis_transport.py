@@ -20,9 +20,11 @@ from typing import Any
 
 import pytest
 import redis
+from kombu import Connection
 from support import opened_proxies, started_servers
 
-from rpc import AccessRefused, AsyncProxy, Proxy, RPCTimeout, Server
+from rpc import AccessRefused, AsyncProxy, ConnectionLost, Proxy, RPCTimeout, Server
+from rpc.transport.link import Incoming, open_link
 
 REDIS_SERVER = shutil.which("redis-server")
 
@@ -190,3 +192,23 @@ def test_a_redis_that_refuses_the_password_is_access_refused_at_once(server_id: 
         with pytest.raises(AccessRefused):
             Proxy(f"redis://:wrong@127.0.0.1:{port}/0", server_id=server_id, connect_retry=30)
         assert time.monotonic() - started < 10
+
+
+def test_an_ack_after_redis_went_away_is_a_lost_connection(server_id: str) -> None:
+    port = free_port()
+    got: list[Incoming] = []
+    with redis_server(port):
+        link = open_link(Connection(f"redis://127.0.0.1:{port}/0"), got.append)
+        link.declare_queue(server_id, durable=True)
+        link.consume(server_id, prefetch=1)
+        link.publish(server_id, b"x", {"content_type": "application/x-msgpack"})
+        deadline = time.monotonic() + 10
+        while not got and time.monotonic() < deadline:
+            link.read(1)
+        [msg] = got
+    assert msg.delivery_tag is not None
+    with pytest.raises(ConnectionLost):  # not redis-py's ConnectionError, which ended a thread
+        link.ack(msg.delivery_tag)
+    assert link.closed
+    with redis_server(port):  # where kombu can put the unacknowledged message back on release
+        link.close()

@@ -3,11 +3,13 @@ producer and consumer, serialised by one lock."""
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 import threading
 import time
 import weakref
+from collections.abc import Iterator
 from functools import partial
 from typing import Any
 
@@ -107,16 +109,30 @@ class KombuLink(Link):
         #: look unroutable: it is published, and a call nobody serves times out.
         self._knows_queues = conn.transport.driver_type != "redis"
         self._changes = _MEMORY_CHANGES if conn.transport.driver_type == "memory" else None
+        self._released = False
+
+    @contextlib.contextmanager
+    def _talking(self) -> Iterator[None]:
+        """Hold the lock for one exchange with the broker. A connection that fails meanwhile is
+        lost, as on RabbitMQ's link: the transport's own error (redis-py's ConnectionError is
+        no OSError) would otherwise end the thread that made the exchange, a server's I/O
+        thread among them."""
+        with self._lock:
+            try:
+                yield
+            except self._conn.connection_errors as exc:
+                self.closed = True
+                raise ConnectionLost(f"connection to the broker failed: {exc}") from exc
 
     def declare_queue(self, name: str, *, durable: bool, arguments: dict[str, Any] | None = None) -> str:
-        with self._lock:
+        with self._talking():
             queue = Queue(name, durable=durable, auto_delete=False, queue_arguments=arguments,
                           channel=self._channel)
             queue.declare()
             return name
 
     def reply_queue(self) -> str:
-        with self._lock:
+        with self._talking():
             queue = Queue("", exclusive=True, auto_delete=True, channel=self._channel)
             queue.declare()
             consumer = Consumer(self._channel, [queue], no_ack=True, on_message=self._on_reply,
@@ -126,7 +142,7 @@ class KombuLink(Link):
             return str(queue.name)
 
     def consume(self, queue: str, *, prefetch: int) -> str:
-        with self._lock:
+        with self._talking():
             consumer = Consumer(self._channel, [Queue(queue, no_declare=True)], no_ack=False,
                                 on_message=self._on_delivery, prefetch_count=prefetch, accept=None)
             consumer.consume()
@@ -135,7 +151,7 @@ class KombuLink(Link):
             return tag
 
     def broadcast_queue(self, exchange: str) -> str:
-        with self._lock:
+        with self._talking():
             fanout = Exchange(exchange, "fanout", durable=True, auto_delete=False)
             queue = Queue(protocol.broadcast_queue(exchange), fanout, exclusive=True,
                           auto_delete=True, channel=self._channel)
@@ -143,17 +159,17 @@ class KombuLink(Link):
             return str(queue.name)
 
     def declare_fanout(self, exchange: str) -> None:
-        with self._lock:
+        with self._talking():
             Exchange(exchange, "fanout", durable=True, auto_delete=False)(self._channel).declare()
 
     def cancel(self, consumer_tag: str) -> None:
-        with self._lock:
+        with self._talking():
             consumer = self._consumers.pop(consumer_tag, None)
             if consumer is not None:
                 consumer.cancel()
 
     def inspect_queue(self, queue: str, on_info: OnQueueInfo) -> None:
-        with self._lock:
+        with self._talking():
             if self.closed:
                 raise ConnectionLost("the connection is closed")
             try:
@@ -178,7 +194,7 @@ class KombuLink(Link):
         mandatory: bool = False, ack: int | None = None, exchange: str = "",
         track: Any = None,
     ) -> None:
-        with self._lock:
+        with self._talking():
             if self.closed:
                 raise ConnectionLost("the connection is closed")
             if mandatory and not exchange and self._knows_queues \
@@ -189,24 +205,20 @@ class KombuLink(Link):
                 extra = {k: v for k, v in props.items()
                          if k not in ("content_type", "headers", "expiration") and v is not None}
                 expiration = props.get("expiration")
-                try:
-                    self._producer.publish(
-                        body, routing_key=routing_key, exchange=exchange,
-                        content_type=props.get("content_type"), content_encoding="binary",
-                        headers=props.get("headers") or {},
-                        expiration=int(expiration) / 1000 if expiration else None,
-                        retry=False, **extra,
-                    )
-                except self._conn.connection_errors as exc:
-                    self.closed = True
-                    raise ConnectionLost(f"cannot publish: {exc}") from exc
+                self._producer.publish(
+                    body, routing_key=routing_key, exchange=exchange,
+                    content_type=props.get("content_type"), content_encoding="binary",
+                    headers=props.get("headers") or {},
+                    expiration=int(expiration) / 1000 if expiration else None,
+                    retry=False, **extra,
+                )
                 if self._changes is not None:
                     self._changes.note()
             if ack is not None:
                 self.ack(ack)
 
     def ack(self, delivery_tag: int) -> None:
-        with self._lock:
+        with self._talking():
             message = self._messages.pop(delivery_tag, None)
             if message is not None and not self.closed:
                 message.ack()
@@ -214,7 +226,7 @@ class KombuLink(Link):
                     self._changes.note()
 
     def reject(self, delivery_tag: int, *, requeue: bool) -> None:
-        with self._lock:
+        with self._talking():
             message = self._messages.pop(delivery_tag, None)
             if message is not None and not self.closed:
                 message.reject(requeue=requeue)
@@ -260,11 +272,16 @@ class KombuLink(Link):
             else:
                 changes.wait(seen, max(remaining, 0))
 
+    def abandon(self) -> None:
+        self._released = self.closed = True  # the parent's to release
+
     def close(self) -> None:
+        """Release the connection, also after it failed: kombu then puts the messages not
+        acknowledged back in their queues, or gives up on them, rather than try at exit."""
         with self._lock:
-            if self.closed:
+            if self._released:
                 return
-            self.closed = True
+            self._released = self.closed = True
             try:
                 self._conn.release()
             except Exception:
