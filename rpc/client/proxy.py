@@ -17,7 +17,6 @@ is, apart from this I/O, is :class:`~rpc.client.calling.CallMaker`'s, shared wit
 from __future__ import annotations
 
 import logging
-import os
 import queue
 import threading
 import time
@@ -52,6 +51,7 @@ from ..defaults import (
     DEFAULT_TIMEOUT,
 )
 from ..transport.connect import FailoverStrategy
+from ..transport.forks import renew_in_child
 from ..transport.link import Incoming, Link, QueueInfo
 from ..transport.urls import BrokerURL, mask_url
 from .calling import (
@@ -151,7 +151,7 @@ class Proxy(ProxySettings, ProxyBase):
         self._link: Link = self._connect()
         self._link_tick = max(min(heartbeat / 4, 1.0), 0.05) if heartbeat else 1.0
         self._start_threads()
-        _PROXIES.add(self)
+        renew_in_child(self, Proxy._forked)
 
     def _fresh(self) -> None:
         """The locks and the calls of a proxy with nothing pending."""
@@ -976,18 +976,6 @@ class Stream(Iterator[Any]):
 
     def __repr__(self) -> str:
         return f"<Stream {self._pending.method}() {'closed' if self._closed else 'open'}>"
-
-
-#: The proxies of this process, which a fork makes the child's too (see ``Proxy._forked``).
-_PROXIES: weakref.WeakSet[Proxy] = weakref.WeakSet()
-
-
-def _after_fork_in_child() -> None:
-    for proxy in list(_PROXIES):
-        proxy._forked()
-
-
-os.register_at_fork(after_in_child=_after_fork_in_child)
 
 
 def _run_jobs(jobs: queue.SimpleQueue[Callable[[], None] | None]) -> None:

@@ -23,7 +23,6 @@ import signal
 import socket
 import threading
 import time
-import weakref
 from collections.abc import Callable, Iterable, Mapping
 from typing import Any, Self, TypeVar, overload
 
@@ -37,6 +36,7 @@ from ..defaults import (
     SERVER_CONNECT_RETRY,
 )
 from ..transport.connect import FailoverStrategy
+from ..transport.forks import renew_in_child
 from ..transport.link import Link
 from ..transport.urls import BrokerURL, mask_url, resolve_url
 from .failures import LOGGER_NAME, FailureLog, default_logging
@@ -54,17 +54,6 @@ from .runtime import Runtime
 from .status import Stats, status_report
 
 logger = logging.getLogger(LOGGER_NAME)
-
-#: The servers of this process, which a fork makes the child's too (see ``BaseServer._forked``).
-_SERVERS: weakref.WeakSet[BaseServer] = weakref.WeakSet()
-
-
-def _after_fork_in_child() -> None:
-    for server in list(_SERVERS):
-        server._forked()
-
-
-os.register_at_fork(after_in_child=_after_fork_in_child)
 
 _F = TypeVar("_F", bound=Callable[..., Any])
 _T = TypeVar("_T")
@@ -155,7 +144,7 @@ class BaseServer:
         self._lifecycle = threading.Lock()
         # Called (from any thread) each time the server has stopped.
         self._on_stopped: list[Callable[[], None]] = []
-        _SERVERS.add(self)
+        renew_in_child(self, BaseServer._forked)
 
     def _forked(self) -> None:
         """In a child process just forked, where the connection and the threads are the

@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import contextlib
 import logging
-import os
 import threading
 import time
 import weakref
@@ -21,6 +20,7 @@ from ..core import protocol
 from ..core.errors import ConnectionLost
 from ..core.session import Incoming as _Incoming
 from ..core.session import QueueInfo
+from .forks import renew_in_child
 from .link import Incoming, Link, OnCancel, OnMessage, OnQueueInfo, OnReturn
 
 logger = logging.getLogger(__name__)
@@ -56,7 +56,7 @@ class _Changes:
         self._cond = threading.Condition()
         self._count = 0
         # A child process gets a condition of its own: a parent thread may hold this one.
-        os.register_at_fork(after_in_child=self._renew)
+        renew_in_child(self, _Changes._renew)
 
     def _renew(self) -> None:
         self._cond = threading.Condition()
