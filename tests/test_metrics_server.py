@@ -804,16 +804,22 @@ def test_a_callback_call_cancelled_as_its_retry_goes_out_is_not_published(
                     ask = proxy._check
                     asked: list[object] = []
 
+                    unavailable = asyncio.Event()
+
                     async def held_check(*args: Any) -> None:
                         asked.append(args)
                         if len(asked) > 1:  # the retry's
                             held.set()
                             await asyncio.to_thread(release.wait, WAIT)
-                        await ask(*args)
+                        try:
+                            await ask(*args)
+                        finally:
+                            unavailable.set()
 
                     monkeypatch.setattr(proxy, "_check", held_check)
                     errors: asyncio.Queue[object] = asyncio.Queue()
                     uid = proxy.set_retries(1).callback(None, errors.put_nowait).add(1, 2)
+                    await unavailable.wait()  # the first try failed: no server yet
                     await asyncio.to_thread(serve)
                     assert await asyncio.to_thread(held.wait, WAIT)
                     assert proxy.cancel(uid)

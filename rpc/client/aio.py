@@ -126,7 +126,7 @@ class AsyncProxy(ProxySettings, ProxyBase):
         self._link: AsyncLink | None = None
         self._reply_to = ""
         self._connecting: asyncio.Future[AsyncLink] | None = None
-        self._checking: asyncio.Future[None] | None = None
+        self._checking: asyncio.Future[QueueInfo | None] | None = None
         self._declared: set[str] = set()
         #: Calls waiting out the backoff before a retry, out of the table: cancel() finds them.
         self._retrying: dict[str, Pending] = {}
@@ -295,7 +295,8 @@ class AsyncProxy(ProxySettings, ProxyBase):
         for a second, and calls in that second skip the question).
 
         Raises:
-            ServerUnavailable: the queue exists and nobody consumes it.
+            ServerUnavailable: the queue exists and the broker has counted no consumer on it
+                for a second (it counts none for a moment while a quorum queue changes leader).
         """
         self._calls.available_until = 0.0
         await self._check(await self._live_link(), None)
@@ -472,20 +473,28 @@ class AsyncProxy(ProxySettings, ProxyBase):
         task.add_done_callback(_spawned.discard)
 
     async def _check(self, link: AsyncLink, deadline: float | None) -> None:
-        """Fail at once when the queue exists but nobody consumes it; one question at a time
-        for every caller, and once a second at most.
+        """Fail fast when the queue exists but nobody consumes it; one question at a time
+        for every caller, once a second at most, and more while the broker counts no consumer.
 
         Raises:
-            ServerUnavailable: the broker counts no consumer on the server's queue.
+            ServerUnavailable: the broker has counted no consumer on the server's queue for
+                ``UNAVAILABLE_AFTER``.
         """
-        checking = self._checking
-        if checking is None or checking.done():
-            checking = self._checking = asyncio.ensure_future(self._ask(link, deadline))
-            # Its callers may all be gone (cancelled, or the proxy closed): nobody else reads it.
-            checking.add_done_callback(lambda done: done.cancelled() or done.exception())
-        await asyncio.shield(checking)
+        while True:
+            checking = self._checking
+            if checking is None or checking.done():
+                checking = self._checking = asyncio.ensure_future(self._ask(link, deadline))
+                # Its callers may all be gone (cancelled, or the proxy closed): nobody else
+                # reads it.
+                checking.add_done_callback(lambda done: done.cancelled() or done.exception())
+            wait = self._calls.checked(await asyncio.shield(checking), deadline)
+            if wait is None:
+                return
+            await asyncio.sleep(wait)
 
-    async def _ask(self, link: AsyncLink, deadline: float | None) -> None:
+    async def _ask(self, link: AsyncLink, deadline: float | None) -> QueueInfo | None:
+        """The broker's count of the server queue's messages and consumers (None: no answer
+        in time, or no such queue)."""
         check = self._calls.check(deadline)
         waiter = check.waiter = asyncio.get_running_loop().create_future()
         self._table.add(check)
@@ -498,14 +507,15 @@ class AsyncProxy(ProxySettings, ProxyBase):
             link.inspect_queue(self.server_id, on_info)
         except ConnectionLost:
             self._table.take(check.cid)
-            return  # the publish that follows fails the same way, and says so
+            return None  # the publish that follows fails the same way, and says so
         assert check.deadline is not None
         try:
-            info = await asyncio.wait_for(waiter, max(check.deadline - time.monotonic(), 0.0))
+            info: QueueInfo | None = await asyncio.wait_for(
+                waiter, max(check.deadline - time.monotonic(), 0.0))
         except TimeoutError:
             self._table.take(check.cid)
-            info = None  # no answer in time: the call goes ahead
-        self._calls.checked(info)
+            return None  # no answer in time: the call goes ahead
+        return info
 
     def _arm_timer(self, deadline: float) -> None:
         """One loop timer for every call, set for the earliest deadline: a call costs no timer

@@ -59,6 +59,13 @@ logger = logging.getLogger("rpc.client")
 AVAILABILITY_TTL = 1.0
 #: Longest wait for the broker's answer to that check; without one, the call goes ahead.
 AVAILABILITY_CHECK_TIMEOUT = 2.0
+#: Seconds the broker must count no consumer before a call fails with ServerUnavailable. A
+#: quorum queue counts none for a moment while a new leader takes over (0.05-0.2 s measured
+#: after a node was killed or stopped), and a server that lost its node is away while it
+#: reconnects to another: neither is a server that is gone.
+UNAVAILABLE_AFTER = 1.0
+#: Seconds between two checks while the broker counts no consumer.
+RECHECK_EVERY = 0.25
 #: Backoff between retries of a call: 50 ms doubling up to 1 s, with jitter.
 _BACKOFF = tenacity.wait_exponential(multiplier=0.05, max=1.0) + tenacity.wait_random(0, 0.05)
 #: Backoff after no server was consuming: 0.5 s doubling up to 4 s, with jitter.
@@ -105,6 +112,8 @@ class CallMaker:
             self.metrics = ProxyMetrics(server_id)
         #: Until when (monotonic) a server is known to consume, so calls skip the question.
         self.available_until = 0.0
+        #: Since when (monotonic) every check has counted no consumer; None: the last counted one.
+        self.unconsumed_since: float | None = None
         #: Replies that matched no pending call (late after a timeout, duplicates, forgeries).
         self.replies_dropped = 0
         self._prefix = secrets.token_hex(8) + "."
@@ -241,16 +250,28 @@ class CallMaker:
         return Pending(f"{self._prefix}check.{next(self._counter):x}", "(availability check)",
                        CHECK, self.content_type, min(deadline or limit, limit))
 
-    def checked(self, info: QueueInfo | None) -> None:
-        """Take the broker's answer (None: none came, or no such queue: the publish will tell).
+    def checked(self, info: QueueInfo | None, deadline: float | None) -> float | None:
+        """Take the broker's answer (None: none came, or no such queue: the publish will tell):
+        None when the call may go, else the seconds to wait before asking again, while no
+        consumer has been counted for :data:`UNAVAILABLE_AFTER` yet.
 
         Raises:
-            ServerUnavailable: the queue exists and no server consumes it.
+            ServerUnavailable: the queue exists and no server has consumed it for that long,
+                or the call's ``deadline`` (monotonic) comes first.
         """
+        now = time.monotonic()
         if info is not None and info.consumers == 0:
-            raise ServerUnavailable(
-                f"no server is consuming {self.server_id!r} ({info.messages} requests waiting)")
-        self.available_until = time.monotonic() + AVAILABILITY_TTL
+            since = self.unconsumed_since
+            if since is None:
+                since = self.unconsumed_since = now
+            wait = min(since + UNAVAILABLE_AFTER - now, RECHECK_EVERY)
+            if wait <= 0 or (deadline is not None and now + wait >= deadline):
+                raise ServerUnavailable(f"no server is consuming {self.server_id!r} "
+                                        f"({info.messages} requests waiting)")
+            return wait
+        self.unconsumed_since = None
+        self.available_until = now + AVAILABILITY_TTL
+        return None
 
     # -- replies ---------------------------------------------------------------------------------
 

@@ -262,7 +262,8 @@ class Proxy(ProxySettings, ProxyBase):
         for a second, and calls in that second skip the question).
 
         Raises:
-            ServerUnavailable: the queue exists and nobody consumes it.
+            ServerUnavailable: the queue exists and the broker has counted no consumer on it
+                for a second (it counts none for a moment while a quorum queue changes leader).
         """
         self._check_available(self._live_link(), None)
 
@@ -472,11 +473,22 @@ class Proxy(ProxySettings, ProxyBase):
                      exchange=exchange, track=track)
 
     def _check_available(self, link: Link, deadline: float | None) -> None:
-        """Fail at once when the queue exists but nobody consumes it (one check a second).
+        """Fail fast when the queue exists but nobody consumes it (one check a second, and
+        more while the broker counts no consumer).
 
         Raises:
-            ServerUnavailable: the broker counts no consumer on the server's queue.
+            ServerUnavailable: the broker has counted no consumer on the server's queue for
+                ``UNAVAILABLE_AFTER``.
         """
+        while True:
+            wait = self._calls.checked(self._ask_queue(link, deadline), deadline)
+            if wait is None:
+                return
+            time.sleep(wait)
+
+    def _ask_queue(self, link: Link, deadline: float | None) -> QueueInfo | None:
+        """The broker's count of the server queue's messages and consumers (None: no answer
+        in time, or no such queue)."""
         check = self._calls.check(deadline)
         check.arm()
         with self._lock:
@@ -490,9 +502,9 @@ class Proxy(ProxySettings, ProxyBase):
             link.inspect_queue(self.server_id, on_info)
         except ConnectionLost:
             self._take(check.cid)
-            return  # the publish that follows fails the same way, and says so
+            return None  # the publish that follows fails the same way, and says so
         self._wait_or_forget(check)
-        self._calls.checked(check.value if check.ok else None)
+        return check.value if check.ok else None
 
     def _retry_later(self, pending: Pending, error: BaseException) -> bool:
         """Publish a future or callback call again after a backoff, on a timer thread."""

@@ -1,7 +1,9 @@
-"""Nobody serving: ``ServerUnavailable`` at once, or ``wait_for_ready`` until a server starts."""
+"""Nobody serving: ``ServerUnavailable`` at once, or ``wait_for_ready`` until a server starts;
+and no ``ServerUnavailable`` while a quorum queue changes leader."""
 
 from __future__ import annotations
 
+import threading
 import time
 from typing import Any
 
@@ -65,3 +67,46 @@ def test_a_proxy_with_wait_for_ready_times_out_when_no_server_comes(
     with pytest.raises(rpc.RPCTimeout):
         proxy.echo(6)
     assert 1.5 < time.monotonic() - started < 6.0
+
+
+def test_a_quorum_queue_changing_leader_after_its_node_died_is_no_server_unavailable(
+        cluster: Any, servers: Any, proxies: Any, runs: Runs, server_id: str,
+        cleanup_queues: list[str]) -> None:
+    """The broker counts no consumer for a moment (0.05-0.2 s measured) while a new leader
+    takes over: the proxy asks again before it calls the server unavailable."""
+    cleanup_queues += [server_id, f"{server_id}.dead"]
+    first = servers(cluster.urls, server_id, queue_type="quorum", register=register_echo(runs))
+    leader = cluster.queue_leader(server_id)
+    assert leader is not None
+    other, third = [i for i in range(3) if i != leader]
+    servers(cluster.url(other), server_id, queue_type="quorum", register=register_echo(runs))
+    first.stop(grace=2)  # the one server left is on a node the leader's death leaves alone
+    proxy = proxies(cluster.url(third), server_id, timeout=30)
+    assert proxy.echo(1) == 1
+
+    errors: list[Exception] = []
+    asked = 0
+    done = threading.Event()
+
+    def ask() -> None:
+        nonlocal asked
+        give_up = time.monotonic() + 8
+        while not done.is_set() and time.monotonic() < give_up:
+            try:
+                proxy.check_availability()
+            except rpc.RPCError as exc:
+                errors.append(exc)
+            asked += 1
+
+    asking = threading.Thread(target=ask, daemon=True)
+    asking.start()
+    try:
+        time.sleep(0.5)
+        cluster.kill(leader)
+        time.sleep(3)  # past the new leader's election (the queue's members are on every node)
+    finally:
+        done.set()
+        asking.join(10)
+    assert asked > 10
+    assert errors == []
+    assert proxy.echo(2) == 2
