@@ -111,17 +111,12 @@ def test_a_stream_waiting_for_credit_longer_than_its_patience_is_abandoned() -> 
     assert 0.15 < time.monotonic() - started < 2
 
 
-def running_stream(credit: int) -> tuple[Streams, Stream]:
-    """A stream running on a server, its call tracked, whose caller's address is amq.gen-x."""
-    streams = Streams("srv")
-    streams.track(running()[0])
-    stream = streams.open("c-1", credit, None, patience=60)
-    assert stream is not None
-    return streams, stream
-
-
 def test_a_stream_paused_for_credit_stops_at_once_when_its_caller_is_found_gone() -> None:
-    streams, stream = running_stream(0)
+    streams = Streams("srv")
+    call, _ = running()
+    streams.track(call)
+    stream = streams.open("c-1", 0, None, patience=60)
+    assert stream is not None
     threading.Timer(0.2, streams.caller_gone, ("c-1", "amq.gen-x")).start()
     started = time.monotonic()
     with pytest.raises(StreamAbandoned):
@@ -130,14 +125,22 @@ def test_a_stream_paused_for_credit_stops_at_once_when_its_caller_is_found_gone(
 
 
 def test_a_stream_with_credit_left_sends_nothing_more_once_its_caller_is_gone() -> None:
-    streams, stream = running_stream(10)
+    streams = Streams("srv")
+    call, _ = running()
+    streams.track(call)
+    stream = streams.open("c-1", 10, None)
+    assert stream is not None
     assert streams.caller_gone("c-1", "amq.gen-x")
     with pytest.raises(StreamAbandoned):
         stream.take(FakeLink())  # type: ignore[arg-type]
 
 
 def test_an_unroutable_keepalive_to_another_address_leaves_the_stream_running() -> None:
-    streams, stream = running_stream(1)
+    streams = Streams("srv")
+    call, _ = running()
+    streams.track(call)
+    stream = streams.open("c-1", 1, None)
+    assert stream is not None
     assert not streams.caller_gone("c-1", "amq.gen-someone-else")
     stream.take(FakeLink())  # type: ignore[arg-type]
 
