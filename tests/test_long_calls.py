@@ -14,7 +14,6 @@ from collections.abc import Iterator
 from typing import Any
 
 import pytest
-from support import started_servers
 
 import rpc
 from rpc import AsyncProxy, Cancelled, Proxy, Server, ServerLost, current_call
@@ -340,57 +339,3 @@ def _answers(proxy: Proxy) -> bool:
     except rpc.RPCError:
         return False
     return True
-
-
-# -- callers that are gone -------------------------------------------------------------------------
-
-STREAM_CALLER = textwrap.dedent('''
-    import sys
-    import rpc
-
-    proxy = rpc.Proxy(sys.argv[1], server_id=sys.argv[2], keepalive=float(sys.argv[3]))
-    for item in proxy.stream(window=2).numbers():
-        print(item, flush=True)
-        sys.stdin.read()  # holds the stream paused until killed
-''')
-
-
-@pytest.mark.parametrize("kind", ["generator", "async generator"])
-def test_a_stream_whose_caller_is_killed_stops_at_its_next_keepalive_not_its_patience(
-        broker_url: str, server_id: str, tmp_path: Any, kind: str) -> None:
-    stopped = threading.Event()
-
-    def numbers() -> Iterator[int]:
-        try:
-            yield from range(1_000_000)
-        finally:
-            stopped.set()
-
-    async def anumbers() -> Any:
-        try:
-            for i in range(1_000_000):
-                yield i
-        finally:
-            stopped.set()
-
-    interval = 2.0  # its patience: 10 intervals, 20 s
-    script = tmp_path / "caller.py"
-    script.write_text(STREAM_CALLER)
-    with started_servers(stop_grace=5) as start:
-        server = start(broker_url, server_id, concurrency=1,
-              register=lambda server: server.register_function(
-                  numbers if kind == "generator" else anumbers, "numbers"))
-        with subprocess.Popen([sys.executable, str(script), broker_url, server_id,
-                               str(interval)], stdin=subprocess.PIPE, stdout=subprocess.PIPE) as caller:
-            try:
-                assert caller.stdout is not None
-                assert caller.stdout.readline() == b"0\n"
-                time.sleep(interval)  # the stream is paused for credit, and a keep-alive went
-            finally:
-                caller.kill()
-            killed = time.monotonic()
-        assert stopped.wait(WAIT), "the stream still runs"
-        assert time.monotonic() - killed < interval + 2  # the next keep-alive, and its scan
-        wait_until(lambda: server.stats["gone_callers"] == 1, "the stop to be counted")
-        with Proxy(broker_url, server_id=server_id) as proxy:  # its one worker is free again
-            assert proxy.set_timeout(5).call("system.ping")["server_id"] == server_id

@@ -25,7 +25,7 @@ import amqp.exceptions
 from ..core import protocol
 from ..core.errors import AccessRefused, ConnectionError, ConnectionLost
 from ..transport.connect import Failover, open_connection
-from ..transport.link import Incoming, Link, OnMessage, OnReturn, QueueInfo, open_link
+from ..transport.link import Incoming, Link, OnMessage, QueueInfo, open_link
 from ..transport.urls import mask_url
 from .failures import LOGGER_NAME
 from .options import ServerOptions
@@ -64,7 +64,6 @@ class Consumer:
         idle: whether nothing is left to answer; once stopping, the I/O thread ends when idle.
         on_lost: hears of each lost connection, before reconnecting.
         on_reconnected: hears of each new connection after a loss.
-        on_return: hears of each message the broker returned unroutable.
     """
 
     def __init__(
@@ -72,7 +71,7 @@ class Consumer:
         run_deferred: OnMessage, hand_off: OnMessage, hold: Callable[[], None],
         flush: Callable[[], None], stopping: threading.Event,
         idle: Callable[[], bool], on_lost: Callable[[ConnectionLost], None],
-        on_reconnected: Callable[[], None], on_return: OnReturn,
+        on_reconnected: Callable[[], None],
     ) -> None:
         self.options = options
         self.server_id = options.server_id
@@ -86,7 +85,6 @@ class Consumer:
         self.idle = idle
         self.on_lost = on_lost
         self.on_reconnected = on_reconnected
-        self.on_return = on_return
         self.failover = Failover(options.url, options.failover)
         #: The current connection (None before :meth:`connect`).
         self.link: Link | None = None
@@ -231,7 +229,7 @@ class Consumer:
     def declare(self, conn: Any) -> Link:
         """Declare, bind and consume: the request queue's consumer comes last, once all is set."""
         options = self.options
-        link = open_link(conn, self.on_message, self.on_return, on_cancel=self.on_cancel,
+        link = open_link(conn, self.on_message, on_cancel=self.on_cancel,
                          max_body=options.max_message_size)
         if options.queue_type == "quorum":
             link.declare_queue(options.dead_letter_queue, durable=True,

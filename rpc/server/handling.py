@@ -786,10 +786,6 @@ class Handler:
             logger.info("%s: stream cancelled by its caller after %d items (correlation_id=%s, "
                         "%.2f ms)", call.method, stream.sent, stream.correlation_id,
                         elapsed * 1000)
-        elif isinstance(stop, StreamAbandoned) and stream.gone:
-            outcome = "gone_callers"
-            logger.info("%s: stream stopped after %d items: its caller is gone (correlation_id=%s)",
-                        call.method, stream.sent, stream.correlation_id)
         elif isinstance(stop, StreamAbandoned):
             outcome = "gone_callers"
             logger.info("%s: stream abandoned after %d items: its caller granted no credit for "

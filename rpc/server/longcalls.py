@@ -138,8 +138,7 @@ class Running:
                 if control is not None and self._replier is not None:
                     props = protocol.keepalive_properties(
                         self.msg.props.get("correlation_id"), self._replier.identity, control)
-                    # Mandatory: one that comes back unroutable tells that the caller is gone.
-                    self._publish(b"", props, mandatory=True)
+                    self._publish(b"", props)
 
     def finish(self) -> None:
         """The reply is next (or none comes): send the last report kept, then nothing more."""
@@ -162,10 +161,10 @@ class Running:
                                              self.content_type, self._replier.identity, control)
         self._publish(payload, props)
 
-    def _publish(self, payload: bytes, props: dict[str, Any], *, mandatory: bool = False) -> None:
+    def _publish(self, payload: bytes, props: dict[str, Any]) -> None:
         assert self._replier is not None
         try:
-            self._replier.send_notice(self.msg, payload, props, mandatory=mandatory)
+            self._replier.send_notice(self.msg, payload, props)
         except Exception as exc:  # a courtesy: the reply (or the redelivery) says the rest
             logger.debug("keep-alive or progress for %s not sent: %s", self.correlation_id, exc)
 

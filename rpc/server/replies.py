@@ -28,9 +28,6 @@ logger = logging.getLogger(LOGGER_NAME)
 
 #: The AMQP code RabbitMQ closes a connection with when a reply goes to a caller that is gone.
 INTERNAL_ERROR = 541
-#: The AMQP code of a mandatory publish returned unroutable: sent to a direct reply-to address,
-#: its caller's connection (or channel) is gone.
-NO_ROUTE = 312
 #: Seconds a reply to a suspect address waits for such a close before it counts as delivered.
 PROBE_WAIT = 0.2
 #: Seconds a reply address found dead is remembered (its requests are acknowledged unanswered).
@@ -176,11 +173,9 @@ class Replier:
         self._wrote(msg.link, reply_to)
         msg.link.publish(reply_to, payload, item_props)
 
-    def send_notice(self, msg: Incoming, payload: bytes, props: dict[str, Any], *,
-                    mandatory: bool = False) -> None:
+    def send_notice(self, msg: Incoming, payload: bytes, props: dict[str, Any]) -> None:
         """Publish a keep-alive or a progress report of the call ``msg`` asked for (from any
-        thread), ``mandatory`` to hear back if its caller is gone; nothing goes to a caller
-        known gone or suspect, or without a reply address.
+        thread); nothing goes to a caller known gone or suspect, or without a reply address.
 
         Raises:
             ConnectionLost: the connection failed.
@@ -191,7 +186,7 @@ class Replier:
             return
         self._wait_for_probe()
         self._wrote(msg.link, reply_to)  # it may close the connection like a reply
-        msg.link.publish(reply_to, payload, props, mandatory=mandatory)
+        msg.link.publish(reply_to, payload, props)
 
     def gone(self, reply_to: Any) -> bool:
         """Whether ``reply_to`` is known to belong to a caller that is gone: itself found gone,

@@ -30,7 +30,7 @@ from .loops import HandlerLoop
 from .monitoring import Endpoint, server_metrics
 from .options import ServerOptions
 from .registry import Registry
-from .replies import INTERNAL_ERROR, NO_ROUTE, Replier
+from .replies import INTERNAL_ERROR, Replier
 from .status import InFlight, Stats
 from .streams import Streams
 
@@ -101,7 +101,7 @@ class Runtime:
             options, prefetch=self.prefetch, on_message=self.on_message,
             run_deferred=self.run_one, hand_off=self.hand_off, hold=self.hold,
             flush=self.flush, stopping=self.stopping, idle=self.idle, on_lost=self.on_lost,
-            on_reconnected=self.on_reconnected, on_return=self.on_return,
+            on_reconnected=self.on_reconnected,
         )
         #: A slot is taken by each request while a handler runs it, on a worker or the I/O
         #: thread: no more than ``concurrency`` run at once. One slot is a plain lock; more are
@@ -249,17 +249,6 @@ class Runtime:
             msg.link.reject(tag, requeue=False)
         else:
             msg.link.ack(tag)
-
-    def on_return(self, msg: Incoming, code: int, text: str) -> None:
-        """A keep-alive came back unroutable: its caller's connection is gone, and a stream
-        that answers it need not wait out its patience for credit that cannot come."""
-        props = msg.props
-        if code == NO_ROUTE and props.get("type") == protocol.KEEPALIVE_TYPE:
-            correlation_id = props.get("correlation_id")
-            if self.streams.caller_gone(correlation_id, msg.routing_key):
-                return  # the stream logs its stop
-        logger.debug("server %r: a message to %r came back: %s %s", self.server_id,
-                     msg.routing_key, code, text)
 
     def idle(self) -> bool:
         """Whether every request taken in is done with."""

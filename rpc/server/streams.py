@@ -50,8 +50,7 @@ class StreamExpired(Exception):
 
 
 class StreamAbandoned(StreamExpired):
-    """The stream's caller is gone: it granted no credit for longer than the stream's patience,
-    or a keep-alive to it came back unroutable (:attr:`Stream.gone`)."""
+    """The stream waited for credit longer than its patience: its caller is presumably gone."""
 
 
 class Stream:
@@ -64,8 +63,8 @@ class Stream:
         patience: seconds the stream may wait for credit at one time before it is abandoned.
     """
 
-    __slots__ = ("correlation_id", "deadline", "patience", "cancelled", "gone", "sent",
-                 "_credit", "_cond", "_loop", "_task", "_event", "_paused_since")
+    __slots__ = ("correlation_id", "deadline", "patience", "cancelled", "sent", "_credit",
+                 "_cond", "_loop", "_task", "_event", "_paused_since")
 
     def __init__(self, correlation_id: str, credit: int, deadline: float | None,
                  patience: float = DEFAULT_PATIENCE) -> None:
@@ -75,8 +74,6 @@ class Stream:
         self._paused_since: float | None = None
         #: Set once the caller has cancelled.
         self.cancelled = False
-        #: Set once the caller is known gone: its connection closed without a cancel.
-        self.gone = False
         #: Items sent so far.
         self.sent = 0
         self._credit = credit
@@ -110,14 +107,6 @@ class Stream:
             self._cond.notify_all()
         self._wake_loop(cancel=True)
 
-    def abandon(self) -> None:
-        """The caller is gone: the stream stops before its next item, and a paused one now,
-        not at its patience's end."""
-        with self._cond:
-            self.gone = True
-            self._cond.notify_all()
-        self._wake_loop(cancel=False)
-
     def wake(self) -> None:
         """Make a paused stream look at its connection now (the server stops)."""
         with self._cond:
@@ -144,8 +133,8 @@ class Stream:
 
         Raises:
             StreamCancelled: the caller cancelled.
-            StreamExpired: the deadline passed first (StreamAbandoned: the caller is gone, or
-                granted no credit for longer than the stream's patience).
+            StreamExpired: the deadline passed first (StreamAbandoned: the caller granted no
+                credit for longer than the stream's patience).
             ConnectionLost: the connection closed while waiting.
         """
         with self._cond:
@@ -191,8 +180,6 @@ class Stream:
         """With the lock held: use one unit of credit (None), or how long to wait for one."""
         if self.cancelled:
             raise StreamCancelled()
-        if self.gone:
-            raise StreamAbandoned()
         wait = WAIT_SLICE
         if self.deadline is not None:
             left = self.deadline - time.time()
@@ -282,20 +269,6 @@ class Streams:
         with self._lock:
             if self._live.get(stream.correlation_id) is stream:
                 del self._live[stream.correlation_id]
-
-    def caller_gone(self, correlation_id: Any, reply_to: str) -> bool:
-        """A keep-alive of call ``correlation_id`` to ``reply_to`` came back unroutable: its
-        caller's connection is gone, so the stream it answers stops once it needs credit
-        (a plain call runs on: a retry of it from a new connection waits for its result).
-        Returns whether it was such a stream."""
-        with self._lock:
-            stream = self._live.get(correlation_id)
-            running = self._calls.get(correlation_id)
-        if (stream is None or running is None
-                or running.msg.props.get("reply_to") != reply_to):
-            return False
-        stream.abandon()
-        return True
 
     def cancelled(self, correlation_id: str) -> bool:
         """Whether the call's caller cancelled it (a request to skip)."""

@@ -55,7 +55,6 @@ def io_thread(link: FailingRead, run_deferred: Callable[[Incoming], Any],
         hand_off=hand_off, hold=lambda: steps.append("hold"),
         flush=lambda: steps.append("flush"), stopping=stopping, idle=lambda: link.reads > 0,
         on_lost=lambda exc: None, on_reconnected=lambda: None,
-        on_return=lambda msg, code, text: None,
     )
     link.consumer = consumer
     consumer.link = link

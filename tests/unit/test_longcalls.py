@@ -4,7 +4,6 @@ throttle, and streams abandoned for lack of credit, without a broker."""
 from __future__ import annotations
 
 import json
-import threading
 import time
 from typing import Any
 
@@ -22,12 +21,9 @@ class FakeReplier:
 
     def __init__(self) -> None:
         self.sent: list[tuple[bytes, dict[str, Any]]] = []
-        self.mandatory: list[bool] = []
 
-    def send_notice(self, msg: Any, payload: bytes, props: dict[str, Any], *,
-                    mandatory: bool = False) -> None:
+    def send_notice(self, msg: Any, payload: bytes, props: dict[str, Any]) -> None:
         self.sent.append((payload, props))
-        self.mandatory.append(mandatory)
 
 
 class FakeMsg:
@@ -66,7 +62,6 @@ def test_a_keepalive_goes_once_the_interval_has_passed_then_every_interval() -> 
     assert props["headers"] == {protocol.CONTROL_HEADER: "rpc.broadcast.srv.abc"}
     call.tick(now + 2.1)
     assert len(replier.sent) == 2
-    assert replier.mandatory == [True, True]  # one that comes back tells the caller is gone
     call.finish()
     call.tick(now + 10)
     assert len(replier.sent) == 2  # nothing after the reply
@@ -109,46 +104,3 @@ def test_a_stream_waiting_for_credit_longer_than_its_patience_is_abandoned() -> 
     with pytest.raises(StreamAbandoned):
         stream.take(FakeLink())  # type: ignore[arg-type]
     assert 0.15 < time.monotonic() - started < 2
-
-
-def test_a_stream_paused_for_credit_stops_at_once_when_its_caller_is_found_gone() -> None:
-    streams = Streams("srv")
-    call, _ = running()
-    streams.track(call)
-    stream = streams.open("c-1", 0, None, patience=60)
-    assert stream is not None
-    threading.Timer(0.2, streams.caller_gone, ("c-1", "amq.gen-x")).start()
-    started = time.monotonic()
-    with pytest.raises(StreamAbandoned):
-        stream.take(FakeLink())  # type: ignore[arg-type]
-    assert time.monotonic() - started < 5  # not its patience of 60 s
-
-
-def test_a_stream_with_credit_left_sends_nothing_more_once_its_caller_is_gone() -> None:
-    streams = Streams("srv")
-    call, _ = running()
-    streams.track(call)
-    stream = streams.open("c-1", 10, None)
-    assert stream is not None
-    assert streams.caller_gone("c-1", "amq.gen-x")
-    with pytest.raises(StreamAbandoned):
-        stream.take(FakeLink())  # type: ignore[arg-type]
-
-
-def test_an_unroutable_keepalive_to_another_address_leaves_the_stream_running() -> None:
-    streams = Streams("srv")
-    call, _ = running()
-    streams.track(call)
-    stream = streams.open("c-1", 1, None)
-    assert stream is not None
-    assert not streams.caller_gone("c-1", "amq.gen-someone-else")
-    stream.take(FakeLink())  # type: ignore[arg-type]
-
-
-def test_a_plain_call_runs_on_when_its_caller_is_gone() -> None:
-    # A retry of it from the caller's new connection waits for its result (rpc.core.dedup).
-    streams = Streams("srv")
-    call, _ = running()
-    streams.track(call)
-    assert not streams.caller_gone("c-1", "amq.gen-x")
-    assert not call.cancelled.is_set()
