@@ -333,6 +333,21 @@ def test_keepalives_keep_a_long_call_alive(served: Server, make_proxy: Any) -> N
     assert make_proxy(keepalive=0.5).work(2.5) == "done"
 
 
+def test_a_stream_paused_for_credit_over_several_keepalives_goes_on_while_its_caller_lives(
+        make_server: Any, make_proxy: Any) -> None:
+    # RabbitMQ returns a mandatory publish to a direct reply-to address as unroutable even to a
+    # live consumer: no keep-alive's return may be taken for a caller that is gone.
+    def numbers(n: int) -> Iterator[int]:
+        yield from range(n)
+
+    server = make_server(register=lambda s: s.register_function(numbers))
+    stream = make_proxy(keepalive=0.5).stream(timeout=10, window=2).numbers(10)
+    assert next(stream) == 0
+    time.sleep(2.5)  # paused for credit, over five keep-alive intervals
+    assert list(stream) == list(range(1, 10))
+    assert server.stats["gone_callers"] == 0
+
+
 def _answers(proxy: Proxy) -> bool:
     try:
         proxy.set_timeout(1).call("system.ping")
