@@ -283,10 +283,24 @@ class CallMaker:
 
     def item(self, msg: Incoming, pending: Pending) -> tuple[bool, Any]:
         """``(True, value)`` of a stream item, or ``(False, exception)`` for one this side
-        refuses; the first item's control address is kept."""
+        refuses; the control address a run's first item names is kept, for its credit.
+
+        A first item after items of another run means the stream started again from its
+        start: its server lost its connection, and the broker redelivered the request. That
+        fails the stream with ServerLost, since the items would repeat; the new run's address
+        is kept, so that the stream's cancel stops it."""
         stream = pending.stream
         assert stream is not None
-        self.heard(msg, pending)
+        pending.heard = time.monotonic()
+        headers = msg.props.get("headers")
+        control = headers.get(protocol.CONTROL_HEADER) if headers else None
+        if isinstance(control, str) and control and control != pending.control:
+            pending.control = control
+            if stream.received:
+                return False, ServerLost(
+                    f"the server running the stream of {pending.method}() was lost after "
+                    f"{stream.received} items, and its request started again from the first "
+                    "item: call again to restart the stream")
         try:
             content_type = msg.props.get("content_type")
             if msg.oversize:
@@ -295,8 +309,9 @@ class CallMaker:
             if content_type != pending.content_type:
                 raise RPCError(f"stream item in content type {content_type!r}, expected "
                                f"{pending.content_type!r}")
-            return True, protocol.parse_item(
-                serialization.decode(msg.body, content_type, self.accept))
+            value = protocol.parse_item(serialization.decode(msg.body, content_type, self.accept))
+            stream.received += 1
+            return True, value
         except (RPCError, ValueError) as exc:
             return False, exc
 

@@ -126,7 +126,8 @@ class StreamState:
     the credit the consumer has granted). ``end`` holds the reply that ends the stream.
     """
 
-    __slots__ = ("items", "window", "item_timeout", "consumed", "ended", "end", "answered")
+    __slots__ = ("items", "window", "item_timeout", "consumed", "received", "ended", "end",
+                 "answered")
 
     def __init__(self, window: int, item_timeout: float | None) -> None:
         self.items: deque[Any] = deque()
@@ -134,6 +135,8 @@ class StreamState:
         self.item_timeout = item_timeout
         #: Items handed out since credit was last granted.
         self.consumed = 0
+        #: Items received from the server so far.
+        self.received = 0
         self.ended = False
         #: ``(ok, value)`` of the reply that ended the stream.
         self.end: tuple[bool, Any] = (True, None)

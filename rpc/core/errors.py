@@ -60,7 +60,8 @@ class ConnectionLost(ConnectionError):
 
 
 class ServerLost(ConnectionLost):
-    """The server running a long call fell silent: its keep-alives stopped (protocol v1.1)."""
+    """The server running a long call fell silent: its keep-alives stopped (protocol v1.1); or
+    the server running a stream lost its connection, and the stream started again elsewhere."""
 
 
 class Cancelled(RPCError, concurrent.futures.CancelledError):

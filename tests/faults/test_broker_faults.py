@@ -7,6 +7,7 @@ on a second node of their own (``fault_node``), so no other test ever sees them.
 
 from __future__ import annotations
 
+import asyncio
 import threading
 import time
 from collections.abc import Callable
@@ -49,6 +50,93 @@ def test_server_connection_closed_by_the_broker_mid_call_answers_the_redelivery_
     assert len(calls) == 1
     wait_for(lambda: server.stats["duplicates"] == 1, message="the repeat answered")
     assert proxy.replies_dropped == 0
+
+
+def serve_numbers(servers: Any, broker_url: str, server_id: str,
+                  gate: threading.Event) -> tuple[Any, list[int]]:
+    """A server whose stream ``numbers(n)`` holds its first run after item 2 until ``gate``;
+    returns it, and the list of its runs."""
+    runs: list[int] = []
+
+    def numbers(n: int) -> Any:
+        runs.append(n)
+        for i in range(n):
+            yield i
+            if i == 2 and len(runs) == 1:
+                gate.wait(HOLD)  # its connection is closed meanwhile
+
+    server = servers(broker_url, server_id,
+                     register=lambda s: s.register_function(numbers), concurrency=2)
+    return server, runs
+
+
+def test_a_stream_whose_server_connection_closes_mid_stream_fails_with_server_lost(
+        servers, proxies, node, broker_url, server_id):
+    """The request is redelivered and its stream starts again from the first item: the
+    caller gets ServerLost, not the items it already had a second time, and the new run is
+    cancelled."""
+    gate = threading.Event()
+    server, runs = serve_numbers(servers, broker_url, server_id, gate)
+    try:
+        stream = proxies(broker_url, server_id).set_timeout(LONG).stream(window=4).numbers(1000)
+        assert [next(stream) for _ in range(3)] == [0, 1, 2]
+        assert node.close_connections(f"rpc-server {server_id}") == 1
+        with pytest.raises(rpc.ServerLost, match="started again"):
+            next(stream)
+    finally:
+        gate.set()
+    assert len(runs) == 2
+    wait_for(lambda: server.stats["cancelled"] == 1, message="the second run cancelled")
+
+
+def test_an_async_stream_whose_server_connection_closes_mid_stream_fails_with_server_lost(
+        servers, node, broker_url, server_id):
+    gate = threading.Event()
+    server, runs = serve_numbers(servers, broker_url, server_id, gate)
+
+    async def scenario() -> None:
+        async with rpc.AsyncProxy(broker_url, server_id=server_id, timeout=LONG,
+                                  heartbeat=HB) as proxy:
+            stream = proxy.stream(window=4).numbers(1000)
+            assert [await anext(stream) for _ in range(3)] == [0, 1, 2]
+            assert await asyncio.to_thread(
+                node.close_connections, f"rpc-server {server_id}") == 1
+            with pytest.raises(rpc.ServerLost, match="started again"):
+                await anext(stream)
+            await stream.aclose()
+
+    try:
+        asyncio.run(asyncio.wait_for(scenario(), WAIT))
+    finally:
+        gate.set()
+    assert len(runs) == 2
+    wait_for(lambda: server.stats["cancelled"] == 1, message="the second run cancelled")
+
+
+def test_a_stream_whose_first_run_was_lost_before_its_first_item_grants_credit_to_the_next(
+        servers, proxies, node, broker_url, server_id):
+    """The keep-alives of the lost run named its control address; the items of the run that
+    answers name another, and the stream's credit goes there."""
+    gate = threading.Event()
+    runs: list[int] = []
+
+    def numbers(n: int) -> Any:
+        runs.append(n)
+        if len(runs) == 1:
+            gate.wait(HOLD)  # its connection is closed meanwhile
+        yield from range(n)
+
+    servers(broker_url, server_id, register=lambda s: s.register_function(numbers),
+            concurrency=2)
+    try:
+        proxy = proxies(broker_url, server_id, keepalive=0.5)
+        stream = proxy.stream(timeout=10, window=4).numbers(20)
+        wait_for(lambda: runs, message="the first run")
+        time.sleep(1.0)  # a keep-alive of the first run has come
+        assert node.close_connections(f"rpc-server {server_id}") == 1
+        assert list(stream) == list(range(20))
+    finally:
+        gate.set()
 
 
 def test_server_connection_closed_mid_call_without_the_table_of_completed_calls_reruns_the_call(
