@@ -46,6 +46,7 @@ from ..transport.connect import FailoverStrategy
 from ..transport.link import Incoming, Link, QueueInfo
 from ..transport.urls import BrokerURL, mask_url
 from .calling import (
+    ControlMessage,
     ProxySettings,
     Request,
     batch,
@@ -194,6 +195,7 @@ class AsyncProxy(ProxySettings, ProxyBase):
         self._link = link
         self._declared.clear()
         self._calls.available_until = 0.0
+        self._calls.send_owed(lambda message: self._publish_control(link, message))
         if reconnect:
             logger.info("proxy for %r reconnected to %s", self.server_id,
                         mask_url(self._failover.current or self._url))
@@ -691,19 +693,23 @@ class AsyncProxy(ProxySettings, ProxyBase):
         self._control(pending, protocol.CANCEL_TYPE)
 
     def _control(self, pending: Pending, kind: str, credit: int = 0) -> None:
-        exchange, routing_key, body, props = self._calls.control(pending, kind, credit)
-        link = self._link
+        message = self._calls.control(pending, kind, credit)
         try:
-            if link is None or link.closed:
-                raise ConnectionLost("the connection is closed")
-            if exchange and exchange not in self._declared:
-                link.declare_fanout(exchange)
-                self._declared.add(exchange)
-            link.publish(routing_key, body, props, exchange=exchange)
+            self._publish_control(self._link, message)
         except ConnectionLost as exc:
             if kind == protocol.CREDIT_TYPE:
                 raise
-            logger.info("cannot cancel %s() on the server: %s", pending.method, exc)
+            logger.info("cancel of %s() sent once reconnected: %s", pending.method, exc)
+            self._calls.owe_cancel(message)
+
+    def _publish_control(self, link: AsyncLink | None, message: ControlMessage) -> None:
+        exchange, routing_key, body, props = message
+        if link is None or link.closed:
+            raise ConnectionLost("the connection is closed")
+        if exchange and exchange not in self._declared:
+            link.declare_fanout(exchange)
+            self._declared.add(exchange)
+        link.publish(routing_key, body, props, exchange=exchange)
 
     def _on_return(self, msg: Incoming, code: int, text: str) -> None:
         pending = self._table.take(msg.props.get("correlation_id"))

@@ -12,6 +12,7 @@ import logging
 import secrets
 import socket
 import time
+from collections import deque
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -66,6 +67,11 @@ AVAILABILITY_CHECK_TIMEOUT = 2.0
 UNAVAILABLE_AFTER = 1.0
 #: Seconds between two checks while the broker counts no consumer.
 RECHECK_EVERY = 0.25
+#: Cancels kept for the next connection at most; the oldest are dropped first.
+OWED_CANCELS = 1_000
+
+#: A control message to publish: exchange, routing key, body and properties.
+ControlMessage = tuple[str, str, bytes, dict[str, Any]]
 #: Backoff between retries of a call: 50 ms doubling up to 1 s, with jitter.
 _BACKOFF = tenacity.wait_exponential(multiplier=0.05, max=1.0) + tenacity.wait_random(0, 0.05)
 #: Backoff after no server was consuming: 0.5 s doubling up to 4 s, with jitter.
@@ -116,6 +122,7 @@ class CallMaker:
         self.unconsumed_since: float | None = None
         #: Replies that matched no pending call (late after a timeout, duplicates, forgeries).
         self.replies_dropped = 0
+        self._owed: deque[ControlMessage] = deque(maxlen=OWED_CANCELS)
         self._prefix = secrets.token_hex(8) + "."
         self._counter = itertools.count(1)
 
@@ -125,6 +132,7 @@ class CallMaker:
         repeat), and a new look at whether a server consumes."""
         self._prefix = secrets.token_hex(8) + "."
         self.available_until = 0.0
+        self._owed.clear()  # the parent's to send
 
     # -- requests --------------------------------------------------------------------------------
 
@@ -315,8 +323,7 @@ class CallMaker:
         except (RPCError, ValueError) as exc:
             return False, exc
 
-    def control(self, pending: Pending, kind: str, credit: int = 0,
-                ) -> tuple[str, str, bytes, dict[str, Any]]:
+    def control(self, pending: Pending, kind: str, credit: int = 0) -> ControlMessage:
         """``(exchange, routing key, body, properties)`` of a grant of credit or a cancel for a
         stream: to the server instance that runs it, or to every instance before it is known.
         Both proxies make their cancels here, so this counts them: as sent, also one a lost
@@ -327,6 +334,23 @@ class CallMaker:
         if pending.control is not None:
             return "", pending.control, body, props
         return protocol.broadcast_exchange(self.server_id), "", body, props
+
+    def owe_cancel(self, message: ControlMessage) -> None:
+        """A cancel that a lost connection kept from the broker: it goes out on the next
+        connection, so that a server running the call (a paused stream, a long call) stops
+        now rather than at its patience's or its deadline's end."""
+        self._owed.append(message)
+
+    def send_owed(self, send: Callable[[ControlMessage], None]) -> None:
+        """Send the cancels owed through ``send``; the one that fails stays owed, with the rest."""
+        owed = self._owed
+        while owed:
+            message = owed.popleft()
+            try:
+                send(message)
+            except (ConnectionLost, RPCError):
+                owed.appendleft(message)
+                return
 
     @staticmethod
     def heard(msg: Incoming, pending: Pending) -> None:

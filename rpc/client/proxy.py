@@ -56,6 +56,7 @@ from ..transport.link import Incoming, Link, QueueInfo
 from ..transport.urls import BrokerURL, mask_url
 from .calling import (
     BroadcastReply,
+    ControlMessage,
     ProxySettings,
     Request,
     batch,
@@ -316,9 +317,10 @@ class Proxy(ProxySettings, ProxyBase):
             if self._link.closed:
                 self._declared.clear()
                 self._calls.available_until = 0.0
-                self._link = self._connect()
+                self._link = link = self._connect()
                 logger.info("proxy for %r reconnected to %s", self.server_id,
                             mask_url(self._failover.current or self._url))
+                self._calls.send_owed(lambda message: self._publish_control(link, message))
                 if self._calls.metrics is not None:
                     self._calls.metrics.reconnected()
             return self._link
@@ -766,19 +768,27 @@ class Proxy(ProxySettings, ProxyBase):
         self._control(pending, protocol.CANCEL_TYPE)
 
     def _control(self, pending: Pending, kind: str, credit: int = 0) -> None:
-        exchange, routing_key, body, props = self._calls.control(pending, kind, credit)
+        message = self._calls.control(pending, kind, credit)
         try:
             link = self._live_link() if kind == protocol.CREDIT_TYPE else self._link
-            if link.closed:
-                raise ConnectionLost("the connection is closed")
-            if exchange and exchange not in self._declared:
-                link.declare_fanout(exchange)
-                self._declared.add(exchange)
-            link.publish(routing_key, body, props, exchange=exchange)
+            self._publish_control(link, message)
         except (ConnectionLost, RPCError) as exc:
             if kind == protocol.CREDIT_TYPE:
                 raise
-            logger.info("cannot cancel %s() on the server: %s", pending.method, exc)
+            logger.info("cancel of %s() sent once reconnected: %s", pending.method, exc)
+            self._calls.owe_cancel(message)
+            link = self._link
+            if not link.closed:  # reconnected meanwhile, and owed nothing then
+                self._calls.send_owed(lambda owed: self._publish_control(link, owed))
+
+    def _publish_control(self, link: Link, message: ControlMessage) -> None:
+        exchange, routing_key, body, props = message
+        if link.closed:
+            raise ConnectionLost("the connection is closed")
+        if exchange and exchange not in self._declared:
+            link.declare_fanout(exchange)
+            self._declared.add(exchange)
+        link.publish(routing_key, body, props, exchange=exchange)
 
     def _on_return(self, msg: Incoming, code: int, text: str) -> None:
         pending = self._take(msg.props.get("correlation_id"))

@@ -139,6 +139,24 @@ def test_a_stream_whose_first_run_was_lost_before_its_first_item_grants_credit_t
         gate.set()
 
 
+def numbers(n: int) -> Any:
+    yield from range(n)
+
+
+def test_a_stream_closed_after_its_proxy_lost_the_connection_is_cancelled_once_reconnected(
+        servers, proxies, node, broker_url, server_id):
+    """The cancel the lost connection kept from the broker goes out on the next one: the
+    server stops the paused stream now, not at its patience's end (60 s here)."""
+    server = servers(broker_url, server_id, register=lambda s: s.register_function(numbers))
+    stream = proxies(broker_url, server_id, keepalive=None).stream(window=2).numbers(1000)
+    assert next(stream) == 0  # the stream pauses for credit
+    assert node.close_connections(f"rpc-proxy {server_id}") == 1
+    with pytest.raises(rpc.ConnectionLost):
+        list(stream)
+    stream.close()
+    wait_for(lambda: server.stats["cancelled"] == 1, message="the stream cancelled")
+
+
 def test_server_connection_closed_mid_call_without_the_table_of_completed_calls_reruns_the_call(
         servers, proxies, node, broker_url, server_id):
     gate = threading.Event()

@@ -1,5 +1,6 @@
-"""How a proxy takes a stream's items (rpc.client.calling.CallMaker.item, no I/O): the control
-address each run of the stream names, and a run that starts the stream again."""
+"""How a proxy takes a stream's items and keeps its cancels (rpc.client.calling.CallMaker, no
+I/O): the control address each run of the stream names, a run that starts the stream again,
+and the cancels a lost connection kept from the broker."""
 
 from __future__ import annotations
 
@@ -7,7 +8,7 @@ from typing import Any
 
 import pytest
 
-from rpc import ServerLost
+from rpc import ConnectionLost, ServerLost
 from rpc.client.calling import CallMaker
 from rpc.core import protocol, serialization
 from rpc.core.calls import STREAM, Pending, StreamState
@@ -62,3 +63,39 @@ def test_an_item_naming_no_control_address_keeps_the_one_known(headers: Any) -> 
     msg.props["headers"] = headers
     assert calls.item(msg, pending) == (True, 1)
     assert pending.control == "rpc.broadcast.srv.a"
+
+
+# -- cancels a lost connection kept from the broker --------------------------------------------------
+
+def test_cancels_owed_go_out_in_order_on_the_next_connection() -> None:
+    calls, _ = stream_call()
+    for name in ("a", "b"):
+        calls.owe_cancel(("", f"rpc.broadcast.srv.{name}", b"{}", {}))
+    sent: list[str] = []
+    calls.send_owed(lambda message: sent.append(message[1]))
+    assert sent == ["rpc.broadcast.srv.a", "rpc.broadcast.srv.b"]
+    calls.send_owed(lambda message: sent.append(message[1]))
+    assert len(sent) == 2  # sent once
+
+
+def test_a_cancel_owed_that_cannot_go_out_stays_owed_with_the_rest() -> None:
+    calls, _ = stream_call()
+    for name in ("a", "b"):
+        calls.owe_cancel(("", f"rpc.broadcast.srv.{name}", b"{}", {}))
+
+    def lost(message: Any) -> None:
+        raise ConnectionLost("the connection is closed")
+
+    calls.send_owed(lost)
+    sent: list[str] = []
+    calls.send_owed(lambda message: sent.append(message[1]))
+    assert sent == ["rpc.broadcast.srv.a", "rpc.broadcast.srv.b"]
+
+
+def test_a_forked_child_sends_none_of_its_parents_owed_cancels() -> None:
+    calls, _ = stream_call()
+    calls.owe_cancel(("", "rpc.broadcast.srv.a", b"{}", {}))
+    calls.forked()
+    sent: list[Any] = []
+    calls.send_owed(sent.append)
+    assert sent == []
