@@ -300,9 +300,8 @@ class CallMaker:
         stream = pending.stream
         assert stream is not None
         pending.heard = time.monotonic()
-        headers = msg.props.get("headers")
-        control = headers.get(protocol.CONTROL_HEADER) if headers else None
-        if isinstance(control, str) and control and control != pending.control:
+        control = protocol.control_of(msg.props)
+        if control is not None and control != pending.control:
             pending.control = control
             if stream.received:
                 return False, ServerLost(
@@ -358,10 +357,7 @@ class CallMaker:
         name its control address."""
         pending.heard = time.monotonic()
         if pending.control is None:
-            headers = msg.props.get("headers")
-            control = headers.get(protocol.CONTROL_HEADER) if headers else None
-            if isinstance(control, str) and control:
-                pending.control = control
+            pending.control = protocol.control_of(msg.props)
 
     def progress(self, msg: Incoming, pending: Pending) -> protocol.Progress | None:
         """The progress a message reports (None for a malformed one, which is only logged)."""

@@ -282,6 +282,14 @@ def item_properties(correlation_id: Any, content_type: str, server: str,
     return props
 
 
+def control_of(props: dict[str, Any]) -> str | None:
+    """The control address a stream item, keep-alive or progress message names (None when it
+    names none, or something that is no address)."""
+    headers = props.get("headers")
+    control = headers.get(CONTROL_HEADER) if headers else None
+    return control if isinstance(control, str) and control else None
+
+
 def parse_item(body: Any) -> Any:
     """The value of a decoded stream item.
 

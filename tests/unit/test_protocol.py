@@ -28,6 +28,7 @@ from rpc.core.protocol import (
     broadcast_queue,
     check_server_id,
     control_message,
+    control_of,
     deadline_of,
     decode_reply,
     encode_reply,
@@ -370,6 +371,18 @@ def test_only_the_first_item_names_the_control_address() -> None:
     later = item_properties("c1", JSON, "calc@h:1", None)
     assert first["headers"] == {CONTROL_HEADER: "rpc.broadcast.calc.x"}
     assert "headers" not in later and later["type"] == first["type"] == ITEM_TYPE
+
+
+@pytest.mark.parametrize("props, control", [
+    (item_properties("c1", JSON, "calc@h:1", "rpc.broadcast.calc.x"), "rpc.broadcast.calc.x"),
+    (item_properties("c1", JSON, "calc@h:1", None), None),
+    (keepalive_properties("c1", "calc@h:1", "ctl"), "ctl"),
+    ({"headers": {CONTROL_HEADER: ""}}, None),
+    ({"headers": {CONTROL_HEADER: 7}}, None),
+    ({"headers": None}, None),
+])
+def test_the_control_address_a_message_names_is_read_back(props: Any, control: Any) -> None:
+    assert control_of(props) == control
 
 
 def test_an_item_round_trips() -> None:
